@@ -1,0 +1,197 @@
+//! The development PKI: what `tlsnet serve` makes on first run when it is given no certificate,
+//! so that a newcomer can run a mutual-TLS server and client with nothing prepared.
+//!
+//! The directory holds `ca.pem`, `ca-key.pem`, `server.pem` + `server-key.pem` (for
+//! `localhost`, `127.0.0.1` and `::1`) and `client.pem` + `client-key.pem`. Keys are mode 0600,
+//! the directory 0700. Leaf certificates live 90 days and are re-issued by the same CA when
+//! fewer than 7 days are left, so clients that trust `ca.pem` keep working.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::pki::ca::{CertificateAuthority, KeyType, LeafSpec, Purpose};
+use crate::pki::files::{Access, create_private_dir, write_file};
+use crate::x509::CertSummary;
+
+const DAY: u64 = 86400;
+const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * DAY);
+const LEAF_VALIDITY: Duration = Duration::from_secs(90 * DAY);
+const RENEW_WHEN_DAYS_LEFT: i64 = 7;
+
+/// The common name of the development client certificate.
+pub const DEV_CLIENT_NAME: &str = "tlsnet-dev-client";
+
+/// What [`DevPki::ensure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevPkiState {
+    /// Everything was there and valid.
+    Existing,
+    /// A new CA and certificates were made.
+    Created,
+    /// The leaf certificates were close to expiry and were re-issued.
+    Renewed,
+}
+
+/// A development PKI directory.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    dir: PathBuf,
+}
+
+impl DevPki {
+    /// The PKI in `dir`.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        DevPki { dir: dir.into() }
+    }
+
+    /// The default location: `$XDG_STATE_HOME/tlsnet/dev-pki`, else
+    /// `~/.local/state/tlsnet/dev-pki`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".local/state"))
+            })?;
+        Some(state.join("tlsnet").join("dev-pki"))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// `ca.pem`.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    /// `ca-key.pem`.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca-key.pem")
+    }
+    /// `server.pem`.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    /// `server-key.pem`.
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server-key.pem")
+    }
+    /// `client.pem`.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+    /// `client-key.pem`.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client-key.pem")
+    }
+
+    /// Whether the CA and the client certificate exist (what `connect` needs).
+    pub fn exists(&self) -> bool {
+        self.ca_cert().is_file() && self.client_cert().is_file() && self.client_key().is_file()
+    }
+
+    /// Creates the PKI if it is missing, re-issues leaf certificates that are missing or
+    /// expire within 7 days, and leaves everything else alone.
+    pub fn ensure(&self) -> Result<DevPkiState> {
+        let have_ca = self.ca_cert().is_file() && self.ca_key().is_file();
+        let ca = if have_ca {
+            CertificateAuthority::load(&self.ca_cert(), &self.ca_key())?
+        } else {
+            create_private_dir(&self.dir)?;
+            let ca = CertificateAuthority::generate("tlsnet development CA", KeyType::EcdsaP256, CA_VALIDITY)?;
+            write_file(&self.ca_key(), ca.key_pem().as_bytes(), Access::Private)?;
+            write_file(&self.ca_cert(), ca.cert_pem().as_bytes(), Access::Public)?;
+            ca
+        };
+        let mut renewed = false;
+        for (purpose, cert, key) in [
+            (Purpose::Server, self.server_cert(), self.server_key()),
+            (Purpose::Client, self.client_cert(), self.client_key()),
+        ] {
+            if key.is_file() && !needs_renewal(&cert)? {
+                continue;
+            }
+            let issued = ca.issue(&leaf_spec(purpose))?;
+            write_file(&key, issued.key_pem.as_bytes(), Access::Private)?;
+            write_file(&cert, issued.chain_pem.as_bytes(), Access::Public)?;
+            renewed = true;
+        }
+        Ok(match (have_ca, renewed) {
+            (false, _) => DevPkiState::Created,
+            (true, true) => DevPkiState::Renewed,
+            (true, false) => DevPkiState::Existing,
+        })
+    }
+}
+
+fn leaf_spec(purpose: Purpose) -> LeafSpec {
+    let mut spec = match purpose {
+        Purpose::Server => {
+            let mut s = LeafSpec::new(Purpose::Server, "localhost");
+            s.dns = vec!["localhost".into()];
+            s.ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+            s
+        }
+        Purpose::Client => LeafSpec::new(Purpose::Client, DEV_CLIENT_NAME),
+    };
+    spec.validity = LEAF_VALIDITY;
+    spec
+}
+
+fn needs_renewal(cert: &Path) -> Result<bool> {
+    if !cert.is_file() {
+        return Ok(true);
+    }
+    let certs = crate::tls::load_certs(cert)?;
+    let summary = CertSummary::from_der(&certs[0]).map_err(|e| Error::bad_file(cert, e))?;
+    Ok(summary.days_left < RENEW_WHEN_DAYS_LEFT)
+}
+
+/// Whether a host name or address is this machine (`localhost`, 127.0.0.0/8, `::1`).
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_hosts() {
+        assert!(is_local_host("localhost"));
+        assert!(is_local_host("127.0.0.2"));
+        assert!(is_local_host("::1"));
+        assert!(is_local_host("[::1]"));
+        assert!(!is_local_host("example.com"));
+        assert!(!is_local_host("10.0.0.1"));
+    }
+
+    #[test]
+    fn creates_then_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::at(dir.path().join("pki"));
+        assert_eq!(pki.ensure().unwrap(), DevPkiState::Created);
+        let first = std::fs::read(pki.server_cert()).unwrap();
+        assert_eq!(pki.ensure().unwrap(), DevPkiState::Existing);
+        assert_eq!(std::fs::read(pki.server_cert()).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for key in [pki.ca_key(), pki.server_key(), pki.client_key()] {
+                let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", key.display());
+            }
+        }
+        // A missing leaf is re-issued by the same CA.
+        std::fs::remove_file(pki.client_key()).unwrap();
+        assert_eq!(pki.ensure().unwrap(), DevPkiState::Renewed);
+    }
+}

@@ -1,0 +1,348 @@
+//! TLS configuration: the crypto provider, protocol versions and groups, identities and trust.
+//! Pure configuration, no I/O beyond reading the files it is given.
+//!
+//! Defaults follow Mozilla's "modern" profile: TLS 1.3 only; TLS 1.2 only when asked, and then
+//! only ECDHE key exchange with AEAD ciphers. Key exchange prefers the hybrid post-quantum
+//! group X25519MLKEM768, then X25519, P-256 and P-384.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+
+use crate::{danger, verify};
+use crate::error::{Error, Result};
+use crate::pin::SpkiPin;
+
+/// Key-exchange groups in order of preference.
+pub fn kx_groups() -> Vec<&'static dyn SupportedKxGroup> {
+    vec![
+        aws_lc_rs::kx_group::X25519MLKEM768,
+        aws_lc_rs::kx_group::X25519,
+        aws_lc_rs::kx_group::SECP256R1,
+        aws_lc_rs::kx_group::SECP384R1,
+    ]
+}
+
+/// The crypto provider tlsnet uses everywhere: aws-lc-rs, AEAD suites with ECDHE only, and the
+/// groups of [`kx_groups`].
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut provider = aws_lc_rs::default_provider();
+    // The aws-lc-rs defaults are already ECDHE + AEAD only; keep it explicit so that a future
+    // default cannot widen what we accept.
+    provider.cipher_suites.retain(|suite| {
+        let name = format!("{:?}", suite.suite());
+        name.starts_with("TLS13_") || (name.starts_with("TLS_ECDHE_") && !name.contains("CBC"))
+    });
+    provider.kx_groups = kx_groups();
+    Arc::new(provider)
+}
+
+/// Whether a key-exchange group is post-quantum (a hybrid with ML-KEM counts).
+pub fn is_post_quantum(group: rustls::NamedGroup) -> bool {
+    format!("{group:?}").contains("MLKEM")
+}
+
+static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS13_AND_TLS12: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions(allow_tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
+    if allow_tls12 { TLS13_AND_TLS12 } else { TLS13_ONLY }
+}
+
+/// Reads every certificate of a PEM file (a full chain: leaf first).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::bad_file(path, format!("invalid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            "no CERTIFICATE found (expected a PEM file with -----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads a private key from a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        Error::bad_file(
+            path,
+            format!(
+                "no usable private key ({e}); expected PEM 'PRIVATE KEY', 'RSA PRIVATE KEY' or 'EC PRIVATE KEY'"
+            ),
+        )
+    })
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Loads a chain and a key from PEM files.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self> {
+        Ok(Identity {
+            chain: load_certs(cert)?,
+            key: load_key(key)?,
+        })
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// Whether and how the server asks for client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// A certificate signed by the client CA is required.
+    #[default]
+    Required,
+    /// A certificate is asked for; if one is sent it must be valid, but none is accepted too.
+    Optional,
+    /// No certificate is asked for.
+    None,
+}
+
+/// Everything the server side needs to build a rustls `ServerConfig`.
+#[derive(Debug, Clone)]
+pub struct ServerTlsOptions {
+    /// The server's certificate chain and key.
+    pub identity: Identity,
+    /// CA certificates that sign acceptable client certificates.
+    pub client_ca: Vec<CertificateDer<'static>>,
+    /// Whether client certificates are asked for (needs `client_ca` unless `None`).
+    pub client_auth: ClientAuth,
+    /// Also accept TLS 1.2.
+    pub allow_tls12: bool,
+    /// ALPN protocols offered, in order of preference.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl ServerTlsOptions {
+    /// Options with a server identity and no client authentication.
+    pub fn new(identity: Identity) -> Self {
+        ServerTlsOptions {
+            identity,
+            client_ca: Vec::new(),
+            client_auth: ClientAuth::None,
+            allow_tls12: false,
+            alpn: Vec::new(),
+        }
+    }
+
+    /// Requires client certificates signed by one of `ca`.
+    pub fn require_client_certs(mut self, ca: Vec<CertificateDer<'static>>) -> Self {
+        self.client_ca = ca;
+        self.client_auth = ClientAuth::Required;
+        self
+    }
+
+    /// Builds the rustls configuration.
+    pub fn build(&self) -> Result<Arc<ServerConfig>> {
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions(self.allow_tls12))
+            .map_err(|e| tls_config("protocol versions", e))?;
+        let builder = match self.client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            mode => {
+                if self.client_ca.is_empty() {
+                    return Err(Error::InvalidInput(
+                        "client authentication needs a client CA (--client-ca FILE)".into(),
+                    ));
+                }
+                let roots = root_store(&self.client_ca, "client CA")?;
+                let mut verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                if mode == ClientAuth::Optional {
+                    verifier = verifier.allow_unauthenticated();
+                }
+                let verifier = verifier.build().map_err(|e| {
+                    Error::InvalidInput(format!("client CA cannot be used: {e}"))
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())
+            .map_err(|e| tls_config("server certificate and key", e))?;
+        config.alpn_protocols = self.alpn.clone();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Where the client's trust in the server comes from.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// The operating system's trust store.
+    System,
+    /// The CA certificates of a file.
+    Roots(Vec<CertificateDer<'static>>),
+    /// No CA: the server's key must match the pin (the host name is still checked).
+    PinOnly,
+    /// No verification at all. See [`danger`].
+    Insecure,
+}
+
+/// Everything the client side needs to build a rustls `ClientConfig`.
+#[derive(Debug, Clone)]
+pub struct ClientTlsOptions {
+    /// Trust anchors.
+    pub trust: ServerTrust,
+    /// A pin the server's key must match, in addition to `trust`.
+    pub pin: Option<SpkiPin>,
+    /// A client certificate and key, for servers that ask for one.
+    pub identity: Option<Identity>,
+    /// Also offer TLS 1.2.
+    pub allow_tls12: bool,
+    /// ALPN protocols offered.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl ClientTlsOptions {
+    /// Options trusting the given CA certificates.
+    pub fn with_roots(roots: Vec<CertificateDer<'static>>) -> Self {
+        ClientTlsOptions {
+            trust: ServerTrust::Roots(roots),
+            pin: None,
+            identity: None,
+            allow_tls12: false,
+            alpn: Vec::new(),
+        }
+    }
+
+    /// Adds a client certificate.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Builds the rustls configuration.
+    pub fn build(&self) -> Result<Arc<ClientConfig>> {
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions(self.allow_tls12))
+            .map_err(|e| tls_config("protocol versions", e))?;
+        let webpki = |roots: RootCertStore| {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| Error::InvalidInput(format!("trust anchors cannot be used: {e}")))
+        };
+        let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &self.trust {
+            ServerTrust::System => {
+                let inner = webpki(system_roots()?)?;
+                verify::PinningVerifier::wrap(Some(inner), self.pin, provider.clone())
+            }
+            ServerTrust::Roots(certs) => {
+                let inner = webpki(root_store(certs, "CA file")?)?;
+                verify::PinningVerifier::wrap(Some(inner), self.pin, provider.clone())
+            }
+            ServerTrust::PinOnly => {
+                let pin = self.pin.ok_or_else(|| {
+                    Error::InvalidInput("pin-only verification needs a pin (--pin)".into())
+                })?;
+                verify::PinningVerifier::wrap(None, Some(pin), provider.clone())
+            }
+            ServerTrust::Insecure => Arc::new(danger::NoVerification::new(provider.clone())),
+        };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match &self.identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .map_err(|e| tls_config("client certificate and key", e))?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = self.alpn.clone();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Parses a server name for SNI and the name check: a DNS name or an IP address.
+pub fn server_name(name: &str) -> Result<ServerName<'static>> {
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(name.to_owned())
+        .map_err(|_| Error::InvalidInput(format!("'{name}' is not a valid DNS name or IP address")))
+}
+
+fn root_store(certs: &[CertificateDer<'static>], what: &str) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| Error::InvalidInput(format!("{what}: unusable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (_added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let why = found
+            .errors
+            .first()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "the trust store is empty".into());
+        return Err(Error::InvalidInput(format!(
+            "no system CA certificates could be loaded ({why}); install ca-certificates or pass --ca FILE"
+        )));
+    }
+    Ok(roots)
+}
+
+fn tls_config(context: &str, source: rustls::Error) -> Error {
+    Error::TlsConfig {
+        context: context.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_is_modern() {
+        let p = provider();
+        for suite in &p.cipher_suites {
+            let name = format!("{:?}", suite.suite());
+            assert!(name.contains("GCM") || name.contains("CHACHA20"), "{name}");
+        }
+        let groups: Vec<String> = p.kx_groups.iter().map(|g| format!("{:?}", g.name())).collect();
+        assert_eq!(groups, ["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"]);
+        assert!(is_post_quantum(rustls::NamedGroup::X25519MLKEM768));
+        assert!(!is_post_quantum(rustls::NamedGroup::X25519));
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(server_name("localhost").is_ok());
+        assert!(server_name("::1").is_ok());
+        assert!(server_name("[::1]").is_ok());
+        assert!(server_name("bad name!").is_err());
+    }
+}
