@@ -84,7 +84,7 @@ pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream> {
         .map_err(|e| Error::Network {
             action: "resolve",
             peer: addr.to_owned(),
-            source: e,
+            error: e,
         })?
         .collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
@@ -98,7 +98,7 @@ pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream> {
     Err(Error::Network {
         action: "connect to",
         peer: addr.to_owned(),
-        source: last,
+        error: last,
     })
 }
 

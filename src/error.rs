@@ -10,14 +10,14 @@ use crate::failure::FailureCause;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read, written or created.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {error}", path.display())]
     File {
         /// The file in question.
         path: PathBuf,
         /// What we were doing: "read", "write", "create directory", ...
         action: &'static str,
         /// The operating system's error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// A file was read but does not hold what was expected.
@@ -30,12 +30,12 @@ pub enum Error {
     },
 
     /// rustls refused a configuration (for example a key that does not match its certificate).
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     TlsConfig {
         /// What was being configured.
         context: String,
         /// rustls' reason.
-        source: rustls::Error,
+        error: rustls::Error,
     },
 
     /// A value given by the user is not usable (an address, a name, a pin, ...).
@@ -43,14 +43,14 @@ pub enum Error {
     InvalidInput(String),
 
     /// A network operation failed before or outside the TLS handshake.
-    #[error("{action} {peer}: {source}")]
+    #[error("{action} {peer}: {error}")]
     Network {
         /// "connect to", "listen on", "resolve", ...
         action: &'static str,
         /// The address involved.
         peer: String,
         /// The operating system's error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The TLS handshake failed; `cause` says why in words.
@@ -75,7 +75,7 @@ impl Error {
         Error::File {
             path: path.into(),
             action,
-            source,
+            error: source,
         }
     }
 

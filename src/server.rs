@@ -289,7 +289,10 @@ fn log_handshake(report: &HandshakeReport) {
         alpn = report.alpn.as_deref().unwrap_or("-"),
         resumed = report.resumed,
         client_cn = leaf.and_then(|l| l.common_name.as_deref()).unwrap_or("-"),
-        client_sans = %leaf.map(|l| l.subject_alt_names.join(",")).unwrap_or_else(|| "-".into()),
+        client_sans = %leaf
+            .filter(|l| !l.subject_alt_names.is_empty())
+            .map(|l| l.subject_alt_names.join(","))
+            .unwrap_or_else(|| "-".into()),
         client_sha256 = leaf.map(|l| l.sha256.as_str()).unwrap_or("-"),
         handshake_ms = format_args!("{:.2}", report.handshake_ms),
         "handshake ok"
@@ -304,7 +307,7 @@ pub async fn bind(spec: &str) -> Result<Vec<TcpListener>> {
         .map_err(|e| Error::Network {
             action: "resolve",
             peer: spec.to_owned(),
-            source: e,
+            error: e,
         })?
         .collect();
     let mut listeners = Vec::new();
@@ -317,7 +320,7 @@ pub async fn bind(spec: &str) -> Result<Vec<TcpListener>> {
                 last_error = Some(Error::Network {
                     action: "listen on",
                     peer: addr.to_string(),
-                    source: e,
+                    error: e,
                 });
             }
         }

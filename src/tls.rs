@@ -317,7 +317,7 @@ fn system_roots() -> Result<RootCertStore> {
 fn tls_config(context: &str, source: rustls::Error) -> Error {
     Error::TlsConfig {
         context: context.to_owned(),
-        source,
+        error: source,
     }
 }
 

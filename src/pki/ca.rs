@@ -112,6 +112,8 @@ pub struct LeafSpec {
     pub validity: Duration,
     /// Key algorithm.
     pub key_type: KeyType,
+    /// Start of validity; `None` means an hour ago (to absorb clock skew).
+    pub valid_from: Option<OffsetDateTime>,
 }
 
 impl LeafSpec {
@@ -125,6 +127,7 @@ impl LeafSpec {
             uris: Vec::new(),
             validity: Duration::from_secs(90 * 86400),
             key_type: KeyType::EcdsaP256,
+            valid_from: None,
         }
     }
 }
@@ -246,6 +249,10 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
         set_validity(&mut params, spec.validity);
+        if let Some(start) = spec.valid_from {
+            params.not_before = start;
+            params.not_after = start + spec.validity;
+        }
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             chain_pem: cert.pem(),

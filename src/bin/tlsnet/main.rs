@@ -1,1 +1,77 @@
-fn main() {}
+//! `tlsnet`: a thin command line over the `tlsnet` library.
+//!
+//! Exit codes: 0 success; 1 connection, verification or runtime failure (a one-line cause is
+//! printed); 2 usage error.
+
+mod connect;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A secure network on TLS 1.3 and mutual TLS: server, client and certificates.
+#[derive(Parser, Debug)]
+#[command(name = "tlsnet", version, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 success, 1 connection or verification failure, 2 usage error.\n\
+Start with `tlsnet serve` (no files needed), then `tlsnet connect localhost:8443` in another terminal.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a TLS server (echo service by default; a development PKI is made on first run).
+    Serve(serve::ServeArgs),
+    /// Connect to a TLS server: verify it, report the handshake, then relay stdin/stdout.
+    Connect(connect::ConnectArgs),
+}
+
+/// An error in what the user asked for: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tlsnet: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Connect(args) => connect::run(args).await,
+        }
+    });
+    // A read of stdin may still be blocked in a worker thread; do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tlsnet: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Parses a duration flag (`10s`, `500ms`, `5m`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    tlsnet::duration::parse(text)
+}

@@ -1,0 +1,237 @@
+//! `tlsnet serve`: flags, then a [`tlsnet::server::Server`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use tlsnet::pki::dev::{DevPki, DevPkiState};
+use tlsnet::server::{Server, ServerOptions, bind};
+use tlsnet::service::{Discard, Echo, Service};
+use tlsnet::tls::{ClientAuth, Identity, ServerTlsOptions, load_certs};
+use tracing::info;
+
+use crate::logging::{self, LogFormat};
+use crate::{UsageError, parse_duration};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on; repeat for several. A name listens on every address it resolves
+    /// to (`localhost` gives 127.0.0.1 and ::1); `[::]:8443` and `0.0.0.0:8443` listen on all.
+    #[arg(long, value_name = "ADDR", default_value = "localhost:8443")]
+    listen: Vec<String>,
+
+    /// Server certificate chain (PEM, leaf first). Without it, a development PKI is used.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// Private key of --cert (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that sign acceptable client certificates; makes client
+    /// certificates required unless --client-auth says otherwise.
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+
+    /// Whether clients must present a certificate. Default: required with --client-ca or the
+    /// development PKI, none otherwise.
+    #[arg(long, value_enum, value_name = "MODE")]
+    client_auth: Option<ClientAuthArg>,
+
+    /// Also accept TLS 1.2 (ECDHE key exchange with AEAD ciphers only). Default: TLS 1.3 only.
+    #[arg(long)]
+    tls12: bool,
+
+    /// What to do with a connection once it is established.
+    #[arg(long, value_enum, default_value = "echo")]
+    service: ServiceArg,
+
+    /// ALPN protocol to offer (repeatable, in order of preference).
+    #[arg(long, value_name = "PROTOCOL")]
+    alpn: Vec<String>,
+
+    /// Connections served at once; more are refused (and logged).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// A client must complete the TLS handshake within this time, or is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// Close a connection after this long without traffic (0 disables).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long open connections may take to finish before they are closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Directory of the development PKI [default: $XDG_STATE_HOME/tlsnet/dev-pki or
+    /// ~/.local/state/tlsnet/dev-pki].
+    #[arg(long, value_name = "DIR", env = "TLSNET_PKI_DIR")]
+    pki_dir: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ClientAuthArg {
+    Required,
+    Optional,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ServiceArg {
+    /// Send every byte back.
+    Echo,
+    /// Read and drop every byte (for benchmarks).
+    Discard,
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    logging::init(args.log_format);
+    if args.max_connections == 0 {
+        return Err(UsageError("--max-connections must be at least 1".into()).into());
+    }
+    if args.handshake_timeout.is_zero() {
+        return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
+    }
+
+    let (tls_options, dev_pki) = tls_options(&args)?;
+    let client_auth = tls_options.client_auth;
+    let tls = tls_options.build()?;
+
+    let mut listeners = Vec::new();
+    for spec in &args.listen {
+        listeners.extend(bind(spec).await?);
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+
+    let service: Arc<dyn Service> = match args.service {
+        ServiceArg::Echo => Arc::new(Echo),
+        ServiceArg::Discard => Arc::new(Discard),
+    };
+    info!(
+        listen = %addrs.join(", "),
+        service = service.name(),
+        client_auth = ?client_auth,
+        tls12 = args.tls12,
+        "tlsnet serving"
+    );
+    if let Some(pki) = &dev_pki {
+        print_how_to_connect(pki, &addrs);
+    }
+
+    let options = ServerOptions {
+        max_connections: args.max_connections,
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    Server::with_options(tls, service, options)
+        .run(listeners, shutdown_signal())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tls_options(args: &ServeArgs) -> Result<(ServerTlsOptions, Option<DevPki>)> {
+    let (identity, client_ca_path, dev_pki) = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => (Identity::from_files(cert, key)?, args.client_ca.clone(), None),
+        _ => {
+            let pki = DevPki::at(match &args.pki_dir {
+                Some(dir) => dir.clone(),
+                None => DevPki::default_dir().ok_or_else(|| {
+                    UsageError("cannot find a home for the development PKI: set --pki-dir DIR (or HOME)".into())
+                })?,
+            });
+            let state = pki
+                .ensure()
+                .with_context(|| format!("development PKI in {}", pki.dir().display()))?;
+            match state {
+                DevPkiState::Created => info!(dir = %pki.dir().display(), "created a development PKI (CA, server and client certificates)"),
+                DevPkiState::Renewed => info!(dir = %pki.dir().display(), "re-issued development certificates close to expiry"),
+                DevPkiState::Existing => info!(dir = %pki.dir().display(), "using the development PKI"),
+            }
+            let identity = Identity::from_files(&pki.server_cert(), &pki.server_key())?;
+            let ca = args.client_ca.clone().unwrap_or_else(|| pki.ca_cert());
+            (identity, Some(ca), Some(pki))
+        }
+    };
+    let client_auth = match (args.client_auth, &client_ca_path) {
+        (Some(ClientAuthArg::None), _) => ClientAuth::None,
+        (Some(ClientAuthArg::Required), Some(_)) | (None, Some(_)) => ClientAuth::Required,
+        (Some(ClientAuthArg::Optional), Some(_)) => ClientAuth::Optional,
+        (Some(mode), None) => {
+            return Err(UsageError(format!(
+                "--client-auth {} needs --client-ca FILE (the CA that signs client certificates)",
+                format!("{mode:?}").to_lowercase()
+            ))
+            .into());
+        }
+        (None, None) => ClientAuth::None,
+    };
+    let client_ca = match (&client_ca_path, client_auth) {
+        (Some(path), mode) if mode != ClientAuth::None => load_certs(path)?,
+        _ => Vec::new(),
+    };
+    let options = ServerTlsOptions {
+        identity,
+        client_ca,
+        client_auth,
+        allow_tls12: args.tls12,
+        alpn: args.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+    };
+    Ok((options, dev_pki))
+}
+
+fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {
+    let port = addrs
+        .first()
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_else(|| "8443".into());
+    let me = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "tlsnet".into());
+    let d = pki.dir().display();
+    eprintln!(
+        "\nThe server requires client certificates from the development CA in {d}.\n\
+         Connect from another terminal (type a line, it comes back; Ctrl-D ends):\n\
+         \n    {me} connect localhost:{port}\n\
+         \nor with OpenSSL:\n\
+         \n    openssl s_client -connect localhost:{port} -CAfile {d}/ca.pem -cert {d}/client.pem -key {d}/client-key.pem\n"
+    );
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
