@@ -11,10 +11,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,30 @@ pub struct ServerStats {
     pub handshake_failures: AtomicU64,
     /// Errors from accept(2).
     pub accept_errors: AtomicU64,
+    /// Handshake failures by [`FailureCause::label`].
+    failures_by_cause: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl ServerStats {
+    /// How many handshakes failed with this cause label (`no_client_certificate`, ...).
+    pub fn failures(&self, label: &str) -> u64 {
+        self.failures_by_cause
+            .lock()
+            .map(|m| m.get(label).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// All failure counts by cause label.
+    pub fn failures_by_cause(&self) -> BTreeMap<&'static str, u64> {
+        self.failures_by_cause.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn record_failure(&self, cause: &FailureCause) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.failures_by_cause.lock() {
+            *m.entry(cause.label()).or_insert(0) += 1;
+        }
+    }
 }
 
 /// A TLS server running one [`Service`].
@@ -269,7 +294,7 @@ fn looks_like_http(start: &[u8]) -> bool {
 }
 
 fn failed(shared: &Shared, cause: FailureCause, started: Instant) {
-    shared.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    shared.stats.record_failure(&cause);
     warn!(
         cause = %cause,
         reason = cause.label(),

@@ -229,3 +229,25 @@ pub async fn wait_for_port(addr: &str) {
 pub fn write(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap();
 }
+
+/// Waits (up to 5 s) until the server has counted a handshake failure with `label`.
+pub async fn wait_for_failure(stats: &ServerStats, label: &str) {
+    for _ in 0..100 {
+        if stats.failures(label) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "server never recorded a '{label}' failure; it recorded {:?}",
+        stats.failures_by_cause()
+    );
+}
+
+/// The client-side cause in words for a failed connect or a failed first read.
+pub fn client_cause(err: &tlsnet::Error) -> String {
+    match err {
+        tlsnet::Error::Handshake { cause, .. } => cause.to_string(),
+        other => panic!("expected a handshake failure, got: {other}"),
+    }
+}
