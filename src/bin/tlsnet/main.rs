@@ -4,7 +4,9 @@
 //! printed); 2 usage error.
 
 mod connect;
+mod inspect;
 mod logging;
+mod pki;
 mod serve;
 
 use std::process::ExitCode;
@@ -27,6 +29,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Connect to a TLS server: verify it, report the handshake, then relay stdin/stdout.
     Connect(connect::ConnectArgs),
+    /// Show the X.509 details of certificates in a file or presented by a server.
+    Inspect(inspect::InspectArgs),
+    /// Run a private certificate authority: init, issue, list, renew, revoke, crl.
+    Pki(pki::PkiArgs),
 }
 
 /// An error in what the user asked for: exit code 2.
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
+            Command::Pki(args) => pki::run(args).await,
         }
     });
     // A read of stdin may still be blocked in a worker thread; do not wait for it.
