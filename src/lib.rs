@@ -14,6 +14,7 @@
 //! | [`x509`] | human-readable certificate summaries |
 //! | [`failure`] | a handshake error turned into a cause in words |
 //! | [`report`] | what a handshake negotiated |
+//! | [`inspect`] | certificates from files and remote servers |
 //! | [`server`] | accept loop, limits, handshake deadline, graceful shutdown |
 //! | [`service`] | what runs on an established connection (echo, discard, ...) |
 //! | [`client`] | connect, verify, report |
@@ -31,6 +32,7 @@ pub mod danger;
 pub mod duration;
 pub mod error;
 pub mod failure;
+pub mod inspect;
 pub mod pin;
 pub mod pki;
 pub mod report;

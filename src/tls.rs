@@ -188,6 +188,17 @@ impl ServerTlsOptions {
             .with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())
             .map_err(|e| tls_config("server certificate and key", e))?;
         config.alpn_protocols = self.alpn.clone();
+        if self.client_auth == ClientAuth::None {
+            // Stateless TLS 1.3 tickets: resumption without a server-side cache.
+            config.ticketer = aws_lc_rs::Ticketer::new()
+                .map_err(|e| tls_config("session ticket key", e))?;
+        } else {
+            // No resumption with client certificates: a resumed session skips the certificate
+            // check, so a certificate revoked (or a CA removed) after the first handshake would
+            // keep working until the ticket expires. Every mutual-TLS handshake verifies.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         Ok(Arc::new(config))
     }
 }

@@ -1,0 +1,1 @@
+//! Certificate inspection: certificates from files (PEM, DER, PKCS#12) and from remote servers.
