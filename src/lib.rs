@@ -34,6 +34,7 @@ pub mod error;
 pub mod failure;
 pub mod inspect;
 pub mod pin;
+pub mod pkcs12;
 pub mod pki;
 pub mod report;
 pub mod server;
