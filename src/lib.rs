@@ -15,6 +15,7 @@
 //! | [`failure`] | a handshake error turned into a cause in words |
 //! | [`report`] | what a handshake negotiated |
 //! | [`inspect`] | certificates from files and remote servers |
+//! | [`reload`] | hot reload of certificates, keys, client CA and CRL |
 //! | [`server`] | accept loop, limits, handshake deadline, graceful shutdown |
 //! | [`service`] | what runs on an established connection (echo, discard, ...) |
 //! | [`client`] | connect, verify, report |
@@ -36,6 +37,7 @@ pub mod inspect;
 pub mod pin;
 pub mod pkcs12;
 pub mod pki;
+pub mod reload;
 pub mod report;
 pub mod server;
 pub mod service;

@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::{Error, Result};
 use crate::failure::{FailureCause, Side};
+use crate::reload::TlsHandle;
 use crate::report::HandshakeReport;
 use crate::service::{ConnectionContext, ServerStream, Service};
 
@@ -101,7 +102,7 @@ pub struct Server {
 }
 
 struct Shared {
-    acceptor: TlsAcceptor,
+    tls: TlsHandle,
     service: Arc<dyn Service>,
     options: ServerOptions,
     stats: Arc<ServerStats>,
@@ -121,7 +122,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
         Server {
             shared: Arc::new(Shared {
-                acceptor: TlsAcceptor::from(tls),
+                tls: TlsHandle::new(tls),
                 service,
                 options,
                 stats: Arc::default(),
@@ -129,6 +130,12 @@ impl Server {
                 force_close: CancellationToken::new(),
             }),
         }
+    }
+
+    /// The handle through which the TLS configuration can be replaced while the server runs
+    /// (see [`crate::reload`]).
+    pub fn tls_handle(&self) -> TlsHandle {
+        self.shared.tls.clone()
     }
 
     /// The server's counters.
@@ -223,7 +230,8 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
     let started = Instant::now();
     let deadline = shared.options.handshake_timeout;
-    let handshake = tokio::time::timeout(deadline, handshake(tcp, &shared.acceptor)).await;
+    let acceptor = TlsAcceptor::from(shared.tls.current());
+    let handshake = tokio::time::timeout(deadline, handshake(tcp, &acceptor)).await;
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(cause)) => return failed(&shared, cause, started),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
@@ -56,12 +56,17 @@ fn versions(allow_tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
     if allow_tls12 { TLS13_AND_TLS12 } else { TLS13_ONLY }
 }
 
+/// Parses every certificate of PEM text.
+pub fn certs_from_pem(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid PEM: {e}"))
+}
+
 /// Reads every certificate of a PEM file (a full chain: leaf first).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::bad_file(path, format!("invalid PEM: {e}")))?;
+    let certs = certs_from_pem(&bytes).map_err(|e| Error::bad_file(path, e))?;
     if certs.is_empty() {
         return Err(Error::bad_file(
             path,
@@ -82,6 +87,25 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
             ),
         )
     })
+}
+
+/// Reads the CRLs of a file: PEM (`X509 CRL`) or DER.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
+    let crls = if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::bad_file(path, format!("invalid PEM: {e}")))?
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    if crls.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            "no X509 CRL found (expected PEM -----BEGIN X509 CRL----- or DER; tlsnet pki crl writes one)",
+        ));
+    }
+    Ok(crls)
 }
 
 /// A certificate chain and its private key.
@@ -137,6 +161,8 @@ pub struct ServerTlsOptions {
     pub allow_tls12: bool,
     /// ALPN protocols offered, in order of preference.
     pub alpn: Vec<Vec<u8>>,
+    /// CRLs: client certificates listed there are refused.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl ServerTlsOptions {
@@ -148,6 +174,7 @@ impl ServerTlsOptions {
             client_auth: ClientAuth::None,
             allow_tls12: false,
             alpn: Vec::new(),
+            crls: Vec::new(),
         }
     }
 
@@ -177,6 +204,13 @@ impl ServerTlsOptions {
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 if mode == ClientAuth::Optional {
                     verifier = verifier.allow_unauthenticated();
+                }
+                if !self.crls.is_empty() {
+                    // Leaf revocation only: intermediates are checked by their CA's CRL,
+                    // which a private PKI may not publish.
+                    verifier = verifier
+                        .with_crls(self.crls.clone())
+                        .only_check_end_entity_revocation();
                 }
                 let verifier = verifier.build().map_err(|e| {
                     Error::InvalidInput(format!("client CA cannot be used: {e}"))
@@ -229,6 +263,8 @@ pub struct ClientTlsOptions {
     pub allow_tls12: bool,
     /// ALPN protocols offered.
     pub alpn: Vec<Vec<u8>>,
+    /// CRLs: a server certificate listed there is refused (needs a CA, not pin-only).
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl ClientTlsOptions {
@@ -240,6 +276,7 @@ impl ClientTlsOptions {
             identity: None,
             allow_tls12: false,
             alpn: Vec::new(),
+            crls: Vec::new(),
         }
     }
 
@@ -256,7 +293,14 @@ impl ClientTlsOptions {
             .with_protocol_versions(versions(self.allow_tls12))
             .map_err(|e| tls_config("protocol versions", e))?;
         let webpki = |roots: RootCertStore| {
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            let mut builder =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            if !self.crls.is_empty() {
+                builder = builder
+                    .with_crls(self.crls.clone())
+                    .only_check_end_entity_revocation();
+            }
+            builder
                 .build()
                 .map_err(|e| Error::InvalidInput(format!("trust anchors cannot be used: {e}")))
         };

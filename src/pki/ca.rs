@@ -9,8 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CidrSubnet,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyIdMethod,
+    KeyPair, KeyUsagePurpose, NameConstraints, RevocationReason, RevokedCertParams, SanType,
+    SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -151,10 +153,32 @@ impl fmt::Debug for IssuedCert {
     }
 }
 
-/// A CA that can issue certificates.
+/// A CA that can issue certificates: a self-signed root, or an intermediate signed by a root.
 pub struct CertificateAuthority {
     cert_pem: String,
+    /// True for an intermediate: its certificate is appended to the chains it issues.
+    intermediate: bool,
     issuer: Issuer<'static, KeyPair>,
+}
+
+/// Names an intermediate CA may issue for (RFC 5280 name constraints).
+#[derive(Clone, Debug, Default)]
+pub struct Constraints {
+    /// DNS subtrees, e.g. `example.internal` (covers its subdomains).
+    pub permit_dns: Vec<String>,
+    /// IP ranges, e.g. `10.0.0.0/8`.
+    pub permit_ips: Vec<(IpAddr, u8)>,
+}
+
+/// A revoked certificate, for a CRL.
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    /// Serial number bytes.
+    pub serial: Vec<u8>,
+    /// When it was revoked.
+    pub at: OffsetDateTime,
+    /// RFC 5280 reason code.
+    pub reason: Option<RevocationReason>,
 }
 
 impl fmt::Debug for CertificateAuthority {
@@ -182,16 +206,96 @@ impl CertificateAuthority {
         let cert = params.self_signed(&key)?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
+            intermediate: false,
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// Makes an issuing intermediate CA signed by this (root) CA, limited to `constraints`
+    /// when they are not empty. With it, the root key can be kept offline.
+    pub fn generate_intermediate(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        validity: Duration,
+        constraints: &Constraints,
+    ) -> Result<Self> {
+        let key = key_type.generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = distinguished_name(name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        if !constraints.permit_dns.is_empty() || !constraints.permit_ips.is_empty() {
+            let mut permitted: Vec<GeneralSubtree> = constraints
+                .permit_dns
+                .iter()
+                .map(|d| GeneralSubtree::DnsName(d.clone()))
+                .collect();
+            permitted.extend(
+                constraints
+                    .permit_ips
+                    .iter()
+                    .map(|(ip, prefix)| GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(*ip, *prefix))),
+            );
+            params.name_constraints = Some(NameConstraints {
+                permitted_subtrees: permitted,
+                excluded_subtrees: Vec::new(),
+            });
+        }
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, validity);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertificateAuthority {
+            cert_pem: cert.pem(),
+            intermediate: true,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Whether this CA is an intermediate (its certificate is not self-signed).
+    pub fn is_intermediate(&self) -> bool {
+        self.intermediate
+    }
+
+    /// Signs a CRL listing `revoked`, valid until `next_update` from now.
+    pub fn crl(&self, revoked: &[Revoked], crl_number: u64, next_update: Duration) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + next_update,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial),
+                    revocation_time: r.at,
+                    reason_code: r.reason,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// Loads a CA from its certificate and key PEM.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let intermediate = crate::tls::certs_from_pem(cert_pem.as_bytes())
+            .ok()
+            .and_then(|certs| certs.into_iter().next())
+            .and_then(|der| crate::x509::CertSummary::from_der(&der).ok())
+            .is_some_and(|s| s.subject != s.issuer);
         Ok(CertificateAuthority {
             cert_pem: cert_pem.to_owned(),
+            intermediate,
             issuer,
         })
     }
@@ -254,8 +358,12 @@ impl CertificateAuthority {
             params.not_after = start + spec.validity;
         }
         let cert = params.signed_by(&key, &self.issuer)?;
+        let mut chain_pem = cert.pem();
+        if self.intermediate {
+            chain_pem.push_str(&self.cert_pem);
+        }
         Ok(IssuedCert {
-            chain_pem: cert.pem(),
+            chain_pem,
             cert_der: cert.der().to_vec(),
             key_pem: key.serialize_pem(),
         })

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::pki::ca::{CertificateAuthority, KeyType, LeafSpec, Purpose};
-use crate::pki::files::{Access, create_private_dir, write_file};
+use crate::pki::ca::{KeyType, LeafSpec, Purpose};
+use crate::pki::store::{InitOptions, PkiDir};
 use crate::x509::CertSummary;
 
 const DAY: u64 = 86400;
@@ -97,33 +97,37 @@ impl DevPki {
     /// Creates the PKI if it is missing, re-issues leaf certificates that are missing or
     /// expire within 7 days, and leaves everything else alone.
     pub fn ensure(&self) -> Result<DevPkiState> {
-        let have_ca = self.ca_cert().is_file() && self.ca_key().is_file();
-        let ca = if have_ca {
-            CertificateAuthority::load(&self.ca_cert(), &self.ca_key())?
-        } else {
-            create_private_dir(&self.dir)?;
-            let ca = CertificateAuthority::generate("tlsnet development CA", KeyType::EcdsaP256, CA_VALIDITY)?;
-            write_file(&self.ca_key(), ca.key_pem().as_bytes(), Access::Private)?;
-            write_file(&self.ca_cert(), ca.cert_pem().as_bytes(), Access::Public)?;
-            ca
-        };
+        let store = PkiDir::at(&self.dir);
+        let created = !store.has_ca();
+        if created {
+            store.init(&InitOptions {
+                name: "tlsnet development CA".into(),
+                key_type: KeyType::EcdsaP256,
+                validity: CA_VALIDITY,
+                intermediate: None,
+            })?;
+        }
         let mut renewed = false;
-        for (purpose, cert, key) in [
-            (Purpose::Server, self.server_cert(), self.server_key()),
-            (Purpose::Client, self.client_cert(), self.client_key()),
-        ] {
-            if key.is_file() && !needs_renewal(&cert)? {
+        for (name, purpose) in [("server", Purpose::Server), ("client", Purpose::Client)] {
+            let cert = store.cert_path(name);
+            if store.key_path(name).is_file() && !needs_renewal(&cert)? {
                 continue;
             }
-            let issued = ca.issue(&leaf_spec(purpose))?;
-            write_file(&key, issued.key_pem.as_bytes(), Access::Private)?;
-            write_file(&cert, issued.chain_pem.as_bytes(), Access::Public)?;
+            let known = store.list()?.iter().any(|l| l.entry.name == name && l.state != "revoked");
+            if known {
+                // Also covers deleted files: renew re-creates them with a new key.
+                let _ = std::fs::remove_file(&cert);
+                store.renew(name, Some(LEAF_VALIDITY.as_secs() / DAY))?;
+            } else {
+                let _ = std::fs::remove_file(&cert);
+                store.issue(name, &leaf_spec(purpose))?;
+            }
             renewed = true;
         }
-        Ok(match (have_ca, renewed) {
-            (false, _) => DevPkiState::Created,
-            (true, true) => DevPkiState::Renewed,
-            (true, false) => DevPkiState::Existing,
+        Ok(match (created, renewed) {
+            (true, _) => DevPkiState::Created,
+            (false, true) => DevPkiState::Renewed,
+            (false, false) => DevPkiState::Existing,
         })
     }
 }

@@ -5,5 +5,7 @@
 pub mod ca;
 pub mod dev;
 pub mod files;
+pub mod store;
 
-pub use ca::{CertificateAuthority, IssuedCert, KeyType, LeafSpec, Purpose};
+pub use store::{InitOptions, PkiDir};
+pub use ca::{CertificateAuthority, Constraints, IssuedCert, KeyType, LeafSpec, Purpose, Revoked};

@@ -9,7 +9,7 @@ use clap::Args;
 use tlsnet::client::{Connector, read_error_cause, split_host_port};
 use tlsnet::pin::SpkiPin;
 use tlsnet::pki::dev::{DevPki, is_local_host};
-use tlsnet::tls::{ClientTlsOptions, Identity, ServerTrust, load_certs, server_name};
+use tlsnet::tls::{ClientTlsOptions, Identity, ServerTrust, load_certs, load_crls, server_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{UsageError, parse_duration};
@@ -40,6 +40,11 @@ pub struct ConnectArgs {
     /// Private key of --cert (PEM).
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+
+    /// CRL file (PEM or DER): a server certificate listed there is refused. Needs a CA
+    /// (system roots or --ca).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    crl: Option<PathBuf>,
 
     /// DANGEROUS: do not verify the server at all. Anyone on the path can read and change the
     /// traffic. A warning is printed on every use.
@@ -130,6 +135,10 @@ fn client_options(args: &ConnectArgs, host: &str) -> Result<ClientTlsOptions> {
         identity,
         allow_tls12: args.tls12,
         alpn: args.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        crls: match &args.crl {
+            Some(path) => load_crls(path)?,
+            None => Vec::new(),
+        },
     })
 }
 

@@ -10,7 +10,9 @@ use clap::{Args, ValueEnum};
 use tlsnet::pki::dev::{DevPki, DevPkiState};
 use tlsnet::server::{Server, ServerOptions, bind};
 use tlsnet::service::{Discard, Echo, Service};
-use tlsnet::tls::{ClientAuth, Identity, ServerTlsOptions, load_certs};
+use tlsnet::reload::Reloader;
+use tlsnet::tls::{ClientAuth, Identity, ServerTlsOptions, load_certs, load_crls};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::logging::{self, LogFormat};
@@ -40,6 +42,16 @@ pub struct ServeArgs {
     /// development PKI, none otherwise.
     #[arg(long, value_enum, value_name = "MODE")]
     client_auth: Option<ClientAuthArg>,
+
+    /// CRL file (PEM or DER, e.g. from `tlsnet pki crl`): client certificates listed there are
+    /// refused. Re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+
+    /// How often certificate, key, client CA and CRL files are checked for changes (0: only
+    /// on SIGHUP). A changed file that does not load is refused and the old material kept.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    reload_interval: Duration,
 
     /// Also accept TLS 1.2 (ECDHE key exchange with AEAD ciphers only). Default: TLS 1.3 only.
     #[arg(long)]
@@ -103,9 +115,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
     }
 
-    let (tls_options, dev_pki) = tls_options(&args)?;
-    let client_auth = tls_options.client_auth;
-    let tls = tls_options.build()?;
+    let (source, dev_pki) = tls_source(&args)?;
+    let client_auth = source.client_auth;
+    let tls = source.build()?;
 
     let mut listeners = Vec::new();
     for spec in &args.listen {
@@ -138,15 +150,62 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
         shutdown_timeout: args.shutdown_timeout,
     };
-    Server::with_options(tls, service, options)
-        .run(listeners, shutdown_signal())
-        .await?;
+    let server = Server::with_options(tls, service, options);
+    let reloader = Reloader::new(source.files(), move || source.build(), server.tls_handle())
+        .interval(if args.reload_interval.is_zero() { Duration::from_secs(365 * 86400) } else { args.reload_interval });
+    let stop_reloading = CancellationToken::new();
+    spawn_sighup_listener(reloader.trigger());
+    let reload_task = tokio::spawn(reloader.run(stop_reloading.clone()));
+    server.run(listeners, shutdown_signal()).await?;
+    stop_reloading.cancel();
+    let _ = reload_task.await;
     Ok(ExitCode::SUCCESS)
 }
 
-fn tls_options(args: &ServeArgs) -> Result<(ServerTlsOptions, Option<DevPki>)> {
-    let (identity, client_ca_path, dev_pki) = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => (Identity::from_files(cert, key)?, args.client_ca.clone(), None),
+/// Where the server's TLS material comes from; rebuilt on every reload.
+#[derive(Debug, Clone)]
+struct TlsSource {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    client_auth: ClientAuth,
+    tls12: bool,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl TlsSource {
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        files.extend(self.client_ca.iter().cloned());
+        files.extend(self.crl.iter().cloned());
+        files
+    }
+
+    fn build(&self) -> tlsnet::Result<Arc<rustls::ServerConfig>> {
+        let client_ca = match (&self.client_ca, self.client_auth) {
+            (Some(path), mode) if mode != ClientAuth::None => load_certs(path)?,
+            _ => Vec::new(),
+        };
+        let crls = match &self.crl {
+            Some(path) => load_crls(path)?,
+            None => Vec::new(),
+        };
+        ServerTlsOptions {
+            identity: Identity::from_files(&self.cert, &self.key)?,
+            client_ca,
+            client_auth: self.client_auth,
+            allow_tls12: self.tls12,
+            alpn: self.alpn.clone(),
+            crls,
+        }
+        .build()
+    }
+}
+
+fn tls_source(args: &ServeArgs) -> Result<(TlsSource, Option<DevPki>)> {
+    let (cert, key, client_ca_path, dev_pki) = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone(), args.client_ca.clone(), None),
         _ => {
             let pki = DevPki::at(match &args.pki_dir {
                 Some(dir) => dir.clone(),
@@ -162,9 +221,8 @@ fn tls_options(args: &ServeArgs) -> Result<(ServerTlsOptions, Option<DevPki>)> {
                 DevPkiState::Renewed => info!(dir = %pki.dir().display(), "re-issued development certificates close to expiry"),
                 DevPkiState::Existing => info!(dir = %pki.dir().display(), "using the development PKI"),
             }
-            let identity = Identity::from_files(&pki.server_cert(), &pki.server_key())?;
             let ca = args.client_ca.clone().unwrap_or_else(|| pki.ca_cert());
-            (identity, Some(ca), Some(pki))
+            (pki.server_cert(), pki.server_key(), Some(ca), Some(pki))
         }
     };
     let client_auth = match (args.client_auth, &client_ca_path) {
@@ -180,18 +238,19 @@ fn tls_options(args: &ServeArgs) -> Result<(ServerTlsOptions, Option<DevPki>)> {
         }
         (None, None) => ClientAuth::None,
     };
-    let client_ca = match (&client_ca_path, client_auth) {
-        (Some(path), mode) if mode != ClientAuth::None => load_certs(path)?,
-        _ => Vec::new(),
-    };
-    let options = ServerTlsOptions {
-        identity,
-        client_ca,
+    if args.crl.is_some() && client_auth == ClientAuth::None {
+        return Err(UsageError("--crl checks client certificates: it needs --client-ca".into()).into());
+    }
+    let source = TlsSource {
+        cert,
+        key,
+        client_ca: client_ca_path,
+        crl: args.crl.clone(),
         client_auth,
-        allow_tls12: args.tls12,
+        tls12: args.tls12,
         alpn: args.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
     };
-    Ok((options, dev_pki))
+    Ok((source, dev_pki))
 }
 
 fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {
@@ -212,6 +271,23 @@ fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {
          \nor with OpenSSL:\n\
          \n    openssl s_client -connect localhost:{port} -CAfile {d}/ca.pem -cert {d}/client.pem -key {d}/client-key.pem\n"
     );
+}
+
+fn spawn_sighup_listener(trigger: Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP received: reloading TLS material");
+                    trigger.notify_one();
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = trigger;
 }
 
 async fn shutdown_signal() {
