@@ -13,7 +13,9 @@ use tlsnet::pki::{CertificateAuthority, KeyType, LeafSpec, Purpose};
 use tlsnet::report::HandshakeReport;
 use tlsnet::server::{Server, ServerOptions, ServerStats};
 use tlsnet::service::{Echo, Service};
-use tlsnet::tls::{ClientAuth, ClientTlsOptions, Identity, ServerTlsOptions, load_certs, server_name};
+use tlsnet::tls::{
+    load_certs, server_name, ClientAuth, ClientTlsOptions, Identity, ServerTlsOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -30,7 +32,8 @@ impl TestPki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let year = Duration::from_secs(365 * 86400);
-        let ca = CertificateAuthority::generate("tlsnet test CA", KeyType::EcdsaP256, year).expect("CA");
+        let ca =
+            CertificateAuthority::generate("tlsnet test CA", KeyType::EcdsaP256, year).expect("CA");
         let other_ca =
             CertificateAuthority::generate("some other CA", KeyType::EcdsaP256, year).expect("CA");
         let pki = TestPki { dir, ca, other_ca };
@@ -69,8 +72,11 @@ impl TestPki {
     }
 
     pub fn identity(&self, name: &str) -> Identity {
-        Identity::from_files(&self.path(&format!("{name}.pem")), &self.path(&format!("{name}-key.pem")))
-            .expect("identity")
+        Identity::from_files(
+            &self.path(&format!("{name}.pem")),
+            &self.path(&format!("{name}-key.pem")),
+        )
+        .expect("identity")
     }
 
     pub fn ca_certs(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
@@ -98,7 +104,10 @@ impl TestPki {
 pub fn server_spec() -> LeafSpec {
     let mut spec = LeafSpec::new(Purpose::Server, "localhost");
     spec.dns = vec!["localhost".into()];
-    spec.ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    spec.ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
     spec
 }
 
@@ -123,7 +132,11 @@ impl TestServer {
         Self::start_with(tls, Arc::new(Echo), test_options()).await
     }
 
-    pub async fn start_with(tls: ServerTlsOptions, service: Arc<dyn Service>, options: ServerOptions) -> Self {
+    pub async fn start_with(
+        tls: ServerTlsOptions,
+        service: Arc<dyn Service>,
+        options: ServerOptions,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let server = Server::with_options(tls.build().expect("server config"), service, options);
@@ -137,7 +150,12 @@ impl TestServer {
                 .await
                 .expect("server run");
         });
-        TestServer { addr, stats, stop: Some(stop), task: Some(task) }
+        TestServer {
+            addr,
+            stats,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn addr_string(&self) -> String {
@@ -164,7 +182,10 @@ impl Drop for TestServer {
 }
 
 /// Connects with the library client, checking the name `localhost`.
-pub async fn connect(addr: &str, tls: &ClientTlsOptions) -> tlsnet::Result<(ClientStream, HandshakeReport)> {
+pub async fn connect(
+    addr: &str,
+    tls: &ClientTlsOptions,
+) -> tlsnet::Result<(ClientStream, HandshakeReport)> {
     let connector = Connector::new(tls.build()?);
     connector.connect(addr, server_name("localhost")?).await
 }
@@ -212,7 +233,11 @@ pub fn require(program: &str) {
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until something accepts TCP connections on `addr`.
