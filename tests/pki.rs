@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rustls::client::danger::ServerCertVerifier;
-use rustls::server::danger::ClientCertVerifier as _;
 use rustls::pki_types::{ServerName, UnixTime};
 use tlsnet::pki::{Constraints, InitOptions, KeyType, LeafSpec, PkiDir, Purpose};
 use tlsnet::tls::{ClientTlsOptions, Identity, ServerTlsOptions, load_certs};
