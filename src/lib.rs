@@ -21,6 +21,7 @@
 //! | [`client`] | connect, verify, report |
 //! | [`pki`] | certificate authority and the first-run development PKI |
 //! | [`verify`] | server verification with an optional SPKI pin |
+//! | [`telemetry`] | Prometheus metrics and health endpoint |
 //! | [`danger`] | everything that weakens verification, in one place |
 //!
 //! Start with `examples/echo_server.rs` and `examples/echo_client.rs`.
@@ -41,6 +42,7 @@ pub mod reload;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod tls;
 pub mod verify;
 pub mod x509;

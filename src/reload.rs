@@ -93,11 +93,13 @@ where
         match (self.build)() {
             Ok(config) => {
                 self.handle.replace(config);
+                crate::telemetry::reload(true);
                 info!(files = ?self.files, "reloaded TLS material; new connections use it");
                 ReloadOutcome::Reloaded
             }
             Err(e) => {
                 warn!(error = %e, "reload refused; the current TLS material stays in use");
+                crate::telemetry::reload(false);
                 ReloadOutcome::Refused(e.to_string())
             }
         }

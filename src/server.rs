@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::failure::{FailureCause, Side};
 use crate::reload::TlsHandle;
 use crate::report::HandshakeReport;
+use crate::telemetry;
 use crate::service::{ConnectionContext, ServerStream, Service};
 
 /// Limits and deadlines.
@@ -193,8 +194,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, connections: Ta
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(10);
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                telemetry::accepted();
                 let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
                     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    telemetry::refused();
                     warn!(%peer, limit = shared.options.max_connections, "connection refused: connection limit reached");
                     continue; // dropping `tcp` closes it
                 };
@@ -238,6 +241,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: Ow
         Err(_) => return failed(&shared, FailureCause::Timeout(deadline), started),
     };
     shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+    telemetry::handshake_ok(started.elapsed());
     let (_, conn) = stream.get_ref();
     let report = Arc::new(HandshakeReport::from_state(conn, conn.server_name(), started.elapsed()));
     log_handshake(&report);
@@ -248,7 +252,9 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: Ow
         idle_timeout: shared.options.idle_timeout,
         shutdown: shared.force_close.clone(),
     };
+    telemetry::opened();
     let outcome = shared.service.serve(stream, &ctx).await;
+    telemetry::closed(outcome.bytes_in, outcome.bytes_out);
     info!(
         service = shared.service.name(),
         bytes_in = outcome.bytes_in,
@@ -303,6 +309,7 @@ fn looks_like_http(start: &[u8]) -> bool {
 
 fn failed(shared: &Shared, cause: FailureCause, started: Instant) {
     shared.stats.record_failure(&cause);
+    telemetry::handshake_failed(cause.label());
     warn!(
         cause = %cause,
         reason = cause.label(),

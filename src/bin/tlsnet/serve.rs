@@ -11,6 +11,7 @@ use tlsnet::pki::dev::{DevPki, DevPkiState};
 use tlsnet::server::{Server, ServerOptions, bind};
 use tlsnet::service::{Discard, Echo, Service};
 use tlsnet::reload::Reloader;
+use tlsnet::telemetry;
 use tlsnet::tls::{ClientAuth, Identity, ServerTlsOptions, load_certs, load_crls};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -86,6 +87,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "TLSNET_PKI_DIR")]
     pki_dir: Option<PathBuf>,
 
+    /// Serve Prometheus metrics on GET /metrics and a health check on GET /health at this
+    /// address. A bare port (`9090`) binds to localhost; give an address to bind elsewhere.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
     /// Log line format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -115,6 +121,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
     }
 
+    // The recorder first, so that the expiry gauges of the first build are kept.
+    let metrics = match &args.metrics {
+        Some(spec) => Some((metrics_listener(spec).await?, telemetry::install()?)),
+        None => None,
+    };
     let (source, dev_pki) = tls_source(&args)?;
     let client_auth = source.client_auth;
     let tls = source.build()?;
@@ -156,6 +167,12 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let stop_reloading = CancellationToken::new();
     spawn_sighup_listener(reloader.trigger());
     let reload_task = tokio::spawn(reloader.run(stop_reloading.clone()));
+    if let Some((listener, handle)) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "metrics on http://{addr}/metrics, health on /health");
+        }
+        tokio::spawn(telemetry::serve_http(listener, handle, stop_reloading.clone()));
+    }
     server.run(listeners, shutdown_signal()).await?;
     stop_reloading.cancel();
     let _ = reload_task.await;
@@ -191,15 +208,17 @@ impl TlsSource {
             Some(path) => load_crls(path)?,
             None => Vec::new(),
         };
-        ServerTlsOptions {
+        let options = ServerTlsOptions {
             identity: Identity::from_files(&self.cert, &self.key)?,
             client_ca,
             client_auth: self.client_auth,
             allow_tls12: self.tls12,
             alpn: self.alpn.clone(),
             crls,
-        }
-        .build()
+        };
+        let config = options.build()?;
+        telemetry::record_expiry(&options.identity.chain, &options.client_ca, &options.crls);
+        Ok(config)
     }
 }
 
@@ -271,6 +290,19 @@ fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {
          \nor with OpenSSL:\n\
          \n    openssl s_client -connect localhost:{port} -CAfile {d}/ca.pem -cert {d}/client.pem -key {d}/client-key.pem\n"
     );
+}
+
+async fn metrics_listener(spec: &str) -> Result<tokio::net::TcpListener> {
+    let spec = if spec.parse::<u16>().is_ok() { format!("127.0.0.1:{spec}") } else { spec.to_owned() };
+    let listener = tokio::net::TcpListener::bind(&spec)
+        .await
+        .with_context(|| format!("--metrics: cannot listen on {spec}"))?;
+    if let Ok(addr) = listener.local_addr() {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "metrics are reachable from other machines");
+        }
+    }
+    Ok(listener)
 }
 
 fn spawn_sighup_listener(trigger: Arc<tokio::sync::Notify>) {
