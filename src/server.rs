@@ -281,21 +281,29 @@ async fn sniff(tcp: &TcpStream) -> std::result::Result<(), FailureCause> {
         .peek(&mut first)
         .await
         .map_err(|e| FailureCause::classify(&e, Side::Server))?;
-    if n == 0 {
-        return Err(FailureCause::ClosedDuringHandshake);
+    match classify_first_bytes(&first[..n]) {
+        None => Ok(()),
+        Some(FailureCause::PlaintextHttp) => {
+            // Tell a browser or curl what went wrong; best effort, never blocks.
+            let _ = tcp.try_write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nThis port speaks TLS: use https://\r\n",
+            );
+            Err(FailureCause::PlaintextHttp)
+        }
+        Some(cause) => Err(cause),
     }
+}
+
+/// What the first bytes of a connection say, before any TLS parsing: `None` when they may
+/// start a TLS handshake, else the cause to report.
+pub fn classify_first_bytes(first: &[u8]) -> Option<FailureCause> {
     const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-    if first[0] == TLS_HANDSHAKE_RECORD {
-        return Ok(());
+    match first.first() {
+        None => Some(FailureCause::ClosedDuringHandshake),
+        Some(&TLS_HANDSHAKE_RECORD) => None,
+        Some(_) if looks_like_http(first) => Some(FailureCause::PlaintextHttp),
+        Some(&first_byte) => Some(FailureCause::NotTls { first_byte }),
     }
-    if looks_like_http(&first[..n]) {
-        // Tell a browser or curl what went wrong; best effort, never blocks.
-        let _ = tcp.try_write(
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nThis port speaks TLS: use https://\r\n",
-        );
-        return Err(FailureCause::PlaintextHttp);
-    }
-    Err(FailureCause::NotTls { first_byte: first[0] })
 }
 
 fn looks_like_http(start: &[u8]) -> bool {

@@ -76,36 +76,44 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+/// Parses a private key from PEM bytes: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+pub fn key_from_pem(bytes: &[u8]) -> std::result::Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| {
+        format!(
+            "no usable private key ({e}); expected PEM 'PRIVATE KEY', 'RSA PRIVATE KEY' or 'EC PRIVATE KEY'"
+        )
+    })
+}
+
 /// Reads a private key from a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-        Error::bad_file(
-            path,
-            format!(
-                "no usable private key ({e}); expected PEM 'PRIVATE KEY', 'RSA PRIVATE KEY' or 'EC PRIVATE KEY'"
-            ),
-        )
-    })
+    key_from_pem(&bytes).map_err(|e| Error::bad_file(path, e))
+}
+
+/// Parses CRLs from PEM (`X509 CRL`) or DER bytes.
+pub fn crls_from_bytes(
+    bytes: &[u8],
+) -> std::result::Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
+        CertificateRevocationListDer::pem_slice_iter(bytes)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("invalid PEM: {e}"))?
+    } else {
+        vec![CertificateRevocationListDer::from(bytes.to_vec())]
+    };
+    if crls.is_empty() {
+        return Err(
+            "no X509 CRL found (expected PEM -----BEGIN X509 CRL----- or DER; tlsnet pki crl writes one)".into(),
+        );
+    }
+    Ok(crls)
 }
 
 /// Reads the CRLs of a file: PEM (`X509 CRL`) or DER.
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
-    let crls = if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
-        CertificateRevocationListDer::pem_slice_iter(&bytes)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::bad_file(path, format!("invalid PEM: {e}")))?
-    } else {
-        vec![CertificateRevocationListDer::from(bytes)]
-    };
-    if crls.is_empty() {
-        return Err(Error::bad_file(
-            path,
-            "no X509 CRL found (expected PEM -----BEGIN X509 CRL----- or DER; tlsnet pki crl writes one)",
-        ));
-    }
-    Ok(crls)
+    crls_from_bytes(&bytes).map_err(|e| Error::bad_file(path, e))
 }
 
 /// A certificate chain and its private key.
