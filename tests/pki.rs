@@ -310,3 +310,48 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn pkcs12_export_opens_with_openssl_and_the_password_only() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("pki");
+    let d = d.to_str().unwrap();
+    assert!(tlsnet(&["pki", "init", "--dir", d]).status.success());
+    let password_file = tmp.path().join("password");
+    std::fs::write(&password_file, "correct horse\n").unwrap();
+    let p12 = tmp.path().join("erin.p12");
+    let out = tlsnet(&[
+        "pki", "issue", "client", "erin", "--dir", d,
+        "--p12", p12.to_str().unwrap(), "--p12-password-file", password_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p12).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let open = |pass: &str| {
+        Command::new("openssl")
+            .args(["pkcs12", "-in", p12.to_str().unwrap(), "-passin", &format!("pass:{pass}"), "-nodes"])
+            .output()
+            .unwrap()
+    };
+    let good = open("correct horse");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(text.contains("BEGIN PRIVATE KEY"), "the key is inside");
+    assert!(text.contains("subject=CN=erin") || text.contains("subject=CN = erin"), "{text}");
+    for wrong in ["", "wrong", "correct horse\n"] {
+        let bad = open(wrong);
+        assert!(!bad.status.success(), "password {wrong:?} must not open it");
+    }
+    // An empty password file is refused up front.
+    std::fs::write(&password_file, "").unwrap();
+    let out = tlsnet(&[
+        "pki", "issue", "client", "frank", "--dir", d,
+        "--p12", tmp.path().join("frank.p12").to_str().unwrap(), "--p12-password-file", password_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!Path::new(d).join("frank.pem").exists(), "nothing issued when the password is bad");
+}

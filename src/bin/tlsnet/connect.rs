@@ -111,6 +111,12 @@ fn client_options(args: &ConnectArgs, host: &str) -> Result<ClientTlsOptions> {
     } else if let Some(ca) = &args.ca {
         ServerTrust::Roots(load_certs(ca)?)
     } else if args.pin.is_some() {
+        if args.crl.is_some() {
+            return Err(UsageError(
+                "--crl needs a CA to check against (--ca FILE); with --pin alone there is none".into(),
+            )
+            .into());
+        }
         ServerTrust::PinOnly
     } else if let Some(pki) = local_dev_pki(args, host) {
         if !args.quiet {

@@ -228,6 +228,11 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
             spec.uris = uri;
             spec.validity = days(d)?;
             spec.key_type = key.into();
+            // Read the password first: a bad password file must not leave a half-done issue.
+            let p12_password = match &p12_password_file {
+                Some(file) => Some(read_password(file)?),
+                None => None,
+            };
             let entry = pki.issue(&name, &spec)?;
             println!(
                 "issued {} certificate '{}' (serial {}, valid until {}):\n  {}\n  {}",
@@ -238,8 +243,8 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
                 pki.cert_path(&name).display(),
                 pki.key_path(&name).display()
             );
-            if let (Some(p12), Some(password_file)) = (p12, p12_password_file) {
-                write_p12(&pki, &name, &p12, &password_file)?;
+            if let (Some(p12), Some(password)) = (p12, p12_password) {
+                write_p12(&pki, &name, &p12, &password)?;
                 println!("  {}", p12.display());
             }
         }
@@ -295,13 +300,21 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_p12(pki: &PkiDir, name: &str, out: &std::path::Path, password_file: &std::path::Path) -> Result<()> {
+fn read_password(password_file: &std::path::Path) -> Result<String> {
     let password = std::fs::read_to_string(password_file)
         .with_context(|| format!("cannot read {}", password_file.display()))?;
     let password = password.lines().next().unwrap_or("").to_owned();
     if password.is_empty() {
         return Err(UsageError(format!("{} is empty: a PKCS#12 file needs a password", password_file.display())).into());
     }
-    let _ = (pki, name, out);
-    anyhow::bail!("PKCS#12 export is not built yet")
+    Ok(password)
+}
+
+fn write_p12(pki: &PkiDir, name: &str, out: &std::path::Path, password: &str) -> Result<()> {
+    let mut chain = tlsnet::tls::load_certs(&pki.cert_path(name))?;
+    chain.extend(tlsnet::tls::load_certs(&pki.path("ca.pem"))?);
+    let key = tlsnet::tls::load_key(&pki.key_path(name))?;
+    let p12 = tlsnet::pkcs12::write(&chain, key.secret_der(), password, name)?;
+    tlsnet::pki::files::write_file(out, &p12, tlsnet::pki::files::Access::Private)?;
+    Ok(())
 }
