@@ -485,7 +485,7 @@ fn der_file() {
     let back: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(back, [pki.leaf_der.clone()]);
+    assert_eq!(back, std::slice::from_ref(&pki.leaf_der));
 }
 
 #[test]
@@ -598,7 +598,7 @@ fn pkcs12_written_by_tlsnet_opens_with_openssl() {
     let leaf: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&certs.stdout)
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(leaf, [pki.leaf_der.clone()]);
+    assert_eq!(leaf, std::slice::from_ref(&pki.leaf_der));
     let key = Command::new("openssl")
         .args([
             "pkcs12",
