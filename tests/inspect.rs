@@ -938,7 +938,13 @@ fn remote_requiring_a_client_certificate() {
         &pki,
         "leaf.pem",
         "leaf.key",
-        &["-Verify", "1", "-CAfile", &client_ca],
+        &[
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-CAfile",
+            &client_ca,
+        ],
     );
     let addr = server.addr();
     let ca = pki.path("root.pem");
@@ -1008,6 +1014,35 @@ fn remote_requiring_a_client_certificate() {
     .stdout;
     assert!(text.contains("client cert:      requested"), "{text}");
     assert!(!text.contains("REFUSED"), "{text}");
+
+    // A certificate from a CA the server does not trust: sent, and refused.
+    let json = tlsnet(
+        pki.dir.path(),
+        &[
+            "inspect",
+            &addr,
+            "--ca",
+            &ca,
+            "--cert",
+            &pki.path("leaf.pem"),
+            "--key",
+            &pki.path("leaf.key"),
+            "--json",
+        ],
+    )
+    .ok()
+    .json();
+    let auth = &json["client_auth"];
+    assert!(
+        auth["sent"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CN=localhost"),
+        "{auth}"
+    );
+    let refused = auth["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("does not trust"), "{auth}");
+    assert_eq!(cns(&json), ["localhost", "inspect test intermediate"]);
 }
 
 fn starttls_case(protocol: &str) {

@@ -462,22 +462,14 @@ impl ClientCertRecorder {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let requested = asked.is_some();
         ClientAuthInfo {
-            requested: asked.is_some(),
+            requested,
             acceptable_cas: asked.unwrap_or_default(),
-            sent: self.sent.clone().filter(|_| self.key.is_some()),
+            // Only a certificate that was asked for is sent.
+            sent: self.sent.clone().filter(|_| requested),
             refused: None,
         }
-        .sent_only_if_requested()
-    }
-}
-
-impl ClientAuthInfo {
-    fn sent_only_if_requested(mut self) -> Self {
-        if !self.requested {
-            self.sent = None;
-        }
-        self
     }
 }
 
