@@ -1,5 +1,7 @@
 //! TLS scanners against the real `tlsnet serve`: sslyze's check of Mozilla's "modern"
-//! configuration (https://ssl-config.mozilla.org/) must pass on the default server.
+//! configuration (https://ssl-config.mozilla.org/) must pass on the default server; nmap's
+//! `ssl-enum-ciphers` must grade it A; testssl.sh must find nothing of severity MEDIUM or above
+//! but the findings listed in [`TESTSSL_ACCEPTED`], each with its reason.
 //!
 //! What sslyze's modern check requires (sslyze 6, Mozilla profile 5.7): TLS 1.3 only; only the
 //! TLS 1.3 suites AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305; key exchange groups only
@@ -204,4 +206,88 @@ async fn sslyze_mozilla_modern_fails_a_server_that_allows_tls12() {
         server.kill().await;
     })
     .await;
+}
+
+/// testssl.sh findings of severity MEDIUM or above that we accept, with the reason.
+const TESTSSL_ACCEPTED: &[(&str, &str)] = &[(
+    "cert_revocation",
+    "a private CA has no public CRL or OCSP URL to put in its certificates: tlsnet's CA \
+     distributes its CRL as a file, checked with `serve --crl` / `connect --crl`",
+)];
+
+#[tokio::test]
+async fn nmap_ssl_enum_ciphers_grades_the_default_server_a() {
+    require("nmap");
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let (mut server, addr) = start_tlsnet_serve(["--pki-dir".as_ref(), pki.as_os_str()]).await;
+        let port = addr.rsplit_once(':').unwrap().1.to_owned();
+        let mut command = Command::new("nmap");
+        command.args(["-Pn", "-n", "-p", &port, "--script", "ssl-enum-ciphers", "127.0.0.1"]);
+        let mut scan = Proc::spawn("nmap", command);
+        let status = scan.finish(Duration::from_secs(120)).await;
+        let out = scan.stdout();
+        println!("{out}");
+        assert!(status.success(), "{}", scan.describe());
+        assert!(out.contains("ssl-enum-ciphers"), "the script ran: {}", scan.describe());
+        assert!(out.contains("least strength: A"), "grade A: {}", scan.describe());
+        assert!(out.contains("TLSv1.3:"), "{out}");
+        for old in ["SSLv3:", "TLSv1.0:", "TLSv1.1:", "TLSv1.2:"] {
+            assert!(!out.contains(old), "{old} must not be offered: {out}");
+        }
+        for line in out.lines().filter(|l| l.contains("TLS_AKE_WITH_")) {
+            assert!(line.trim_end().ends_with("- A"), "every suite graded A: {line}");
+        }
+        server.kill().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn testssl_finds_nothing_medium_or_above_on_the_default_server() {
+    require("testssl");
+    // testssl.sh runs a few hundred handshakes: give it longer than the other peers.
+    tokio::time::timeout(Duration::from_secs(600), async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let (mut server, addr) = start_tlsnet_serve(["--pki-dir".as_ref(), pki.as_os_str()]).await;
+        let json = dir.path().join("testssl.json");
+        let mut command = Command::new("testssl");
+        command
+            .args(["--quiet", "--color", "0", "--warnings", "off", "--severity", "MEDIUM"])
+            .arg("--add-ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--jsonfile")
+            .arg(&json)
+            .arg(&addr)
+            .current_dir(dir.path());
+        let mut scan = Proc::spawn("testssl", command);
+        // testssl's exit code counts findings; the JSON file is the verdict.
+        let _ = scan.finish(Duration::from_secs(540)).await;
+        let text = std::fs::read_to_string(&json)
+            .unwrap_or_else(|e| panic!("no testssl JSON ({e}): {}", scan.describe()));
+        let findings: Vec<serde_json::Value> = serde_json::from_str(&text).expect("testssl JSON");
+        assert!(
+            findings.iter().all(|f| f["id"] != "scanProblem"),
+            "testssl could not scan: {text}"
+        );
+        let serious: Vec<String> = findings
+            .iter()
+            .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
+            .map(|f| {
+                let field = |k: &str| f[k].as_str().unwrap_or("?").to_owned();
+                format!("{} {}: {}", field("severity"), field("id"), field("finding"))
+            })
+            .collect();
+        println!("testssl findings of severity MEDIUM or above: {serious:#?}");
+        let unexpected: Vec<&String> = serious
+            .iter()
+            .filter(|f| !TESTSSL_ACCEPTED.iter().any(|(id, _)| f.contains(&format!(" {id}:"))))
+            .collect();
+        assert!(unexpected.is_empty(), "testssl findings: {unexpected:#?}\n{}", scan.describe());
+        server.kill().await;
+    })
+    .await
+    .expect("testssl finished within 10 minutes");
 }
