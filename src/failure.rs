@@ -368,16 +368,17 @@ pub fn alert_name(alert: AlertDescription) -> String {
     // rustls' Debug is CamelCase; RFC names are snake_case, which is what other tools print.
     let camel = format!("{alert:?}");
     let mut out = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
+    let mut prev_upper = true; // no underscore before the first letter
+    for c in camel.chars() {
         if c.is_ascii_uppercase() {
-            let prev_upper = camel[..i].chars().last().is_some_and(|p| p.is_ascii_uppercase());
-            if i > 0 && !prev_upper {
+            if !prev_upper {
                 out.push('_');
             }
             out.push(c.to_ascii_lowercase());
         } else {
             out.push(c);
         }
+        prev_upper = c.is_ascii_uppercase();
     }
     out
 }

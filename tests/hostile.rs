@@ -24,7 +24,7 @@ async fn good_client_is_served(pki: &TestPki, addr: &str) {
 /// Reads until EOF or error, with a deadline; returns what was read.
 async fn read_until_closed(tcp: &mut TcpStream, deadline: Duration) -> Vec<u8> {
     let mut got = Vec::new();
-    let _ = tokio::time::timeout(deadline, async {
+    tokio::time::timeout(deadline, async {
         let mut buf = [0u8; 1024];
         loop {
             match tcp.read(&mut buf).await {

@@ -153,7 +153,9 @@ async fn tls12_only_client_is_refused_by_the_default_server() {
     let result = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await;
-    let err = result.err().expect("a TLS 1.2-only client must be refused");
+    let Err(err) = result else {
+        panic!("a TLS 1.2-only client must be refused");
+    };
     let cause = tlsnet::failure::FailureCause::classify(&err, tlsnet::failure::Side::Client);
     assert!(cause.to_string().contains("TLS version"), "{cause}");
     wait_for_failure(&server.stats, "protocol_version").await;

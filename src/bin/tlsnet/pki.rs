@@ -193,7 +193,7 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
                 name,
                 key_type: key.into(),
                 validity: days(d)?,
-                intermediate: intermediate.then(|| Constraints {
+                intermediate: intermediate.then_some(Constraints {
                     permit_dns,
                     permit_ips: permit_ip,
                 }),
