@@ -2,71 +2,57 @@
 //!
 //! [`NoVerification`] accepts any server certificate. It still checks that the server holds the
 //! key of the certificate it sent (the handshake signature), but anyone on the path can send
-//! their own certificate. It exists for `tlsnet connect --insecure`, which warns on every use.
+//! their own certificate. It exists for `tlsnet connect --insecure`, which warns on every use,
+//! and for `tlsnet inspect`, which records the chain, sends no data and judges the chain
+//! separately.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, Error, SignatureScheme};
+use rustls::Error;
 
-/// Accepts every server certificate. Offers no protection against an active attacker.
+use crate::verify::handshake_signatures_via_provider;
+
+/// Accepts every server certificate and remembers the last chain it saw. Offers no
+/// protection against an active attacker.
 #[derive(Debug)]
 pub struct NoVerification {
     provider: Arc<CryptoProvider>,
+    chain: Mutex<Vec<CertificateDer<'static>>>,
 }
 
 impl NoVerification {
     /// A verifier that checks handshake signatures with `provider` and nothing else.
     pub fn new(provider: Arc<CryptoProvider>) -> Self {
-        NoVerification { provider }
+        NoVerification {
+            provider,
+            chain: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The last chain presented (leaf first), taken out of the verifier.
+    pub fn take_chain(&self) -> Vec<CertificateDer<'static>> {
+        std::mem::take(&mut *self.chain.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let mut chain = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
+        chain.clear();
+        chain.push(end_entity.clone().into_owned());
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures_via_provider!();
 }

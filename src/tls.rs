@@ -360,7 +360,8 @@ fn root_store(certs: &[CertificateDer<'static>], what: &str) -> Result<RootCertS
     Ok(roots)
 }
 
-fn system_roots() -> Result<RootCertStore> {
+/// The operating system's trust store; an error says how to get one.
+pub fn system_roots() -> Result<RootCertStore> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (_added, _ignored) = roots.add_parsable_certificates(found.certs);

@@ -10,12 +10,12 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_parser::prelude::{FromDer, X509Name};
@@ -161,7 +161,7 @@ pub async fn fetch(addr: &str, options: &RemoteOptions) -> Result<RemoteInspecti
     let server_name = tls::server_name(&name_text)?;
     let provider = tls::provider();
 
-    let recorder = Arc::new(RecordingVerifier::new(provider.clone()));
+    let recorder = Arc::new(crate::danger::NoVerification::new(provider.clone()));
     let client_cert = Arc::new(ClientCertRecorder::new(
         options.identity.as_ref(),
         &provider,
@@ -189,7 +189,7 @@ pub async fn fetch(addr: &str, options: &RemoteOptions) -> Result<RemoteInspecti
     }
     let started = Instant::now();
     let outcome = connector.handshake(tcp, addr, server_name.clone()).await;
-    let chain = recorder.take();
+    let chain = recorder.take_chain();
     let (report, handshake_error, stream) = match outcome {
         Ok((stream, report)) => (Some(report), None, Some(stream)),
         Err(e) if !chain.is_empty() => (None, Some(handshake_cause(e)), None),
@@ -286,7 +286,7 @@ pub fn judge(
         return untrusted("the server sent no certificate".into(), "no_certificate");
     };
     let roots = match anchors {
-        TrustAnchors::System => system_roots(),
+        TrustAnchors::System => tls::system_roots().map_err(|e| e.to_string()),
         TrustAnchors::Roots { certs, .. } => {
             let mut roots = RootCertStore::empty();
             let (_added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
@@ -322,97 +322,6 @@ pub fn judge(
             let cause = FailureCause::from_tls(&e, Side::Client);
             untrusted(cause.to_string(), cause.label())
         }
-    }
-}
-
-fn system_roots() -> std::result::Result<RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    let (_added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        let why = found
-            .errors
-            .first()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "the trust store is empty".into());
-        return Err(format!(
-            "no system CA certificates could be loaded ({why}); install ca-certificates or pass --ca FILE"
-        ));
-    }
-    Ok(roots)
-}
-
-/// Accepts any server certificate and records the chain; still checks the handshake
-/// signature, so the server must hold the key of the certificate it sent.
-///
-/// Only for inspection: a connection made with it is closed without sending data.
-#[derive(Debug)]
-struct RecordingVerifier {
-    provider: Arc<CryptoProvider>,
-    chain: Mutex<Vec<CertificateDer<'static>>>,
-}
-
-impl RecordingVerifier {
-    fn new(provider: Arc<CryptoProvider>) -> Self {
-        RecordingVerifier {
-            provider,
-            chain: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn take(&self) -> Vec<CertificateDer<'static>> {
-        std::mem::take(&mut *self.chain.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let mut chain = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
-        chain.clear();
-        chain.push(end_entity.clone().into_owned());
-        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
