@@ -307,7 +307,7 @@ impl fmt::Display for FailureCause {
                         if presented.is_empty() {
                             "no names".to_owned()
                         } else {
-                            presented.join(", ")
+                            presented.iter().map(|n| san_label(n)).collect::<Vec<_>>().join(", ")
                         }
                     )
                 }
@@ -381,6 +381,15 @@ pub fn alert_name(alert: AlertDescription) -> String {
         prev_upper = c.is_ascii_uppercase();
     }
     out
+}
+
+/// rustls lists presented names as `localhost` or `IpAddress(127.0.0.1)`; show them the way
+/// certificates are usually printed (`DNS:localhost`, `IP:127.0.0.1`).
+fn san_label(name: &str) -> String {
+    match name.strip_prefix("IpAddress(").and_then(|n| n.strip_suffix(')')) {
+        Some(ip) => format!("IP:{ip}"),
+        None => format!("DNS:{name}"),
+    }
 }
 
 fn unix_time(t: UnixTime) -> String {

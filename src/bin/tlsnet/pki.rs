@@ -68,8 +68,8 @@ enum PkiCommand {
         /// What the certificate is for.
         #[arg(value_enum)]
         purpose: PurposeArg,
-        /// File name and common name. For a server with no --dns/--ip, NAME is also its DNS
-        /// name (or IP address).
+        /// File name and common name. For a server, NAME is also one of its DNS names (or IP
+        /// addresses), next to those of --dns and --ip.
         name: String,
         /// DNS subject alternative name (repeatable).
         #[arg(long, value_name = "NAME")]
@@ -216,10 +216,13 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
                 PurposeArg::Client => Purpose::Client,
             };
             let mut ips = ip;
-            if purpose == Purpose::Server && dns.is_empty() && ips.is_empty() {
+            if purpose == Purpose::Server {
+                // Like mkcert: the name a server is issued for is one of its names.
                 match name.parse::<IpAddr>() {
-                    Ok(addr) => ips.push(addr),
-                    Err(_) => dns.push(name.clone()),
+                    Ok(addr) if !ips.contains(&addr) => ips.push(addr),
+                    Ok(_) => {}
+                    Err(_) if !dns.contains(&name) => dns.insert(0, name.clone()),
+                    Err(_) => {}
                 }
             }
             let mut spec = LeafSpec::new(purpose, name.clone());
