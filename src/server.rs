@@ -232,28 +232,36 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
     let started = Instant::now();
-    let deadline = shared.options.handshake_timeout;
-    let acceptor = TlsAcceptor::from(shared.tls.current());
-    let handshake = tokio::time::timeout(deadline, handshake(tcp, &acceptor)).await;
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(cause)) => return failed(&shared, cause, started),
-        Err(_) => return failed(&shared, FailureCause::Timeout(deadline), started),
-    };
-    shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-    telemetry::handshake_ok(started.elapsed());
-    let (_, conn) = stream.get_ref();
-    let report = Arc::new(HandshakeReport::from_state(conn, conn.server_name(), started.elapsed()));
-    log_handshake(&report);
+    // The handshake's result and the stream live in this block only, so that they take no
+    // room in this task while the service runs (the service future holds its own stream).
+    let ctx;
+    let serving = {
+        let deadline = shared.options.handshake_timeout;
+        let acceptor = TlsAcceptor::from(shared.tls.current());
+        // Boxed: an unfinished handshake holds a whole rustls connection (about 1.2 KB) and its
+        // futures; inline, that space would stay in this task for the connection's lifetime.
+        let handshake = tokio::time::timeout(deadline, Box::pin(handshake(tcp, &acceptor))).await;
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(cause)) => return failed(&shared, cause, started),
+            Err(_) => return failed(&shared, FailureCause::Timeout(deadline), started),
+        };
+        shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        telemetry::handshake_ok(started.elapsed());
+        let (_, conn) = stream.get_ref();
+        let report = Arc::new(HandshakeReport::from_state(conn, conn.server_name(), started.elapsed()));
+        log_handshake(&report);
 
-    let ctx = ConnectionContext {
-        peer,
-        handshake: report,
-        idle_timeout: shared.options.idle_timeout,
-        shutdown: shared.force_close.clone(),
+        ctx = ConnectionContext {
+            peer,
+            handshake: report,
+            idle_timeout: shared.options.idle_timeout,
+            shutdown: shared.force_close.clone(),
+        };
+        shared.service.serve(stream, &ctx)
     };
     telemetry::opened();
-    let outcome = shared.service.serve(stream, &ctx).await;
+    let outcome = serving.await;
     telemetry::closed(outcome.bytes_in, outcome.bytes_out);
     info!(
         service = shared.service.name(),
@@ -406,6 +414,17 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The connection task must not keep room for the handshake or the stream (the service
+    /// future has the stream): that would cost every idle connection over a kilobyte.
+    #[test]
+    fn connection_task_is_small() {
+        fn size<A, B, C, D, F>(_: &impl Fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task = size(&|t, p, s, slot| handle(t, p, s, slot));
+        assert!(task < std::mem::size_of::<ServerStream>(), "connection future: {task} bytes");
+    }
 
     #[test]
     fn recognises_http() {
