@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -169,9 +169,15 @@ fn pump(mut stream: ServerStream, ctx: &ConnectionContext, echo: bool) -> impl F
     }
 }
 
-/// Reads once, and writes back what it read when `echo` is set. The buffer is allocated when
-/// the first bytes arrive.
+/// Reads once, and writes back what it read when `echo` is set. The echo buffer is allocated
+/// when the first bytes arrive; discarding needs none.
 async fn step(stream: &mut ServerStream, buf: &mut Vec<u8>, echo: bool) -> io::Result<usize> {
+    if !echo {
+        // Discard: take the plaintext where rustls decrypted it, without copying it out.
+        let n = stream.fill_buf().await?.len();
+        stream.consume(n);
+        return Ok(n);
+    }
     if buf.is_empty() {
         // Wait on the socket itself unless rustls already holds plaintext (or the peer's
         // close_notify) that came in with the end of the handshake.
