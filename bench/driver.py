@@ -43,6 +43,7 @@ TARGET_IDLE_KIB = 19
 TARGET_IDLE_HELD = 20000
 
 PIDFILE = None  # bench/run's trap kills the process groups listed here
+LOADS = []  # load average before each server start
 
 
 def log(msg):
@@ -149,6 +150,9 @@ class Rig:
         self.sink_port = None
         self.sink = None
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.samples = []  # every load-generator result, as printed
+        self.busy = []  # (CPU seconds used on the machine, of which by others) per load run
+        self.current = None
 
     # ---- servers -------------------------------------------------------------------------
 
@@ -256,15 +260,58 @@ sslVersionMax = TLSv1.3
         if mutual:
             cmd += ["--cert", str(self.pki / "client.pem"), "--key", str(self.pki / "client-key.pem")]
         cmd += [str(x) for x in args]
+        sink = self.sink.pid if self.sink else None
+        busy0, kids0 = cpu_busy(), children_cpu()
+        server0 = tree_cpu(inst.proc.pid) + (tree_cpu(sink) if sink else 0.0)
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=max_secs + 60)
         except subprocess.TimeoutExpired:
             return {"error": "load generator timed out"}
+        busy = cpu_busy() - busy0
+        server1 = tree_cpu(inst.proc.pid) + (tree_cpu(sink) if sink else 0.0)
+        ours = (server1 - server0) + (children_cpu() - kids0)
+        self.busy.append((busy, max(0.0, busy - ours)))
         if r.returncode != 0:
             lines = r.stderr.strip().splitlines()
             err = [ln for ln in lines if ln.startswith("Error:")] or lines[-1:] or ["exit %d" % r.returncode]
             return {"error": err[0].removeprefix("Error: ")}
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        self.samples.append({"system": self.current, "port": port, "args": [str(x) for x in args], **out})
+        return out
+
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy():
+    """CPU seconds the whole machine has spent busy (all cores)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK
+
+
+def tree_cpu(root):
+    """utime + stime of a process and its descendants."""
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+                stats[int(d)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK)
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, total, i = [root], 0.0, 0
+    while i < len(tree):
+        total += stats.get(tree[i], (0, 0.0))[1]
+        tree.extend(p for p, (pp, _) in stats.items() if pp == tree[i])
+        i += 1
+    return total
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def machine():
@@ -344,11 +391,14 @@ def ratio(row, systems):
     return (bp[1] / t if row["better"] == "lower" else t / bp[1]), bp
 
 
-def render(res, systems, runs, mach):
+def render(res, systems, runs, mach, other_share):
     cols = [s for s in SYSTEMS if s in systems]
     out = []
     out.append(f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory']}, Linux {mach['kernel']} "
                f"({mach['os']}); {mach['openssl']}")
+    if other_share > 0.05:
+        out.append(f"Warning: {100 * other_share:.0f}% of the CPU time used during the measurements went to "
+                   "other processes on this machine: wall rates are disturbed, CPU per operation less so.")
     out.append(f"Cells: median of {runs} run(s) [min-max]. Last column: tlsnet vs the best peer "
                f"(>1.00x: tlsnet ahead). Server CPU = utime+stime of all server processes.")
     head = ["case", "metric"] + [LABELS[s] for s in cols] + ["tlsnet vs best"]
@@ -396,7 +446,7 @@ def render(res, systems, runs, mach):
     return "\n".join(out)
 
 
-def judge(res, systems):
+def judge(res, systems, quick):
     def med(rid, system="tlsnet"):
         return res.rows.get(rid, {}).get("cells", {}).get(system, {}).get("median")
 
@@ -428,11 +478,18 @@ def judge(res, systems):
            TARGET_IDLE_KIB, "<=", "KiB")
     held = [res.rows[r]["cells"].get("tlsnet", {}).get("held") for r in idle_rows]
     held = max([h for h in held if h] or [0]) or None
-    fd_note = ""
-    if held and held < TARGET_IDLE_HELD:
-        fd_note = (f"open-files limit here is {resource.getrlimit(resource.RLIMIT_NOFILE)[1]} (hard); "
-                   "a server needs one per connection plus a few")
-    target("idle mutual-TLS connections held", held, TARGET_IDLE_HELD, ">=", "connections", fd_note)
+    target("idle mutual-TLS connections held", held, TARGET_IDLE_HELD, ">=", "connections")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if quick:
+        targets[-1]["met"] = None
+        targets[-1]["note"] = "quick run: 20,000 not asked"
+    elif held and held < TARGET_IDLE_HELD and held >= min(TARGET_IDLE_HELD, hard - 64):
+        # Every connection the open-files limit allowed was held: the machine, not tlsnet,
+        # stopped short of the target.
+        targets[-1]["met"] = None
+        targets[-1]["note"] = (f"not measurable here: the open-files hard limit is {hard} and cannot be "
+                               f"raised (no CAP_SYS_RESOURCE); tlsnet held all {held:,} connections it was "
+                               "allowed, a server needs one descriptor per connection plus a few")
     behind = []
     for rid in res.order:
         r = res.rows[rid]
@@ -489,7 +546,7 @@ def main():
     res = Results()
     mach = machine()
     started = time.time()
-    loads = []
+    loads = LOADS
     log(f"bench: {runs} run(s) of {', '.join(systems)}{' (quick)' if quick else ''}; logs in {a.work}")
 
     # Rows in a fixed order, so that the table reads the same whatever fails.
@@ -527,6 +584,7 @@ def main():
                     loads.append({"run": run + 1, "system": system, "mutual": mutual,
                                   "loadavg": open("/proc/loadavg").read().split()[:3]})
                     log(f"run {run + 1}/{runs}: {system} ({'mutual TLS' if mutual else 'server-auth'})")
+                    rig.current = f"{system}/{'mutual' if mutual else 'server-auth'}/run{run + 1}"
                     try:
                         inst = rig.start(system, mutual)
                     except Exception as e:  # a peer that cannot start leaves its cells empty
@@ -623,8 +681,10 @@ def main():
             stop(rig.sink)
 
     res.finish()
-    targets = judge(res, systems)
-    table = render(res, systems, runs, mach) + "\n" + render_targets(targets)
+    targets = judge(res, systems, quick)
+    total_busy = sum(b for b, _ in rig.busy)
+    other_share = sum(o for _, o in rig.busy) / total_busy if total_busy else 0.0
+    table = render(res, systems, runs, mach, other_share) + "\n" + render_targets(targets)
     print(table)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -641,10 +701,21 @@ def main():
         "rows": [res.rows[r] for r in res.order],
         "targets": targets,
         "load_before_each_server": loads,
+        "other_processes_cpu_share": round(other_share, 3),
+        "samples": rig.samples,
         "table": table,
     }
     out.write_text(json.dumps(doc, indent=1, default=list) + "\n")
     log(f"wrote {out}")
+    # The exit status says whether the rig worked for tlsnet (every tlsnet cell measured), not
+    # whether targets were met: speed depends on the machine and on what else runs on it.
+    if "tlsnet" in systems:
+        broken = [r["case"] + " " + r["metric"] for r in res.rows.values()
+                  if r["id"] != "bulk/tunnel" and "median" not in r["cells"].get("tlsnet", {})]
+        for b in broken:
+            log(f"bench: no tlsnet measurement for {b}")
+        if broken:
+            sys.exit(1)
 
 
 if __name__ == "__main__":
