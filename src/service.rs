@@ -119,6 +119,7 @@ impl Service for Discard {
 //
 // Not an `async fn`: one with a `mut` argument keeps the argument and its `mut` copy side by
 // side in its state, and the stream is 1.2 KB. The `async move` block holds it once.
+#[allow(clippy::manual_async_fn)]
 fn pump(mut stream: ServerStream, ctx: &ConnectionContext, echo: bool) -> impl Future<Output = Outcome> + Send + '_ {
     async move {
         // No buffer until the peer sends something: an idle connection does not hold 16 KiB.
