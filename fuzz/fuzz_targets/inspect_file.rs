@@ -7,19 +7,30 @@
 #[path = "common.rs"]
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 
+const PREFIX: &str = "tlsnet-fuzz-inspect-";
+
+/// The file each input is written to: in memory when /dev/shm is there, one per process.
+/// Those of processes that are gone are removed first.
 static FILE: LazyLock<PathBuf> = LazyLock::new(|| {
-    let shm = std::path::Path::new("/dev/shm");
+    let shm = Path::new("/dev/shm");
     let base = if shm.is_dir() {
         shm.to_path_buf()
     } else {
         std::env::temp_dir()
     };
-    let dir = base.join(format!("tlsnet-fuzz-inspect-{}", std::process::id()));
+    for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX));
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = base.join(format!("{PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create the fuzz temporary directory");
     dir.join("input")
 });
