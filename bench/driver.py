@@ -327,7 +327,7 @@ def machine():
         "rustc": sh("rustc --version"),
         "openssl": sh("openssl version"),
         "nginx": sh("nginx -v 2>&1"),
-        "stunnel": (sh("stunnel -version 2>&1 | head -1") or sh("stunnel4 -version 2>&1 | head -1")),
+        "stunnel": sh("(stunnel4 -version || stunnel -version) 2>&1 | grep -m1 '^stunnel'"),
         "python": sh(f"{sys.executable} -c 'import ssl,sys; print(sys.version.split()[0], ssl.OPENSSL_VERSION)'"),
         "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
@@ -664,10 +664,10 @@ def main():
                                     log(f"  idle {n}: {r['error']}")
                                     continue
                                 note = None
-                                if r["held"] < n:
-                                    note = f"{r['held']:,} held"
-                                    if asked < n:
-                                        note += f" (open-files limit {rig.fd_limit})"
+                                if asked < n:
+                                    note = f"{asked:,} asked: as many as the open-files limit ({rig.fd_limit}) allows"
+                                if r["held"] < asked:
+                                    note = f"only {r['held']:,} of {asked:,} held"
                                 res.add(rid, system, r["rss_kib_per_conn"], note)
                                 cell = res.rows[rid]["cells"][system]
                                 cell["held"] = max(cell.get("held", 0), r["held"])
