@@ -8,12 +8,14 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rustls::client::Resumption;
-use rustls::crypto::{SupportedKxGroup, aws_lc_rs};
-use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::crypto::{aws_lc_rs, SupportedKxGroup};
+use rustls::{
+    ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
+};
 use tlsnet::pki::dev::DevPki;
-use tlsnet::tls::{Identity, ServerTlsOptions, load_certs, server_name};
+use tlsnet::tls::{load_certs, server_name, Identity, ServerTlsOptions};
 
 struct Pki {
     _dir: tempfile::TempDir,
@@ -27,8 +29,10 @@ fn pki() -> Pki {
     let dev = DevPki::at(dir.path().join("pki"));
     dev.ensure().expect("dev PKI");
     Pki {
-        server: Identity::from_files(&dev.server_cert(), &dev.server_key()).expect("server identity"),
-        client: Identity::from_files(&dev.client_cert(), &dev.client_key()).expect("client identity"),
+        server: Identity::from_files(&dev.server_cert(), &dev.server_key())
+            .expect("server identity"),
+        client: Identity::from_files(&dev.client_cert(), &dev.client_key())
+            .expect("client identity"),
         ca: load_certs(&dev.ca_cert()).expect("CA"),
         _dir: dir,
     }
@@ -36,11 +40,20 @@ fn pki() -> Pki {
 
 fn server_config(pki: &Pki, mutual: bool) -> Arc<ServerConfig> {
     let options = ServerTlsOptions::new(pki.server.clone());
-    let options = if mutual { options.require_client_certs(pki.ca.clone()) } else { options };
+    let options = if mutual {
+        options.require_client_certs(pki.ca.clone())
+    } else {
+        options
+    };
     options.build().expect("server config")
 }
 
-fn client_config(pki: &Pki, group: &'static dyn SupportedKxGroup, mutual: bool, resume: bool) -> Arc<ClientConfig> {
+fn client_config(
+    pki: &Pki,
+    group: &'static dyn SupportedKxGroup,
+    mutual: bool,
+    resume: bool,
+) -> Arc<ClientConfig> {
     let mut provider = aws_lc_rs::default_provider();
     provider.kx_groups = vec![group];
     let mut roots = RootCertStore::empty();
@@ -58,7 +71,11 @@ fn client_config(pki: &Pki, group: &'static dyn SupportedKxGroup, mutual: bool, 
     } else {
         builder.with_no_client_auth()
     };
-    config.resumption = if resume { Resumption::in_memory_sessions(64) } else { Resumption::disabled() };
+    config.resumption = if resume {
+        Resumption::in_memory_sessions(64)
+    } else {
+        Resumption::disabled()
+    };
     Arc::new(config)
 }
 
@@ -76,10 +93,18 @@ fn transfer(from: &mut Connection, to: &mut Connection, buf: &mut Vec<u8>) {
 }
 
 /// One complete handshake (tickets included); returns both ends.
-fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, buf: &mut Vec<u8>) -> (Connection, Connection) {
+fn handshake(
+    client: &Arc<ClientConfig>,
+    server: &Arc<ServerConfig>,
+    buf: &mut Vec<u8>,
+) -> (Connection, Connection) {
     let name = server_name("localhost").expect("name");
-    let mut c: Connection = ClientConnection::new(client.clone(), name).expect("client").into();
-    let mut s: Connection = ServerConnection::new(server.clone()).expect("server").into();
+    let mut c: Connection = ClientConnection::new(client.clone(), name)
+        .expect("client")
+        .into();
+    let mut s: Connection = ServerConnection::new(server.clone())
+        .expect("server")
+        .into();
     while c.is_handshaking() || s.is_handshaking() || c.wants_write() || s.wants_write() {
         transfer(&mut c, &mut s, buf);
         transfer(&mut s, &mut c, buf);
@@ -131,31 +156,34 @@ fn records(cr: &mut Criterion) {
     let mut sink = vec![0u8; 256 * 1024];
     let mut group = cr.benchmark_group("records");
     group.throughput(Throughput::Bytes(chunk.len() as u64));
-    group.bench_function("client-to-server 256 KiB (AES-256-GCM, 16 KiB records)", |b| {
-        b.iter(|| {
-            use std::io::{Read, Write};
-            c.writer().write_all(&chunk).expect("write");
-            buf.clear();
-            while c.wants_write() {
-                c.write_tls(&mut buf).expect("write_tls");
-            }
-            let mut slice = &buf[..];
-            let mut got = 0;
-            while !slice.is_empty() {
-                s.read_tls(&mut slice).expect("read_tls");
-                s.process_new_packets().expect("process");
-                loop {
-                    match s.reader().read(&mut sink) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("read: {e}"),
+    group.bench_function(
+        "client-to-server 256 KiB (AES-256-GCM, 16 KiB records)",
+        |b| {
+            b.iter(|| {
+                use std::io::{Read, Write};
+                c.writer().write_all(&chunk).expect("write");
+                buf.clear();
+                while c.wants_write() {
+                    c.write_tls(&mut buf).expect("write_tls");
+                }
+                let mut slice = &buf[..];
+                let mut got = 0;
+                while !slice.is_empty() {
+                    s.read_tls(&mut slice).expect("read_tls");
+                    s.process_new_packets().expect("process");
+                    loop {
+                        match s.reader().read(&mut sink) {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => panic!("read: {e}"),
+                        }
                     }
                 }
-            }
-            assert_eq!(got, chunk.len());
-        })
-    });
+                assert_eq!(got, chunk.len());
+            })
+        },
+    );
     group.finish();
 }
 

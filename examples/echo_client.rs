@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use tlsnet::client::Connector;
-use tlsnet::tls::{ClientTlsOptions, Identity, load_certs, server_name};
+use tlsnet::tls::{load_certs, server_name, ClientTlsOptions, Identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main]
@@ -20,10 +20,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = rest.first().map(String::as_str).unwrap_or("localhost:8443");
 
     let tls = ClientTlsOptions::with_roots(load_certs(&PathBuf::from(ca))?)
-        .with_identity(Identity::from_files(&PathBuf::from(cert), &PathBuf::from(key))?)
+        .with_identity(Identity::from_files(
+            &PathBuf::from(cert),
+            &PathBuf::from(key),
+        )?)
         .build()?;
     let (host, _) = tlsnet::client::split_host_port(addr)?;
-    let (mut stream, report) = Connector::new(tls).connect(addr, server_name(&host)?).await?;
+    let (mut stream, report) = Connector::new(tls)
+        .connect(addr, server_name(&host)?)
+        .await?;
     print!("{report}");
 
     stream.write_all(b"hello from the library\n").await?;

@@ -8,9 +8,9 @@
 
 use std::path::PathBuf;
 
-use tlsnet::server::{Server, bind};
+use tlsnet::server::{bind, Server};
 use tlsnet::service::Echo;
-use tlsnet::tls::{Identity, ServerTlsOptions, load_certs};
+use tlsnet::tls::{load_certs, Identity, ServerTlsOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

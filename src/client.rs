@@ -8,8 +8,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -42,7 +42,11 @@ impl Connector {
 
     /// Connects to `addr` (`host:port`, `[v6]:port`), checking the certificate against
     /// `server_name`, and reports the handshake.
-    pub async fn connect(&self, addr: &str, server_name: ServerName<'static>) -> Result<(ClientStream, HandshakeReport)> {
+    pub async fn connect(
+        &self,
+        addr: &str,
+        server_name: ServerName<'static>,
+    ) -> Result<(ClientStream, HandshakeReport)> {
         let tcp = connect_tcp(addr, self.connect_timeout).await?;
         let _ = tcp.set_nodelay(true);
         self.handshake(tcp, addr, server_name).await
@@ -61,16 +65,17 @@ impl Connector {
             _ => None,
         };
         let connector = TlsConnector::from(self.config.clone());
-        let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp))
-            .await
-            .map_err(|_| Error::Handshake {
-                peer: addr.to_owned(),
-                cause: FailureCause::Timeout(self.handshake_timeout),
-            })?
-            .map_err(|e| Error::Handshake {
-                peer: addr.to_owned(),
-                cause: FailureCause::classify(&e, Side::Client),
-            })?;
+        let stream =
+            tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp))
+                .await
+                .map_err(|_| Error::Handshake {
+                    peer: addr.to_owned(),
+                    cause: FailureCause::Timeout(self.handshake_timeout),
+                })?
+                .map_err(|e| Error::Handshake {
+                    peer: addr.to_owned(),
+                    cause: FailureCause::classify(&e, Side::Client),
+                })?;
         let (_, conn) = stream.get_ref();
         let report = HandshakeReport::from_state(conn, sni.as_deref(), started.elapsed());
         Ok((stream, report))
@@ -132,7 +137,10 @@ mod tests {
 
     #[test]
     fn splits_addresses() {
-        assert_eq!(split_host_port("localhost:8443").unwrap(), ("localhost".into(), 8443));
+        assert_eq!(
+            split_host_port("localhost:8443").unwrap(),
+            ("localhost".into(), 8443)
+        );
         assert_eq!(split_host_port("[::1]:443").unwrap(), ("::1".into(), 443));
         assert!(split_host_port("localhost").is_err());
         assert!(split_host_port("::1:443").is_err());

@@ -167,13 +167,18 @@ impl FailureCause {
                 }
                 other => FailureCause::NothingInCommon(format!("{other:?}")),
             },
-            TlsError::AlertReceived(AlertDescription::CertificateRequired) if side == Side::Client => {
+            TlsError::AlertReceived(AlertDescription::CertificateRequired)
+                if side == Side::Client =>
+            {
                 FailureCause::NoClientCertificate { side }
             }
             TlsError::AlertReceived(AlertDescription::ProtocolVersion) => {
                 FailureCause::ProtocolVersion { side }
             }
-            TlsError::AlertReceived(alert) => FailureCause::AlertReceived { side, alert: *alert },
+            TlsError::AlertReceived(alert) => FailureCause::AlertReceived {
+                side,
+                alert: *alert,
+            },
             other => FailureCause::Tls(other.clone()),
         }
     }
@@ -181,12 +186,18 @@ impl FailureCause {
     fn from_certificate_error(err: &CertificateError, side: Side) -> Self {
         match err {
             CertificateError::UnknownIssuer => FailureCause::UnknownIssuer { side },
-            CertificateError::Expired => FailureCause::Expired { side, not_after: None },
+            CertificateError::Expired => FailureCause::Expired {
+                side,
+                not_after: None,
+            },
             CertificateError::ExpiredContext { not_after, .. } => FailureCause::Expired {
                 side,
                 not_after: Some(unix_time(*not_after)),
             },
-            CertificateError::NotValidYet => FailureCause::NotYetValid { side, not_before: None },
+            CertificateError::NotValidYet => FailureCause::NotYetValid {
+                side,
+                not_before: None,
+            },
             CertificateError::NotValidYetContext { not_before, .. } => FailureCause::NotYetValid {
                 side,
                 not_before: Some(unix_time(*not_before)),
@@ -198,12 +209,13 @@ impl FailureCause {
                 expected: String::new(),
                 presented: Vec::new(),
             },
-            CertificateError::NotValidForNameContext { expected, presented } => {
-                FailureCause::NameMismatch {
-                    expected: expected.to_str().into_owned(),
-                    presented: presented.clone(),
-                }
-            }
+            CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            } => FailureCause::NameMismatch {
+                expected: expected.to_str().into_owned(),
+                presented: presented.clone(),
+            },
             CertificateError::Revoked => FailureCause::Revoked { side },
             CertificateError::Other(other) => {
                 if let Some(pin) = other.0.downcast_ref::<PinMismatchError>() {
@@ -386,7 +398,10 @@ pub fn alert_name(alert: AlertDescription) -> String {
 /// rustls lists presented names as `localhost` or `IpAddress(127.0.0.1)`; show them the way
 /// certificates are usually printed (`DNS:localhost`, `IP:127.0.0.1`).
 fn san_label(name: &str) -> String {
-    match name.strip_prefix("IpAddress(").and_then(|n| n.strip_suffix(')')) {
+    match name
+        .strip_prefix("IpAddress(")
+        .and_then(|n| n.strip_suffix(')'))
+    {
         Some(ip) => format!("IP:{ip}"),
         None => format!("DNS:{name}"),
     }
@@ -411,14 +426,23 @@ mod tests {
             alert_name(AlertDescription::CertificateRequired),
             "certificate_required"
         );
-        assert_eq!(alert_name(AlertDescription::BadCertificate), "bad_certificate");
+        assert_eq!(
+            alert_name(AlertDescription::BadCertificate),
+            "bad_certificate"
+        );
     }
 
     #[test]
     fn classifies_wrapped_rustls_errors() {
-        let err = io::Error::new(io::ErrorKind::InvalidData, TlsError::NoCertificatesPresented);
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            TlsError::NoCertificatesPresented,
+        );
         let cause = FailureCause::classify(&err, Side::Server);
-        assert_eq!(cause.to_string(), "client sent no certificate (this server requires one)");
+        assert_eq!(
+            cause.to_string(),
+            "client sent no certificate (this server requires one)"
+        );
         let err = io::Error::new(
             io::ErrorKind::InvalidData,
             TlsError::InvalidCertificate(CertificateError::ExpiredContext {
@@ -427,7 +451,10 @@ mod tests {
             }),
         );
         let cause = FailureCause::classify(&err, Side::Server);
-        assert_eq!(cause.to_string(), "client certificate expired on 2026-01-03T00:00:00Z");
+        assert_eq!(
+            cause.to_string(),
+            "client certificate expired on 2026-01-03T00:00:00Z"
+        );
         assert_eq!(cause.label(), "certificate_expired");
     }
 }

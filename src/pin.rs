@@ -4,8 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A SHA-256 pin of a public key.
@@ -42,7 +42,10 @@ impl FromStr for SpkiPin {
             .decode(b64)
             .map_err(|e| format!("pin '{text}': bad base64 ({e}); {expected}"))?;
         let array: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-            format!("pin '{text}': {} bytes, a SHA-256 is 32; {expected}", b.len())
+            format!(
+                "pin '{text}': {} bytes, a SHA-256 is 32; {expected}",
+                b.len()
+            )
         })?;
         Ok(SpkiPin(array))
     }
@@ -74,8 +77,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_pins() {
-        assert!("abc".parse::<SpkiPin>().unwrap_err().contains("expected sha256/"));
-        assert!("sha256/!!!".parse::<SpkiPin>().unwrap_err().contains("base64"));
-        assert!("sha256/AAAA".parse::<SpkiPin>().unwrap_err().contains("3 bytes"));
+        assert!("abc"
+            .parse::<SpkiPin>()
+            .unwrap_err()
+            .contains("expected sha256/"));
+        assert!("sha256/!!!"
+            .parse::<SpkiPin>()
+            .unwrap_err()
+            .contains("base64"));
+        assert!("sha256/AAAA"
+            .parse::<SpkiPin>()
+            .unwrap_err()
+            .contains("3 bytes"));
     }
 }

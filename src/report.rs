@@ -50,9 +50,7 @@ impl HandshakeReport {
             .peer_certificates()
             .unwrap_or_default()
             .iter()
-            .map(|der| {
-                CertSummary::from_der(der).unwrap_or_else(|e| CertSummary::unparsable(&e))
-            })
+            .map(|der| CertSummary::from_der(der).unwrap_or_else(|e| CertSummary::unparsable(&e)))
             .collect();
         HandshakeReport {
             protocol,
@@ -109,7 +107,12 @@ impl fmt::Display for HandshakeReport {
                     writeln!(f, "  names:       {}", leaf.subject_alt_names.join(", "))?;
                 }
                 writeln!(f, "  key:         {}", leaf.key)?;
-                writeln!(f, "  expires:     {} ({})", leaf.not_after, days(leaf.days_left))?;
+                writeln!(
+                    f,
+                    "  expires:     {} ({})",
+                    leaf.not_after,
+                    days(leaf.days_left)
+                )?;
                 writeln!(f, "  pin:         {}", leaf.spki_pin)?;
                 writeln!(f, "chain:")?;
                 for (i, cert) in self.peer_chain.iter().enumerate() {

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
@@ -25,14 +25,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::failure::{FailureCause, Side};
 use crate::reload::TlsHandle;
 use crate::report::HandshakeReport;
-use crate::telemetry;
 use crate::service::{ConnectionContext, ServerStream, Service};
+use crate::telemetry;
 
 /// Limits and deadlines.
 #[derive(Debug, Clone)]
@@ -86,7 +86,10 @@ impl ServerStats {
 
     /// All failure counts by cause label.
     pub fn failures_by_cause(&self) -> BTreeMap<&'static str, u64> {
-        self.failures_by_cause.lock().map(|m| m.clone()).unwrap_or_default()
+        self.failures_by_cause
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     fn record_failure(&self, cause: &FailureCause) {
@@ -119,7 +122,11 @@ impl Server {
     }
 
     /// A server with the given options.
-    pub fn with_options(tls: Arc<ServerConfig>, service: Arc<dyn Service>, options: ServerOptions) -> Self {
+    pub fn with_options(
+        tls: Arc<ServerConfig>,
+        service: Arc<dyn Service>,
+        options: ServerOptions,
+    ) -> Self {
         let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
         Server {
             shared: Arc::new(Shared {
@@ -147,7 +154,11 @@ impl Server {
     /// Serves on already bound listeners until `shutdown` completes, then stops accepting,
     /// gives open connections `shutdown_timeout` to finish, closes the rest with close_notify
     /// and returns.
-    pub async fn run(self, listeners: Vec<TcpListener>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         if listeners.is_empty() {
             return Err(Error::InvalidInput("no address to listen on".into()));
         }
@@ -173,8 +184,14 @@ impl Server {
         if open > 0 {
             info!(open, grace = %crate::duration::format(grace), "stopped accepting; waiting for open connections");
         }
-        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-            warn!(open = connections.len(), "shutdown grace period over; closing the remaining connections");
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = connections.len(),
+                "shutdown grace period over; closing the remaining connections"
+            );
             self.shared.force_close.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
         }
@@ -183,7 +200,12 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, connections: TaskTracker, stop: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -230,7 +252,12 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _slot: OwnedSemaphorePermit,
+) {
     let started = Instant::now();
     // The handshake's result and the stream live in this block only, so that they take no
     // room in this task while the service runs (the service future holds its own stream).
@@ -249,7 +276,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: Ow
         shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         telemetry::handshake_ok(started.elapsed());
         let (_, conn) = stream.get_ref();
-        let report = Arc::new(HandshakeReport::from_state(conn, conn.server_name(), started.elapsed()));
+        let report = Arc::new(HandshakeReport::from_state(
+            conn,
+            conn.server_name(),
+            started.elapsed(),
+        ));
         log_handshake(&report);
 
         ctx = ConnectionContext {
@@ -273,7 +304,10 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: Ow
     );
 }
 
-async fn handshake(tcp: TcpStream, acceptor: &TlsAcceptor) -> std::result::Result<ServerStream, FailureCause> {
+async fn handshake(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> std::result::Result<ServerStream, FailureCause> {
     sniff(&tcp).await?;
     acceptor
         .accept(tcp)
@@ -316,7 +350,15 @@ pub fn classify_first_bytes(first: &[u8]) -> Option<FailureCause> {
 
 fn looks_like_http(start: &[u8]) -> bool {
     const METHODS: [&[u8]; 9] = [
-        b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"PRI ",
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"PRI ",
     ];
     METHODS
         .iter()
@@ -383,7 +425,9 @@ pub async fn bind(spec: &str) -> Result<Vec<TcpListener>> {
     }
     match (listeners.is_empty(), last_error) {
         (true, Some(e)) => Err(e),
-        (true, None) => Err(Error::InvalidInput(format!("'{spec}' resolves to no address"))),
+        (true, None) => Err(Error::InvalidInput(format!(
+            "'{spec}' resolves to no address"
+        ))),
         (false, _) => Ok(listeners),
     }
 }
@@ -423,7 +467,10 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let task = size(&|t, p, s, slot| handle(t, p, s, slot));
-        assert!(task < std::mem::size_of::<ServerStream>(), "connection future: {task} bytes");
+        assert!(
+            task < std::mem::size_of::<ServerStream>(),
+            "connection future: {task} bytes"
+        );
     }
 
     #[test]

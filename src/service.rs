@@ -83,7 +83,11 @@ pub trait Service: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Serves one connection until it ends.
-    fn serve<'a>(&'a self, stream: ServerStream, ctx: &'a ConnectionContext) -> BoxFuture<'a, Outcome>;
+    fn serve<'a>(
+        &'a self,
+        stream: ServerStream,
+        ctx: &'a ConnectionContext,
+    ) -> BoxFuture<'a, Outcome>;
 }
 
 /// Sends every byte back.
@@ -99,7 +103,11 @@ impl Service for Echo {
         "echo"
     }
 
-    fn serve<'a>(&'a self, stream: ServerStream, ctx: &'a ConnectionContext) -> BoxFuture<'a, Outcome> {
+    fn serve<'a>(
+        &'a self,
+        stream: ServerStream,
+        ctx: &'a ConnectionContext,
+    ) -> BoxFuture<'a, Outcome> {
         Box::pin(pump(stream, ctx, true))
     }
 }
@@ -109,7 +117,11 @@ impl Service for Discard {
         "discard"
     }
 
-    fn serve<'a>(&'a self, stream: ServerStream, ctx: &'a ConnectionContext) -> BoxFuture<'a, Outcome> {
+    fn serve<'a>(
+        &'a self,
+        stream: ServerStream,
+        ctx: &'a ConnectionContext,
+    ) -> BoxFuture<'a, Outcome> {
         Box::pin(pump(stream, ctx, false))
     }
 }
@@ -120,7 +132,11 @@ impl Service for Discard {
 // Not an `async fn`: one with a `mut` argument keeps the argument and its `mut` copy side by
 // side in its state, and the stream is 1.2 KB. The `async move` block holds it once.
 #[allow(clippy::manual_async_fn)]
-fn pump(mut stream: ServerStream, ctx: &ConnectionContext, echo: bool) -> impl Future<Output = Outcome> + Send + '_ {
+fn pump(
+    mut stream: ServerStream,
+    ctx: &ConnectionContext,
+    echo: bool,
+) -> impl Future<Output = Outcome> + Send + '_ {
     async move {
         // No buffer until the peer sends something: an idle connection does not hold 16 KiB.
         let mut buf: Vec<u8> = Vec::new();
@@ -183,9 +199,9 @@ async fn step(stream: &mut ServerStream, buf: &mut Vec<u8>, echo: bool) -> io::R
         // Wait on the socket itself unless rustls already holds plaintext (or the peer's
         // close_notify) that came in with the end of the handshake.
         let (tcp, conn) = stream.get_mut();
-        let buffered = conn
-            .process_new_packets()
-            .map_or(true, |s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed());
+        let buffered = conn.process_new_packets().map_or(true, |s| {
+            s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+        });
         if !buffered {
             // peek, not readable(): readiness left over from the handshake's last read would
             // wake us at once.
@@ -226,6 +242,9 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let pump = size(&|s: ServerStream, c: &'static ConnectionContext| pump(s, c, false));
-        assert!(pump < 2 * std::mem::size_of::<ServerStream>(), "pump future: {pump} bytes");
+        assert!(
+            pump < 2 * std::mem::size_of::<ServerStream>(),
+            "pump future: {pump} bytes"
+        );
     }
 }

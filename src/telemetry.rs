@@ -76,7 +76,8 @@ pub fn record_expiry(
     client_ca: &[CertificateDer<'_>],
     crls: &[CertificateRevocationListDer<'_>],
 ) {
-    let days = |der: &CertificateDer<'_>| CertSummary::from_der(der).ok().map(|s| s.days_left as f64);
+    let days =
+        |der: &CertificateDer<'_>| CertSummary::from_der(der).ok().map(|s| s.days_left as f64);
     if let Some(d) = server_chain.first().and_then(days) {
         gauge!(names::EXPIRY_DAYS, "what" => "server_certificate").set(d);
     }
@@ -87,7 +88,8 @@ pub fn record_expiry(
     let crl_days = crls
         .iter()
         .filter_map(|crl| {
-            let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl).ok()?;
+            let (_, parsed) =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(crl).ok()?;
             let next = parsed.next_update()?.timestamp();
             Some((next - now) as f64 / 86400.0)
         })
@@ -104,7 +106,9 @@ pub fn install() -> Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(names::HANDSHAKE_SECONDS.into()),
-            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ],
         )
         .map_err(|e| Error::InvalidInput(format!("metrics: {e}")))?
         .install_recorder()

@@ -9,15 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
+use rustls::crypto::{aws_lc_rs, CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
-use crate::{danger, verify};
 use crate::error::{Error, Result};
 use crate::pin::SpkiPin;
+use crate::{danger, verify};
 
 /// Key-exchange groups in order of preference.
 pub fn kx_groups() -> Vec<&'static dyn SupportedKxGroup> {
@@ -53,7 +53,11 @@ static TLS13_AND_TLS12: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 fn versions(allow_tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
-    if allow_tls12 { TLS13_AND_TLS12 } else { TLS13_ONLY }
+    if allow_tls12 {
+        TLS13_AND_TLS12
+    } else {
+        TLS13_ONLY
+    }
 }
 
 /// Parses every certificate of PEM text.
@@ -220,9 +224,9 @@ impl ServerTlsOptions {
                         .with_crls(self.crls.clone())
                         .only_check_end_entity_revocation();
                 }
-                let verifier = verifier.build().map_err(|e| {
-                    Error::InvalidInput(format!("client CA cannot be used: {e}"))
-                })?;
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| Error::InvalidInput(format!("client CA cannot be used: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -232,8 +236,8 @@ impl ServerTlsOptions {
         config.alpn_protocols = self.alpn.clone();
         if self.client_auth == ClientAuth::None {
             // Stateless TLS 1.3 tickets: resumption without a server-side cache.
-            config.ticketer = aws_lc_rs::Ticketer::new()
-                .map_err(|e| tls_config("session ticket key", e))?;
+            config.ticketer =
+                aws_lc_rs::Ticketer::new().map_err(|e| tls_config("session ticket key", e))?;
         } else {
             // No resumption with client certificates: a resumed session skips the certificate
             // check, so a certificate revoked (or a CA removed) after the first handshake would
@@ -396,8 +400,15 @@ mod tests {
             let name = format!("{:?}", suite.suite());
             assert!(name.contains("GCM") || name.contains("CHACHA20"), "{name}");
         }
-        let groups: Vec<String> = p.kx_groups.iter().map(|g| format!("{:?}", g.name())).collect();
-        assert_eq!(groups, ["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"]);
+        let groups: Vec<String> = p
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect();
+        assert_eq!(
+            groups,
+            ["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"]
+        );
         assert!(is_post_quantum(rustls::NamedGroup::X25519MLKEM768));
         assert!(!is_post_quantum(rustls::NamedGroup::X25519));
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-use rustls::client::{WebPkiServerVerifier, verify_server_name};
+use rustls::client::{verify_server_name, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
@@ -96,7 +96,13 @@ impl ServerCertVerifier for PinningVerifier {
     ) -> Result<ServerCertVerified, Error> {
         match &self.inner {
             Some(inner) => {
-                inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+                inner.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                )?;
             }
             None => {
                 let parsed = ParsedCertificate::try_from(end_entity)?;
@@ -128,18 +134,23 @@ fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), Error>
     let now_secs = now.as_secs() as i64;
     let not_before = parsed.validity().not_before.timestamp();
     let not_after = parsed.validity().not_after.timestamp();
-    let as_unix = |t: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64));
+    let as_unix =
+        |t: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64));
     if now_secs < not_before {
-        return Err(Error::InvalidCertificate(CertificateError::NotValidYetContext {
-            time: now,
-            not_before: as_unix(not_before),
-        }));
+        return Err(Error::InvalidCertificate(
+            CertificateError::NotValidYetContext {
+                time: now,
+                not_before: as_unix(not_before),
+            },
+        ));
     }
     if now_secs > not_after {
-        return Err(Error::InvalidCertificate(CertificateError::ExpiredContext {
-            time: now,
-            not_after: as_unix(not_after),
-        }));
+        return Err(Error::InvalidCertificate(
+            CertificateError::ExpiredContext {
+                time: now,
+                not_after: as_unix(not_after),
+            },
+        ));
     }
     Ok(())
 }

@@ -17,49 +17,73 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn good_client_is_served(pki: &TestPki, addr: &str) {
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), connect(addr, &pki.client_tls()))
-        .await
-        .expect("good client: handshake in time")
-        .expect("good client: handshake");
-    assert_eq!(echo_round_trip(&mut stream, b"served").await.unwrap(), b"served");
+    let (mut stream, _) =
+        tokio::time::timeout(Duration::from_secs(5), connect(addr, &pki.client_tls()))
+            .await
+            .expect("good client: handshake in time")
+            .expect("good client: handshake");
+    assert_eq!(
+        echo_round_trip(&mut stream, b"served").await.unwrap(),
+        b"served"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_leaves_good_clients_served() {
     let pki = TestPki::new();
-    let options = ServerOptions { handshake_timeout: Duration::from_secs(3), ..test_options() };
+    let options = ServerOptions {
+        handshake_timeout: Duration::from_secs(3),
+        ..test_options()
+    };
     let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
     // 300 clients that start a handshake and never finish it.
     let mut flood = Vec::new();
     for _ in 0..300 {
         let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-        let _ = tcp.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01, 0x00]).await;
+        let _ = tcp
+            .write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01, 0x00])
+            .await;
         flood.push(tcp);
     }
     let started = Instant::now();
     for _ in 0..5 {
         good_client_is_served(&pki, &server.addr_string()).await;
     }
-    assert!(started.elapsed() < Duration::from_secs(3), "good clients waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "good clients waited {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn slowloris_client_hello_is_cut_at_the_deadline() {
     let pki = TestPki::new();
-    let options = ServerOptions { handshake_timeout: Duration::from_millis(800), ..test_options() };
+    let options = ServerOptions {
+        handshake_timeout: Duration::from_millis(800),
+        ..test_options()
+    };
     let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
     let addr = server.addr;
     let slow = tokio::spawn(async move {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let started = Instant::now();
         // One byte every 100 ms of a plausible ClientHello header, for up to 5 s.
-        for byte in [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03].iter().cycle().take(50) {
+        for byte in [
+            0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ]
+        .iter()
+        .cycle()
+        .take(50)
+        {
             if tcp.write_all(&[*byte]).await.is_err() {
                 return started.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             let mut probe = [0u8; 1];
-            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await {
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await
+            {
                 return started.elapsed();
             }
         }
@@ -67,7 +91,10 @@ async fn slowloris_client_hello_is_cut_at_the_deadline() {
     });
     good_client_is_served(&pki, &server.addr_string()).await;
     let cut_after = slow.await.unwrap();
-    assert!(cut_after < Duration::from_secs(3), "slowloris kept its connection for {cut_after:?}");
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "slowloris kept its connection for {cut_after:?}"
+    );
     wait_for_failure(&server.stats, "timeout").await;
 }
 
@@ -77,7 +104,9 @@ async fn oversized_record_is_rejected() {
     let server = TestServer::start(pki.server_tls()).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     // A handshake record announcing 65,535 bytes: over the 2^14 + 256 limit.
-    tcp.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff]).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff])
+        .await
+        .unwrap();
     tcp.write_all(&[0u8; 4096]).await.unwrap();
     good_client_is_served(&pki, &server.addr_string()).await;
     let mut buf = [0u8; 64];
@@ -91,7 +120,13 @@ async fn oversized_record_is_rejected() {
     })
     .await;
     assert!(closed.is_ok(), "the server must close the connection");
-    assert_eq!(server.stats.handshake_failures.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        server
+            .stats
+            .handshake_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]
@@ -100,7 +135,9 @@ async fn half_close_in_both_directions() {
     let server = TestServer::start(pki.server_tls()).await;
     // Client → server half-close: after our close_notify the server still sends every byte
     // of the echo, then its own close_notify.
-    let (stream, _) = connect(&server.addr_string(), &pki.client_tls()).await.unwrap();
+    let (stream, _) = connect(&server.addr_string(), &pki.client_tls())
+        .await
+        .unwrap();
     let data = vec![7u8; 300_000];
     // Write and read at once: the echo must be drained while we write.
     let (mut reader_half, mut writer_half) = tokio::io::split(stream);
@@ -109,15 +146,23 @@ async fn half_close_in_both_directions() {
         writer_half.shutdown().await.unwrap();
     });
     let mut got = Vec::new();
-    reader_half.read_to_end(&mut got).await.expect("clean close_notify from the server");
+    reader_half
+        .read_to_end(&mut got)
+        .await
+        .expect("clean close_notify from the server");
     write_task.await.unwrap();
     assert_eq!(got.len(), data.len());
 
     // Server → client: a server that closes first (idle timeout) sends close_notify, which
     // the client sees as a clean end, not an error.
-    let options = ServerOptions { idle_timeout: Some(Duration::from_millis(200)), ..test_options() };
+    let options = ServerOptions {
+        idle_timeout: Some(Duration::from_millis(200)),
+        ..test_options()
+    };
     let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
-    let (mut stream, _) = connect(&server.addr_string(), &pki.client_tls()).await.unwrap();
+    let (mut stream, _) = connect(&server.addr_string(), &pki.client_tls())
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert!(read.expect("server closes").is_ok());
@@ -132,7 +177,14 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
     let log = pki.path("serve.log");
     let mut child = Command::new(tlsnet_bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--cert", &p("server.pem"), "--key", &p("server-key.pem"), "--client-ca", &p("ca.pem")])
+        .args([
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+        ])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -154,7 +206,10 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
     let _ = child.kill();
     let _ = child.wait();
     let closed_line = text.lines().find(|l| l.contains("bytes_in=")).unwrap();
-    assert!(closed_line.contains("without close_notify (possible truncation)"), "{closed_line}");
+    assert!(
+        closed_line.contains("without close_notify (possible truncation)"),
+        "{closed_line}"
+    );
 
     // Client side: a server that drops TCP without close_notify is reported as truncation.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -162,7 +217,10 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
     let config = pki.server_tls_no_client_auth().build().unwrap();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .unwrap();
         tls.write_all(b"partial").await.unwrap();
         tls.flush().await.unwrap();
         let (tcp, _) = tls.into_inner();
@@ -172,7 +230,10 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
     tls.identity = None;
     let (mut stream, _) = connect(&addr, &tls).await.unwrap();
     let mut got = Vec::new();
-    let err = stream.read_to_end(&mut got).await.expect_err("truncation is an error");
+    let err = stream
+        .read_to_end(&mut got)
+        .await
+        .expect_err("truncation is an error");
     assert_eq!(got, b"partial");
     assert_eq!(
         tlsnet::client::read_error_cause(&err),
@@ -187,7 +248,14 @@ async fn client_that_never_reads_keeps_server_buffers_bounded() {
     let port = free_port();
     let mut child = Command::new(tlsnet_bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--cert", &p("server.pem"), "--key", &p("server-key.pem"), "--client-ca", &p("ca.pem")])
+        .args([
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -196,7 +264,11 @@ async fn client_that_never_reads_keeps_server_buffers_bounded() {
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
     };
     good_client_is_served(&pki, &addr).await;
     let before = rss(child.id());
@@ -219,8 +291,14 @@ async fn client_that_never_reads_keeps_server_buffers_bounded() {
     let _ = child.wait();
     // Backpressure: the writes stall once socket buffers are full; the server does not
     // read ahead into memory.
-    assert!(written < 64 * 1024 * 1024, "{written} bytes accepted without being read back");
-    assert!(after < before + 16 * 1024, "server RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        written < 64 * 1024 * 1024,
+        "{written} bytes accepted without being read back"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +306,11 @@ async fn reload_under_load_loses_no_connection() {
     let pki = TestPki::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let server = Server::with_options(pki.server_tls().build().unwrap(), Arc::new(Echo), test_options());
+    let server = Server::with_options(
+        pki.server_tls().build().unwrap(),
+        Arc::new(Echo),
+        test_options(),
+    );
     let handle = server.tls_handle();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(vec![listener], async {
@@ -242,10 +324,15 @@ async fn reload_under_load_loses_no_connection() {
         let tls = tls.clone();
         clients.spawn(async move {
             let connector = tlsnet::client::Connector::new(tls);
-            let (mut stream, _) = connector.connect(&addr, tlsnet::tls::server_name("localhost").unwrap()).await.unwrap();
+            let (mut stream, _) = connector
+                .connect(&addr, tlsnet::tls::server_name("localhost").unwrap())
+                .await
+                .unwrap();
             for round in 0..50u32 {
                 let msg = format!("client {i} round {round}");
-                let got = echo_round_trip(&mut stream, msg.as_bytes()).await.expect("no connection lost");
+                let got = echo_round_trip(&mut stream, msg.as_bytes())
+                    .await
+                    .expect("no connection lost");
                 assert_eq!(got, msg.as_bytes());
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -259,7 +346,11 @@ async fn reload_under_load_loses_no_connection() {
         options.identity = pki.identity(&name);
         handle.replace(options.build().unwrap());
         let chain = tlsnet::tls::load_certs(&pki.path(&format!("{name}.pem"))).unwrap();
-        serials.push(tlsnet::x509::CertSummary::from_der(&chain[0]).unwrap().serial);
+        serials.push(
+            tlsnet::x509::CertSummary::from_der(&chain[0])
+                .unwrap()
+                .serial,
+        );
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     while let Some(r) = clients.join_next().await {
@@ -277,7 +368,10 @@ async fn drain_under_load_completes_in_flight_work() {
     let pki = TestPki::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let options = ServerOptions { shutdown_timeout: Duration::from_secs(20), ..test_options() };
+    let options = ServerOptions {
+        shutdown_timeout: Duration::from_secs(20),
+        ..test_options()
+    };
     let server = Server::with_options(pki.server_tls().build().unwrap(), Arc::new(Echo), options);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(vec![listener], async {
@@ -292,7 +386,10 @@ async fn drain_under_load_completes_in_flight_work() {
         let ready = ready_tx.clone();
         clients.spawn(async move {
             let connector = tlsnet::client::Connector::new(tls);
-            let (stream, _) = connector.connect(&addr, tlsnet::tls::server_name("localhost").unwrap()).await.unwrap();
+            let (stream, _) = connector
+                .connect(&addr, tlsnet::tls::server_name("localhost").unwrap())
+                .await
+                .unwrap();
             let (mut r, mut w) = tokio::io::split(stream);
             let payload = vec![i; 2 * 1024 * 1024];
             let expected = payload.clone();
@@ -307,7 +404,9 @@ async fn drain_under_load_completes_in_flight_work() {
                 w.shutdown().await.unwrap();
             });
             let mut got = Vec::new();
-            r.read_to_end(&mut got).await.expect("in-flight work finishes cleanly");
+            r.read_to_end(&mut got)
+                .await
+                .expect("in-flight work finishes cleanly");
             writer.await.unwrap();
             assert_eq!(got, expected, "client {i}");
         });
@@ -318,11 +417,18 @@ async fn drain_under_load_completes_in_flight_work() {
     // Every client is mid-transfer: start the drain.
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(TcpStream::connect(&addr).await.is_err(), "no new connections during the drain");
+    assert!(
+        TcpStream::connect(&addr).await.is_err(),
+        "no new connections during the drain"
+    );
     while let Some(r) = clients.join_next().await {
         r.expect("client finished its transfer during the drain");
     }
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("server exits after the drain").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("server exits after the drain")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -332,10 +438,19 @@ async fn resumption_is_off_for_mutual_tls_and_on_without_it() {
     let server = TestServer::start(pki.server_tls()).await;
     let connector = tlsnet::client::Connector::new(pki.client_tls().build().unwrap());
     for _ in 0..2 {
-        let (mut stream, report) = connector.connect(&server.addr_string(), tlsnet::tls::server_name("localhost").unwrap()).await.unwrap();
+        let (mut stream, report) = connector
+            .connect(
+                &server.addr_string(),
+                tlsnet::tls::server_name("localhost").unwrap(),
+            )
+            .await
+            .unwrap();
         assert_eq!(echo_round_trip(&mut stream, b"x").await.unwrap(), b"x");
         assert!(!report.resumed, "mutual TLS must not resume");
-        assert_eq!(report.peer_leaf().unwrap().common_name.as_deref(), Some("localhost"));
+        assert_eq!(
+            report.peer_leaf().unwrap().common_name.as_deref(),
+            Some("localhost")
+        );
     }
     // A client certificate revoked after the first handshake is refused on the next one,
     // even by a client that kept its session state.
@@ -362,8 +477,13 @@ async fn resumption_is_off_for_mutual_tls_and_on_without_it() {
     let (mut first, _) = connector.connect(&addr, name()).await.unwrap();
     assert_eq!(echo_round_trip(&mut first, b"x").await.unwrap(), b"x");
     let chain = tlsnet::tls::load_certs(&pki.path("carol.pem")).unwrap();
-    let serial = tlsnet::x509::CertSummary::from_der(&chain[0]).unwrap().serial;
-    let serial: Vec<u8> = serial.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    let serial = tlsnet::x509::CertSummary::from_der(&chain[0])
+        .unwrap()
+        .serial;
+    let serial: Vec<u8> = serial
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
     options.crls = crl_for(vec![tlsnet::pki::Revoked {
         serial,
         at: time::OffsetDateTime::now_utc(),
@@ -389,7 +509,13 @@ async fn resumption_is_off_for_mutual_tls_and_on_without_it() {
     let connector = tlsnet::client::Connector::new(tls.build().unwrap());
     let mut resumed = Vec::new();
     for _ in 0..2 {
-        let (mut stream, report) = connector.connect(&server.addr_string(), tlsnet::tls::server_name("localhost").unwrap()).await.unwrap();
+        let (mut stream, report) = connector
+            .connect(
+                &server.addr_string(),
+                tlsnet::tls::server_name("localhost").unwrap(),
+            )
+            .await
+            .unwrap();
         // Tickets arrive after the handshake: read the echo so the client has them.
         assert_eq!(echo_round_trip(&mut stream, b"x").await.unwrap(), b"x");
         resumed.push(report.resumed);
@@ -447,7 +573,10 @@ fn file_descriptor_exhaustion_is_survived() {
         if text.contains("out of resources") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no accept error logged: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no accept error logged: {text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Release them: the server recovers and serves a good client.
@@ -455,7 +584,10 @@ fn file_descriptor_exhaustion_is_survived() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let served = rt.block_on(async {
         for _ in 0..100 {
-            if let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_secs(2), connect(&addr, &pki.client_tls())).await {
+            if let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_secs(2), connect(&addr, &pki.client_tls()))
+                    .await
+            {
                 if echo_round_trip(&mut s, b"back").await.is_ok() {
                     return true;
                 }
@@ -464,9 +596,15 @@ fn file_descriptor_exhaustion_is_survived() {
         }
         false
     });
-    assert!(child.try_wait().unwrap().is_none(), "the server must still be running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server must still be running"
+    );
     let _ = child.kill();
     let _ = child.wait();
-    assert!(served, "the server must serve again once descriptors are free");
+    assert!(
+        served,
+        "the server must serve again once descriptors are free"
+    );
     let _ = std::io::stderr().flush();
 }

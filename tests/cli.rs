@@ -47,7 +47,11 @@ impl ServeProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("tlsnet serve exited with {status}: {}", self.log_text());
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "server not listening: {}", self.log_text());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "server not listening: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         // That probe connection is itself logged as a failed handshake; wait until it is, so
@@ -90,7 +94,10 @@ impl ServeProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < limit, "server did not exit within {limit:?}");
+            assert!(
+                started.elapsed() < limit,
+                "server did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -133,10 +140,17 @@ fn stderr(o: &Output) -> String {
 }
 
 fn pki_files(dir: &Path) -> Vec<&'static str> {
-    ["ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"]
-        .into_iter()
-        .filter(|f| dir.join(f).is_file())
-        .collect()
+    [
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+        "client.pem",
+        "client-key.pem",
+    ]
+    .into_iter()
+    .filter(|f| dir.join(f).is_file())
+    .collect()
 }
 
 #[test]
@@ -145,23 +159,41 @@ fn first_run_creates_a_dev_pki_and_connect_uses_it() {
     let pki_dir = tmp.path().join("pki");
     let pki = pki_dir.to_str().unwrap();
     let server = ServeProcess::start(tmp.path(), &["--pki-dir", pki]);
-    assert_eq!(pki_files(&pki_dir).len(), 6, "dev PKI files: {:?}", pki_files(&pki_dir));
+    assert_eq!(
+        pki_files(&pki_dir).len(),
+        6,
+        "dev PKI files: {:?}",
+        pki_files(&pki_dir)
+    );
     #[cfg(unix)]
     for key in ["ca-key.pem", "server-key.pem", "client-key.pem"] {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(pki_dir.join(key)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(pki_dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{key}");
     }
     let log = server.log_text();
-    assert!(log.contains("tlsnet connect localhost:") || log.contains("connect localhost:"), "{log}");
+    assert!(
+        log.contains("tlsnet connect localhost:") || log.contains("connect localhost:"),
+        "{log}"
+    );
     assert!(log.contains("openssl s_client"), "{log}");
 
-    let out = connect_cmd(&[&format!("localhost:{}", server.port), "--pki-dir", pki], b"hello tlsnet\n");
+    let out = connect_cmd(
+        &[&format!("localhost:{}", server.port), "--pki-dir", pki],
+        b"hello tlsnet\n",
+    );
     let err = stderr(&out);
     assert!(out.status.success(), "connect failed: {err}");
     assert_eq!(out.stdout, b"hello tlsnet\n");
     assert!(err.contains("protocol:      TLSv1.3"), "{err}");
-    assert!(err.contains("X25519MLKEM768 (post-quantum hybrid)"), "{err}");
+    assert!(
+        err.contains("X25519MLKEM768 (post-quantum hybrid)"),
+        "{err}"
+    );
     assert!(err.contains("CN=localhost"), "{err}");
     assert!(err.contains("days left"), "{err}");
 
@@ -182,22 +214,42 @@ fn own_certificates_and_json_report() {
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
     let server = ServeProcess::start(
         pki.dir.path(),
-        &["--cert", &p("server.pem"), "--key", &p("server-key.pem"), "--client-ca", &p("ca.pem"), "--log-format", "json"],
+        &[
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+            "--log-format",
+            "json",
+        ],
     );
     let out = connect_cmd(
-        &[&server.addr(), "--ca", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client-key.pem"), "--json"],
+        &[
+            &server.addr(),
+            "--ca",
+            &p("ca.pem"),
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client-key.pem"),
+            "--json",
+        ],
         b"json please",
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"json please");
-    let report: serde_json::Value = serde_json::from_slice(&out.stderr).expect("stderr is the JSON report");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stderr).expect("stderr is the JSON report");
     assert_eq!(report["protocol"], "TLSv1.3");
     assert_eq!(report["post_quantum"], true);
     assert_eq!(report["peer_chain"][0]["common_name"], "localhost");
 
     server.wait_for_log("\"client_cn\":\"alice\"");
     for line in server.log_text().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["message"].is_string(), "{line}");
     }
 }
@@ -209,18 +261,40 @@ fn server_logs_the_cause_of_each_rejected_client() {
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
     let server = ServeProcess::start(
         pki.dir.path(),
-        &["--cert", &p("server.pem"), "--key", &p("server-key.pem"), "--client-ca", &p("ca.pem")],
+        &[
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
     );
     // No client certificate.
     let out = connect_cmd(&[&server.addr(), "--ca", &p("ca.pem"), "-q"], b"x");
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("server requires a client certificate and we sent none"), "{err}");
+    assert!(
+        err.contains("server requires a client certificate and we sent none"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one-line cause: {err}");
     server.wait_for_log("client sent no certificate");
 
     // Expired client certificate: the server names the date.
-    let out = connect_cmd(&[&server.addr(), "--ca", &p("ca.pem"), "--cert", &p("old.pem"), "--key", &p("old-key.pem"), "-q"], b"x");
+    let out = connect_cmd(
+        &[
+            &server.addr(),
+            "--ca",
+            &p("ca.pem"),
+            "--cert",
+            &p("old.pem"),
+            "--key",
+            &p("old-key.pem"),
+            "-q",
+        ],
+        b"x",
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     server.wait_for_log("client certificate expired on 20");
 
@@ -234,7 +308,10 @@ fn server_logs_the_cause_of_each_rejected_client() {
 fn verification_failures_exit_1_with_a_one_line_cause() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(pki.dir.path(), &["--cert", &p("server.pem"), "--key", &p("server-key.pem")]);
+    let server = ServeProcess::start(
+        pki.dir.path(),
+        &["--cert", &p("server.pem"), "--key", &p("server-key.pem")],
+    );
     let out = connect_cmd(&[&server.addr(), "--ca", &p("other-ca.pem")], b"");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -244,26 +321,52 @@ fn verification_failures_exit_1_with_a_one_line_cause() {
             server.addr()
         )
     );
-    let out = connect_cmd(&[&server.addr(), "--ca", &p("ca.pem"), "--servername", "db.internal"], b"");
+    let out = connect_cmd(
+        &[
+            &server.addr(),
+            "--ca",
+            &p("ca.pem"),
+            "--servername",
+            "db.internal",
+        ],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not valid for 'db.internal'"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not valid for 'db.internal'"),
+        "{}",
+        stderr(&out)
+    );
 
     // Nothing listens: a connection failure, exit 1.
-    let out = connect_cmd(&[&format!("127.0.0.1:{}", free_port()), "--ca", &p("ca.pem")], b"");
+    let out = connect_cmd(
+        &[&format!("127.0.0.1:{}", free_port()), "--ca", &p("ca.pem")],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("connect to 127.0.0.1:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("connect to 127.0.0.1:"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn pin_and_insecure_modes() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(pki.dir.path(), &["--cert", &p("server.pem"), "--key", &p("server-key.pem")]);
+    let server = ServeProcess::start(
+        pki.dir.path(),
+        &["--cert", &p("server.pem"), "--key", &p("server-key.pem")],
+    );
     // Learn the pin from a verified connection's JSON report, then connect with only the pin.
     let out = connect_cmd(&[&server.addr(), "--ca", &p("ca.pem"), "--json"], b"");
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
-    let pin = report["peer_chain"][0]["spki_pin"].as_str().unwrap().to_owned();
+    let pin = report["peer_chain"][0]["spki_pin"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let out = connect_cmd(&[&server.addr(), "--pin", &pin, "-q"], b"pinned");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"pinned");
@@ -271,11 +374,19 @@ fn pin_and_insecure_modes() {
     let other = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     let out = connect_cmd(&[&server.addr(), "--pin", other, "-q"], b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("does not match the pin"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match the pin"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = connect_cmd(&[&server.addr(), "--insecure", "-q"], b"unverified");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("WARNING: --insecure"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WARNING: --insecure"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(out.stdout, b"unverified");
 }
 
@@ -294,11 +405,22 @@ fn usage_errors_exit_2() {
         assert!(!stderr(&out).is_empty());
     }
     let out = Command::new(tlsnet_bin())
-        .args(["serve", "--client-auth", "required", "--cert", "a.pem", "--key", "b.pem"])
+        .args([
+            "serve",
+            "--client-auth",
+            "required",
+            "--cert",
+            "a.pem",
+            "--key",
+            "b.pem",
+        ])
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    let out = Command::new(tlsnet_bin()).args(["serve", "--handshake-timeout", "soon"]).output().unwrap();
+    let out = Command::new(tlsnet_bin())
+        .args(["serve", "--handshake-timeout", "soon"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
 }
@@ -307,20 +429,40 @@ fn usage_errors_exit_2() {
 fn missing_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(tlsnet_bin())
-        .args(["serve", "--cert", "/nonexistent/server.pem", "--key", "/nonexistent/key.pem"])
+        .args([
+            "serve",
+            "--cert",
+            "/nonexistent/server.pem",
+            "--key",
+            "/nonexistent/key.pem",
+        ])
         .current_dir(tmp.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot read /nonexistent/server.pem"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/server.pem"),
+        "{}",
+        stderr(&out)
+    );
     let not_pem = tmp.path().join("junk.pem");
     std::fs::write(&not_pem, "hello").unwrap();
     let out = Command::new(tlsnet_bin())
-        .args(["serve", "--cert", not_pem.to_str().unwrap(), "--key", not_pem.to_str().unwrap()])
+        .args([
+            "serve",
+            "--cert",
+            not_pem.to_str().unwrap(),
+            "--key",
+            not_pem.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no CERTIFICATE found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no CERTIFICATE found"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -330,13 +472,24 @@ fn sigterm_and_sigint_stop_the_server_with_exit_0() {
         let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
         let mut server = ServeProcess::start(
             pki.dir.path(),
-            &["--cert", &p("server.pem"), "--key", &p("server-key.pem"), "--shutdown-timeout", "2s"],
+            &[
+                "--cert",
+                &p("server.pem"),
+                "--key",
+                &p("server-key.pem"),
+                "--shutdown-timeout",
+                "2s",
+            ],
         );
         // An open, idle client connection must not hold the exit beyond the grace period.
         let _idle = std::net::TcpStream::connect(server.addr()).unwrap();
         server.signal(signal);
         let status = server.wait_exit(Duration::from_secs(15));
         assert!(status.success(), "SIG{signal}: {status}");
-        assert!(server.log_text().contains("server stopped"), "{}", server.log_text());
+        assert!(
+            server.log_text().contains("server stopped"),
+            "{}",
+            server.log_text()
+        );
     }
 }

@@ -9,12 +9,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn echo_round_trip_with_client_certificate() {
     let pki = TestPki::new();
     let server = TestServer::start(pki.server_tls()).await;
-    let (mut stream, report) = connect(&server.addr_string(), &pki.client_tls()).await.unwrap();
+    let (mut stream, report) = connect(&server.addr_string(), &pki.client_tls())
+        .await
+        .unwrap();
     assert_eq!(report.protocol, "TLSv1.3");
     assert_eq!(report.key_exchange, "X25519MLKEM768");
     assert!(report.post_quantum);
-    assert_eq!(report.peer_leaf().unwrap().common_name.as_deref(), Some("localhost"));
-    let got = echo_round_trip(&mut stream, b"hello over mutual TLS").await.unwrap();
+    assert_eq!(
+        report.peer_leaf().unwrap().common_name.as_deref(),
+        Some("localhost")
+    );
+    let got = echo_round_trip(&mut stream, b"hello over mutual TLS")
+        .await
+        .unwrap();
     assert_eq!(got, b"hello over mutual TLS");
     // A clean close: our close_notify, then the server's.
     stream.shutdown().await.unwrap();
@@ -51,7 +58,9 @@ async fn two_hundred_concurrent_clients_each_get_their_own_bytes() {
             let name = tlsnet::tls::server_name("localhost").unwrap();
             let (mut stream, _) = connector.connect(&addr, name).await.expect("connect");
             // Each client sends a distinct payload in several writes.
-            let payload: Vec<u8> = format!("client {client} says ").repeat(50 + client as usize).into_bytes();
+            let payload: Vec<u8> = format!("client {client} says ")
+                .repeat(50 + client as usize)
+                .into_bytes();
             for chunk in payload.chunks(700) {
                 stream.write_all(chunk).await.unwrap();
             }
@@ -69,7 +78,13 @@ async fn two_hundred_concurrent_clients_each_get_their_own_bytes() {
         done += 1;
     }
     assert_eq!(done, 200);
-    assert_eq!(server.stats.handshakes.load(std::sync::atomic::Ordering::Relaxed), 200);
+    assert_eq!(
+        server
+            .stats
+            .handshakes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        200
+    );
 }
 
 #[tokio::test]
@@ -84,7 +99,8 @@ async fn ipv6_loopback_works() {
         }
     };
     let addr = listeners[0].local_addr().unwrap().to_string();
-    let server = tlsnet::server::Server::new(pki.server_tls().build().unwrap(), tlsnet::service::Echo);
+    let server =
+        tlsnet::server::Server::new(pki.server_tls().build().unwrap(), tlsnet::service::Echo);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(listeners, async {
         let _ = stopped.await;

@@ -13,10 +13,11 @@ use tokio::net::TcpStream;
 
 /// A full mutual-TLS echo exchange; panics if the server does not serve it.
 async fn good_client_is_served(pki: &TestPki, addr: &str) {
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), connect(addr, &pki.client_tls()))
-        .await
-        .expect("good client: handshake in time")
-        .expect("good client: handshake");
+    let (mut stream, _) =
+        tokio::time::timeout(Duration::from_secs(5), connect(addr, &pki.client_tls()))
+            .await
+            .expect("good client: handshake in time")
+            .expect("good client: handshake");
     let got = echo_round_trip(&mut stream, b"still served").await.unwrap();
     assert_eq!(got, b"still served");
 }
@@ -43,7 +44,9 @@ async fn plaintext_http_request_is_answered_and_named() {
     let pki = TestPki::new();
     let server = TestServer::start(pki.server_tls()).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
     good_client_is_served(&pki, &server.addr_string()).await;
     let answer = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
     let answer = String::from_utf8_lossy(&answer);
@@ -58,7 +61,10 @@ async fn random_bytes_are_rejected() {
     let server = TestServer::start(pki.server_tls()).await;
     // Garbage that does not look like TLS, and garbage that starts like a TLS record.
     let mut not_tls = TcpStream::connect(server.addr).await.unwrap();
-    not_tls.write_all(&[0x00, 0xff, 0x13, 0x37, 0x42, 0x99, 0x01, 0x02]).await.unwrap();
+    not_tls
+        .write_all(&[0x00, 0xff, 0x13, 0x37, 0x42, 0x99, 0x01, 0x02])
+        .await
+        .unwrap();
     let mut fake_tls = TcpStream::connect(server.addr).await.unwrap();
     let mut junk = vec![0x16, 0x03, 0x01, 0x00, 0x40];
     junk.extend((0..64u8).map(|i| i.wrapping_mul(37)));
@@ -67,7 +73,13 @@ async fn random_bytes_are_rejected() {
     read_until_closed(&mut not_tls, Duration::from_secs(5)).await;
     read_until_closed(&mut fake_tls, Duration::from_secs(5)).await;
     wait_for_failure(&server.stats, "not_tls").await;
-    assert_eq!(server.stats.handshake_failures.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        server
+            .stats
+            .handshake_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }
 
 #[tokio::test]
@@ -87,7 +99,10 @@ async fn silent_connection_is_dropped_at_the_handshake_deadline() {
     read_until_closed(&mut silent, Duration::from_secs(5)).await;
     read_until_closed(&mut stalled, Duration::from_secs(5)).await;
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(350), "dropped too early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(350),
+        "dropped too early: {waited:?}"
+    );
     wait_for_failure(&server.stats, "timeout").await;
     assert_eq!(server.stats.failures("timeout"), 2);
 }
@@ -107,20 +122,34 @@ async fn connections_beyond_the_limit_are_refused_and_slots_come_back() {
     }
     // Let the server accept them so they hold the slots.
     for _ in 0..100 {
-        if server.stats.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 3 {
+        if server
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut extra = TcpStream::connect(server.addr).await.unwrap();
     read_until_closed(&mut extra, Duration::from_secs(5)).await;
-    assert_eq!(server.stats.refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        server
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // The idle clients leave; their slots are freed and a good client is served.
     drop(idle);
     let mut served = false;
     for _ in 0..50 {
-        if let Ok(Ok((mut stream, _))) =
-            tokio::time::timeout(Duration::from_secs(2), connect(&server.addr_string(), &pki.client_tls())).await
+        if let Ok(Ok((mut stream, _))) = tokio::time::timeout(
+            Duration::from_secs(2),
+            connect(&server.addr_string(), &pki.client_tls()),
+        )
+        .await
         {
             if echo_round_trip(&mut stream, b"back").await.is_ok() {
                 served = true;
@@ -150,7 +179,11 @@ async fn many_half_open_handshakes_do_not_stop_good_clients() {
     }
     let started = Instant::now();
     good_client_is_served(&pki, &server.addr_string()).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "good client waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "good client waited {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -161,9 +194,14 @@ async fn idle_connection_is_closed_after_idle_timeout() {
         ..test_options()
     };
     let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
-    let (mut stream, _) = connect(&server.addr_string(), &pki.client_tls()).await.unwrap();
+    let (mut stream, _) = connect(&server.addr_string(), &pki.client_tls())
+        .await
+        .unwrap();
     assert_eq!(echo_round_trip(&mut stream, b"x").await.unwrap(), b"x");
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
-    assert!(read.expect("closed by the server").is_ok(), "closed cleanly with close_notify");
+    assert!(
+        read.expect("closed by the server").is_ok(),
+        "closed cleanly with close_notify"
+    );
 }

@@ -13,7 +13,7 @@ use common::*;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{ServerName, UnixTime};
 use tlsnet::pki::{Constraints, InitOptions, KeyType, LeafSpec, PkiDir, Purpose};
-use tlsnet::tls::{ClientTlsOptions, Identity, ServerTlsOptions, load_certs};
+use tlsnet::tls::{load_certs, ClientTlsOptions, Identity, ServerTlsOptions};
 
 fn init(dir: &Path, key_type: KeyType, intermediate: Option<Constraints>) -> PkiDir {
     let pki = PkiDir::at(dir);
@@ -47,41 +47,71 @@ fn openssl_verify(pki: &PkiDir, name: &str, purpose: &str) -> (bool, String) {
     let pem = |der: &[u8]| {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
     };
     std::fs::write(&leaf, pem(&chain[0])).unwrap();
     std::fs::write(&rest, chain[1..].iter().map(|c| pem(c)).collect::<String>()).unwrap();
     let mut cmd = Command::new("openssl");
-    cmd.args(["verify", "-purpose", purpose, "-CAfile"]).arg(pki.path("ca.pem"));
+    cmd.args(["verify", "-purpose", purpose, "-CAfile"])
+        .arg(pki.path("ca.pem"));
     if chain.len() > 1 {
         cmd.arg("-untrusted").arg(&rest);
     }
     let out = cmd.arg(&leaf).output().expect("run openssl");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 fn webpki_server_ok(pki: &PkiDir, name: &str) -> Result<(), rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(load_certs(&pki.path("ca.pem")).unwrap().remove(0)).unwrap();
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), tlsnet::tls::provider())
-        .build()
+    roots
+        .add(load_certs(&pki.path("ca.pem")).unwrap().remove(0))
         .unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        tlsnet::tls::provider(),
+    )
+    .build()
+    .unwrap();
     let chain = load_certs(&pki.cert_path(name)).unwrap();
     verifier
-        .verify_server_cert(&chain[0], &chain[1..], &ServerName::try_from("localhost").unwrap(), &[], UnixTime::now())
+        .verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &ServerName::try_from("localhost").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
         .map(|_| ())
 }
 
 fn webpki_client_ok(pki: &PkiDir, name: &str) -> Result<(), rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(load_certs(&pki.path("ca.pem")).unwrap().remove(0)).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tlsnet::tls::provider())
-        .build()
+    roots
+        .add(load_certs(&pki.path("ca.pem")).unwrap().remove(0))
         .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        tlsnet::tls::provider(),
+    )
+    .build()
+    .unwrap();
     let chain = load_certs(&pki.cert_path(name)).unwrap();
-    verifier.verify_client_cert(&chain[0], &chain[1..], UnixTime::now()).map(|_| ())
+    verifier
+        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+        .map(|_| ())
 }
 
 #[tokio::test]
@@ -90,7 +120,11 @@ async fn every_key_type_verifies_for_its_purpose_only_and_works_in_a_live_mtls_h
     for key_type in KeyType::ALL {
         for intermediate in [false, true] {
             let tmp = tempfile::tempdir().unwrap();
-            let pki = init(&tmp.path().join("pki"), key_type, intermediate.then(Constraints::default));
+            let pki = init(
+                &tmp.path().join("pki"),
+                key_type,
+                intermediate.then(Constraints::default),
+            );
             issue(&pki, Purpose::Server, "server", key_type);
             issue(&pki, Purpose::Client, "client", key_type);
             let label = format!("{key_type}, intermediate: {intermediate}");
@@ -98,28 +132,56 @@ async fn every_key_type_verifies_for_its_purpose_only_and_works_in_a_live_mtls_h
             let (ok, out) = openssl_verify(&pki, "server", "sslserver");
             assert!(ok, "{label}: server cert as server: {out}");
             let (ok, out) = openssl_verify(&pki, "server", "sslclient");
-            assert!(!ok, "{label}: server cert must not verify as a client: {out}");
+            assert!(
+                !ok,
+                "{label}: server cert must not verify as a client: {out}"
+            );
             let (ok, out) = openssl_verify(&pki, "client", "sslclient");
             assert!(ok, "{label}: client cert as client: {out}");
             let (ok, out) = openssl_verify(&pki, "client", "sslserver");
-            assert!(!ok, "{label}: client cert must not verify as a server: {out}");
+            assert!(
+                !ok,
+                "{label}: client cert must not verify as a server: {out}"
+            );
 
-            webpki_server_ok(&pki, "server").unwrap_or_else(|e| panic!("{label}: webpki server: {e}"));
-            webpki_client_ok(&pki, "client").unwrap_or_else(|e| panic!("{label}: webpki client: {e}"));
-            assert!(webpki_server_ok(&pki, "client").is_err(), "{label}: client cert as server");
-            assert!(webpki_client_ok(&pki, "server").is_err(), "{label}: server cert as client");
+            webpki_server_ok(&pki, "server")
+                .unwrap_or_else(|e| panic!("{label}: webpki server: {e}"));
+            webpki_client_ok(&pki, "client")
+                .unwrap_or_else(|e| panic!("{label}: webpki client: {e}"));
+            assert!(
+                webpki_server_ok(&pki, "client").is_err(),
+                "{label}: client cert as server"
+            );
+            assert!(
+                webpki_client_ok(&pki, "server").is_err(),
+                "{label}: server cert as client"
+            );
 
             // A live mutual-TLS handshake with these keys.
-            let identity = Identity::from_files(&pki.cert_path("server"), &pki.key_path("server")).unwrap();
+            let identity =
+                Identity::from_files(&pki.cert_path("server"), &pki.key_path("server")).unwrap();
             let roots = load_certs(&pki.path("ca.pem")).unwrap();
-            let server = TestServer::start(ServerTlsOptions::new(identity).require_client_certs(roots.clone())).await;
-            let client = ClientTlsOptions::with_roots(roots)
-                .with_identity(Identity::from_files(&pki.cert_path("client"), &pki.key_path("client")).unwrap());
+            let server = TestServer::start(
+                ServerTlsOptions::new(identity).require_client_certs(roots.clone()),
+            )
+            .await;
+            let client = ClientTlsOptions::with_roots(roots).with_identity(
+                Identity::from_files(&pki.cert_path("client"), &pki.key_path("client")).unwrap(),
+            );
             let (mut stream, report) = connect(&server.addr_string(), &client)
                 .await
                 .unwrap_or_else(|e| panic!("{label}: handshake: {e}"));
-            assert_eq!(echo_round_trip(&mut stream, label.as_bytes()).await.unwrap(), label.as_bytes());
-            assert_eq!(report.peer_chain.len(), if intermediate { 2 } else { 1 }, "{label}");
+            assert_eq!(
+                echo_round_trip(&mut stream, label.as_bytes())
+                    .await
+                    .unwrap(),
+                label.as_bytes()
+            );
+            assert_eq!(
+                report.peer_chain.len(),
+                if intermediate { 2 } else { 1 },
+                "{label}"
+            );
         }
     }
 }
@@ -132,7 +194,11 @@ fn certificate_outside_the_intermediates_name_constraints_fails_openssl_verify()
         permit_dns: vec!["example.internal".into()],
         permit_ips: vec![("10.0.0.0".parse().unwrap(), 8)],
     };
-    let pki = init(&tmp.path().join("pki"), KeyType::EcdsaP256, Some(constraints));
+    let pki = init(
+        &tmp.path().join("pki"),
+        KeyType::EcdsaP256,
+        Some(constraints),
+    );
     let mut inside = LeafSpec::new(Purpose::Server, "web.example.internal");
     inside.dns = vec!["web.example.internal".into()];
     inside.ips = vec!["10.1.2.3".parse().unwrap()];
@@ -150,12 +216,20 @@ fn certificate_outside_the_intermediates_name_constraints_fails_openssl_verify()
     for name in ["outside", "outside-ip"] {
         let (ok, out) = openssl_verify(&pki, name, "sslserver");
         assert!(!ok, "{name} must fail: {out}");
-        assert!(out.contains("name constraint") || out.contains("permitted subtree"), "{name}: {out}");
+        assert!(
+            out.contains("name constraint") || out.contains("permitted subtree"),
+            "{name}: {out}"
+        );
     }
 }
 
 fn tlsnet(args: &[&str]) -> std::process::Output {
-    Command::new(tlsnet_bin()).args(args).env_remove("TLSNET_PKI_DIR").stdin(Stdio::null()).output().unwrap()
+    Command::new(tlsnet_bin())
+        .args(args)
+        .env_remove("TLSNET_PKI_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn connect_once(args: &[&str], input: &[u8]) -> std::process::Output {
@@ -183,16 +257,38 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
     let dir = tmp.path().join("pki");
     let d = dir.to_str().unwrap();
     assert!(tlsnet(&["pki", "init", "--dir", d]).status.success());
-    assert!(tlsnet(&["pki", "issue", "server", "localhost", "--ip", "127.0.0.1", "--dir", d]).status.success());
-    assert!(tlsnet(&["pki", "issue", "client", "alice", "--dir", d]).status.success());
-    assert!(tlsnet(&["pki", "issue", "client", "bob", "--dir", d]).status.success());
+    assert!(tlsnet(&[
+        "pki",
+        "issue",
+        "server",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+        "--dir",
+        d
+    ])
+    .status
+    .success());
+    assert!(tlsnet(&["pki", "issue", "client", "alice", "--dir", d])
+        .status
+        .success());
+    assert!(tlsnet(&["pki", "issue", "client", "bob", "--dir", d])
+        .status
+        .success());
     let p = |f: &str| format!("{d}/{f}");
 
     let port = free_port();
     let log = tmp.path().join("serve.log");
     let mut server = Command::new(tlsnet_bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--cert", &p("localhost.pem"), "--key", &p("localhost-key.pem"), "--client-ca", &p("ca.pem")])
+        .args([
+            "--cert",
+            &p("localhost.pem"),
+            "--key",
+            &p("localhost-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+        ])
         .args(["--crl", &p("crl.pem"), "--reload-interval", "200ms"])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -201,49 +297,102 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
     while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let as_alice = ["--ca", &p("ca.pem"), "--cert", &p("alice.pem"), "--key", &p("alice-key.pem"), "-q"];
+    let as_alice = [
+        "--ca",
+        &p("ca.pem"),
+        "--cert",
+        &p("alice.pem"),
+        "--key",
+        &p("alice-key.pem"),
+        "-q",
+    ];
     let alice = |input: &[u8]| {
         let mut args = vec![addr.as_str()];
         args.extend(as_alice.iter().map(|s| &s[..]));
         connect_once(&args, input)
     };
     let out = alice(b"before");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"before");
 
-    assert!(tlsnet(&["pki", "revoke", "alice", "--reason", "keyCompromise", "--dir", d]).status.success());
+    assert!(tlsnet(&[
+        "pki",
+        "revoke",
+        "alice",
+        "--reason",
+        "keyCompromise",
+        "--dir",
+        d
+    ])
+    .status
+    .success());
     // The server picks up the new CRL by itself.
     let started = Instant::now();
     loop {
         let out = alice(b"after");
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("certificate_revoked") || err.contains("revoked"), "{err}");
+            assert!(
+                err.contains("certificate_revoked") || err.contains("revoked"),
+                "{err}"
+            );
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "revocation not picked up");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "revocation not picked up"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.contains("reloaded TLS material"), "{log_text}");
-    assert!(log_text.contains("client certificate has been revoked"), "{log_text}");
+    assert!(
+        log_text.contains("client certificate has been revoked"),
+        "{log_text}"
+    );
 
     // Bob, not revoked, is still served.
     let out = connect_once(
-        &[&addr, "--ca", &p("ca.pem"), "--cert", &p("bob.pem"), "--key", &p("bob-key.pem"), "-q"],
+        &[
+            &addr,
+            "--ca",
+            &p("ca.pem"),
+            "--cert",
+            &p("bob.pem"),
+            "--key",
+            &p("bob-key.pem"),
+            "-q",
+        ],
         b"bob",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"bob");
 
     // A broken CRL is refused; the old one stays in force.
     std::fs::write(p("crl.pem"), "not a CRL").unwrap();
     let started = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap().contains("reload refused") {
-        assert!(started.elapsed() < Duration::from_secs(10), "broken CRL not noticed");
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("reload refused")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "broken CRL not noticed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!alice(b"x").status.success(), "alice must stay revoked");
@@ -256,12 +405,28 @@ fn revoked_server_is_refused_by_connect() {
     let dir = tmp.path().join("pki");
     let d = dir.to_str().unwrap();
     assert!(tlsnet(&["pki", "init", "--dir", d]).status.success());
-    assert!(tlsnet(&["pki", "issue", "server", "localhost", "--ip", "127.0.0.1", "--dir", d]).status.success());
+    assert!(tlsnet(&[
+        "pki",
+        "issue",
+        "server",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+        "--dir",
+        d
+    ])
+    .status
+    .success());
     let p = |f: &str| format!("{d}/{f}");
     let port = free_port();
     let mut server = Command::new(tlsnet_bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--cert", &p("localhost.pem"), "--key", &p("localhost-key.pem")])
+        .args([
+            "--cert",
+            &p("localhost.pem"),
+            "--key",
+            &p("localhost-key.pem"),
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -269,13 +434,28 @@ fn revoked_server_is_refused_by_connect() {
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
     while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = connect_once(&[&addr, "--ca", &p("ca.pem"), "--crl", &p("crl.pem"), "-q"], b"ok");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(tlsnet(&["pki", "revoke", "localhost", "--dir", d]).status.success());
-    let out = connect_once(&[&addr, "--ca", &p("ca.pem"), "--crl", &p("crl.pem"), "-q"], b"no");
+    let out = connect_once(
+        &[&addr, "--ca", &p("ca.pem"), "--crl", &p("crl.pem"), "-q"],
+        b"ok",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tlsnet(&["pki", "revoke", "localhost", "--dir", d])
+        .status
+        .success());
+    let out = connect_once(
+        &[&addr, "--ca", &p("ca.pem"), "--crl", &p("crl.pem"), "-q"],
+        b"no",
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server certificate has been revoked"), "{err}");
@@ -286,15 +466,28 @@ fn pki_list_and_renew_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("pki");
     let d = d.to_str().unwrap();
-    assert!(tlsnet(&["pki", "init", "--dir", d, "--key", "ed25519"]).status.success());
+    assert!(tlsnet(&["pki", "init", "--dir", d, "--key", "ed25519"])
+        .status
+        .success());
     let out = tlsnet(&["pki", "init", "--dir", d]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a CA"));
-    assert!(tlsnet(&["pki", "issue", "client", "carol", "--days", "30", "--dir", d]).status.success());
-    assert!(tlsnet(&["pki", "renew", "carol", "--dir", d]).status.success());
+    assert!(
+        tlsnet(&["pki", "issue", "client", "carol", "--days", "30", "--dir", d])
+            .status
+            .success()
+    );
+    assert!(tlsnet(&["pki", "renew", "carol", "--dir", d])
+        .status
+        .success());
     let out = tlsnet(&["pki", "list", "--json", "--dir", d]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let states: Vec<&str> = listed.as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["revoked", "valid"]);
     assert_eq!(listed[1]["days"], 30);
     assert!(listed[1]["days_left"].as_i64().unwrap() >= 28);
@@ -322,26 +515,55 @@ fn pkcs12_export_opens_with_openssl_and_the_password_only() {
     std::fs::write(&password_file, "correct horse\n").unwrap();
     let p12 = tmp.path().join("erin.p12");
     let out = tlsnet(&[
-        "pki", "issue", "client", "erin", "--dir", d,
-        "--p12", p12.to_str().unwrap(), "--p12-password-file", password_file.to_str().unwrap(),
+        "pki",
+        "issue",
+        "client",
+        "erin",
+        "--dir",
+        d,
+        "--p12",
+        p12.to_str().unwrap(),
+        "--p12-password-file",
+        password_file.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&p12).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p12).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let open = |pass: &str| {
         Command::new("openssl")
-            .args(["pkcs12", "-in", p12.to_str().unwrap(), "-passin", &format!("pass:{pass}"), "-nodes"])
+            .args([
+                "pkcs12",
+                "-in",
+                p12.to_str().unwrap(),
+                "-passin",
+                &format!("pass:{pass}"),
+                "-nodes",
+            ])
             .output()
             .unwrap()
     };
     let good = open("correct horse");
-    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
     let text = String::from_utf8_lossy(&good.stdout);
     assert!(text.contains("BEGIN PRIVATE KEY"), "the key is inside");
-    assert!(text.contains("subject=CN=erin") || text.contains("subject=CN = erin"), "{text}");
+    assert!(
+        text.contains("subject=CN=erin") || text.contains("subject=CN = erin"),
+        "{text}"
+    );
     for wrong in ["", "wrong", "correct horse\n"] {
         let bad = open(wrong);
         assert!(!bad.status.success(), "password {wrong:?} must not open it");
@@ -349,9 +571,25 @@ fn pkcs12_export_opens_with_openssl_and_the_password_only() {
     // An empty password file is refused up front.
     std::fs::write(&password_file, "").unwrap();
     let out = tlsnet(&[
-        "pki", "issue", "client", "frank", "--dir", d,
-        "--p12", tmp.path().join("frank.p12").to_str().unwrap(), "--p12-password-file", password_file.to_str().unwrap(),
+        "pki",
+        "issue",
+        "client",
+        "frank",
+        "--dir",
+        d,
+        "--p12",
+        tmp.path().join("frank.p12").to_str().unwrap(),
+        "--p12-password-file",
+        password_file.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!Path::new(d).join("frank.pem").exists(), "nothing issued when the password is bad");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !Path::new(d).join("frank.pem").exists(),
+        "nothing issued when the password is bad"
+    );
 }

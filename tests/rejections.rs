@@ -35,19 +35,29 @@ async fn server_requires_client_certificate_and_gets_none() {
     let mut tls = pki.client_tls();
     tls.identity = None;
     let cause = rejected_client_cause(&server.addr_string(), &tls, "localhost").await;
-    assert!(cause.contains("server requires a client certificate"), "{cause}");
+    assert!(
+        cause.contains("server requires a client certificate"),
+        "{cause}"
+    );
     wait_for_failure(&server.stats, "no_client_certificate").await;
 }
 
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_rejected() {
     let pki = TestPki::new();
-    pki.issue_by(&pki.other_ca, "stranger", &LeafSpec::new(Purpose::Client, "mallory"));
+    pki.issue_by(
+        &pki.other_ca,
+        "stranger",
+        &LeafSpec::new(Purpose::Client, "mallory"),
+    );
     let server = TestServer::start(pki.server_tls()).await;
     let tls = ClientTlsOptions::with_roots(pki.ca_certs()).with_identity(pki.identity("stranger"));
     let cause = rejected_client_cause(&server.addr_string(), &tls, "localhost").await;
     assert!(cause.contains("unknown_ca"), "{cause}");
-    assert!(cause.contains("does not trust the CA of our client certificate"), "{cause}");
+    assert!(
+        cause.contains("does not trust the CA of our client certificate"),
+        "{cause}"
+    );
     wait_for_failure(&server.stats, "unknown_issuer").await;
 }
 
@@ -56,7 +66,8 @@ async fn expired_client_certificate_is_rejected() {
     let pki = TestPki::new();
     pki.issue("old-client", &TestPki::expired_spec(Purpose::Client, "old"));
     let server = TestServer::start(pki.server_tls()).await;
-    let tls = ClientTlsOptions::with_roots(pki.ca_certs()).with_identity(pki.identity("old-client"));
+    let tls =
+        ClientTlsOptions::with_roots(pki.ca_certs()).with_identity(pki.identity("old-client"));
     let cause = rejected_client_cause(&server.addr_string(), &tls, "localhost").await;
     assert!(cause.contains("certificate_expired"), "{cause}");
     wait_for_failure(&server.stats, "certificate_expired").await;
@@ -68,10 +79,13 @@ async fn client_certificate_without_client_auth_eku_is_rejected() {
     // A certificate made for a server (serverAuth only) used as a client certificate.
     pki.issue("server-as-client", &server_spec());
     let server = TestServer::start(pki.server_tls()).await;
-    let tls =
-        ClientTlsOptions::with_roots(pki.ca_certs()).with_identity(pki.identity("server-as-client"));
+    let tls = ClientTlsOptions::with_roots(pki.ca_certs())
+        .with_identity(pki.identity("server-as-client"));
     let cause = rejected_client_cause(&server.addr_string(), &tls, "localhost").await;
-    assert!(cause.contains("not valid for client authentication"), "{cause}");
+    assert!(
+        cause.contains("not valid for client authentication"),
+        "{cause}"
+    );
     wait_for_failure(&server.stats, "certificate_wrong_purpose").await;
 }
 
@@ -79,7 +93,8 @@ async fn client_certificate_without_client_auth_eku_is_rejected() {
 async fn client_rejects_server_from_unknown_ca() {
     let pki = TestPki::new();
     let server = TestServer::start(pki.server_tls_no_client_auth()).await;
-    let tls = ClientTlsOptions::with_roots(tlsnet::tls::load_certs(&pki.path("other-ca.pem")).unwrap());
+    let tls =
+        ClientTlsOptions::with_roots(tlsnet::tls::load_certs(&pki.path("other-ca.pem")).unwrap());
     let cause = rejected_client_cause(&server.addr_string(), &tls, "localhost").await;
     assert_eq!(
         cause,
@@ -97,19 +112,28 @@ async fn client_rejects_wrong_host_name() {
     tls.identity = None;
     let cause = rejected_client_cause(&server.addr_string(), &tls, "www.example.com").await;
     assert!(cause.contains("not valid for 'www.example.com'"), "{cause}");
-    assert!(cause.contains("localhost"), "the presented names are listed: {cause}");
+    assert!(
+        cause.contains("localhost"),
+        "the presented names are listed: {cause}"
+    );
 }
 
 #[tokio::test]
 async fn client_rejects_expired_server_certificate() {
     let pki = TestPki::new();
-    pki.issue("old-server", &TestPki::expired_spec(Purpose::Server, "localhost"));
+    pki.issue(
+        "old-server",
+        &TestPki::expired_spec(Purpose::Server, "localhost"),
+    );
     let tls_server = tlsnet::tls::ServerTlsOptions::new(pki.identity("old-server"));
     let server = TestServer::start(tls_server).await;
     let mut tls = pki.client_tls();
     tls.identity = None;
     let cause = rejected_client_cause(&server.addr_string(), &tls, "localhost").await;
-    assert!(cause.starts_with("server certificate expired on 20"), "{cause}");
+    assert!(
+        cause.starts_with("server certificate expired on 20"),
+        "{cause}"
+    );
 }
 
 #[tokio::test]
@@ -123,15 +147,24 @@ async fn client_rejects_pin_mismatch_and_accepts_the_right_pin() {
         ..ClientTlsOptions::with_roots(Vec::new())
     };
     let cause = rejected_client_cause(&server.addr_string(), &tls, "localhost").await;
-    assert!(cause.contains(&format!("does not match the pin {wrong}")), "{cause}");
+    assert!(
+        cause.contains(&format!("does not match the pin {wrong}")),
+        "{cause}"
+    );
 
     // The right pin, with no CA at all, is accepted.
     let server_cert = tlsnet::tls::load_certs(&pki.path("server.pem")).unwrap();
     let right = tlsnet::pin::SpkiPin::of_certificate(&server_cert[0]).unwrap();
-    let tls = ClientTlsOptions { pin: Some(right), ..tls };
+    let tls = ClientTlsOptions {
+        pin: Some(right),
+        ..tls
+    };
     let (mut stream, report) = connect(&server.addr_string(), &tls).await.unwrap();
     assert_eq!(report.peer_leaf().unwrap().spki_pin, right.to_string());
-    assert_eq!(echo_round_trip(&mut stream, b"pinned").await.unwrap(), b"pinned");
+    assert_eq!(
+        echo_round_trip(&mut stream, b"pinned").await.unwrap(),
+        b"pinned"
+    );
 }
 
 #[tokio::test]

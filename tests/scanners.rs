@@ -224,20 +224,39 @@ async fn nmap_ssl_enum_ciphers_grades_the_default_server_a() {
         let (mut server, addr) = start_tlsnet_serve(["--pki-dir".as_ref(), pki.as_os_str()]).await;
         let port = addr.rsplit_once(':').unwrap().1.to_owned();
         let mut command = Command::new("nmap");
-        command.args(["-Pn", "-n", "-p", &port, "--script", "ssl-enum-ciphers", "127.0.0.1"]);
+        command.args([
+            "-Pn",
+            "-n",
+            "-p",
+            &port,
+            "--script",
+            "ssl-enum-ciphers",
+            "127.0.0.1",
+        ]);
         let mut scan = Proc::spawn("nmap", command);
         let status = scan.finish(Duration::from_secs(120)).await;
         let out = scan.stdout();
         println!("{out}");
         assert!(status.success(), "{}", scan.describe());
-        assert!(out.contains("ssl-enum-ciphers"), "the script ran: {}", scan.describe());
-        assert!(out.contains("least strength: A"), "grade A: {}", scan.describe());
+        assert!(
+            out.contains("ssl-enum-ciphers"),
+            "the script ran: {}",
+            scan.describe()
+        );
+        assert!(
+            out.contains("least strength: A"),
+            "grade A: {}",
+            scan.describe()
+        );
         assert!(out.contains("TLSv1.3:"), "{out}");
         for old in ["SSLv3:", "TLSv1.0:", "TLSv1.1:", "TLSv1.2:"] {
             assert!(!out.contains(old), "{old} must not be offered: {out}");
         }
         for line in out.lines().filter(|l| l.contains("TLS_AKE_WITH_")) {
-            assert!(line.trim_end().ends_with("- A"), "every suite graded A: {line}");
+            assert!(
+                line.trim_end().ends_with("- A"),
+                "every suite graded A: {line}"
+            );
         }
         server.kill().await;
     })
@@ -255,7 +274,15 @@ async fn testssl_finds_nothing_medium_or_above_on_the_default_server() {
         let json = dir.path().join("testssl.json");
         let mut command = Command::new("testssl");
         command
-            .args(["--quiet", "--color", "0", "--warnings", "off", "--severity", "MEDIUM"])
+            .args([
+                "--quiet",
+                "--color",
+                "0",
+                "--warnings",
+                "off",
+                "--severity",
+                "MEDIUM",
+            ])
             .arg("--add-ca")
             .arg(pki.join("ca.pem"))
             .arg("--jsonfile")
@@ -277,15 +304,28 @@ async fn testssl_finds_nothing_medium_or_above_on_the_default_server() {
             .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
             .map(|f| {
                 let field = |k: &str| f[k].as_str().unwrap_or("?").to_owned();
-                format!("{} {}: {}", field("severity"), field("id"), field("finding"))
+                format!(
+                    "{} {}: {}",
+                    field("severity"),
+                    field("id"),
+                    field("finding")
+                )
             })
             .collect();
         println!("testssl findings of severity MEDIUM or above: {serious:#?}");
         let unexpected: Vec<&String> = serious
             .iter()
-            .filter(|f| !TESTSSL_ACCEPTED.iter().any(|(id, _)| f.contains(&format!(" {id}:"))))
+            .filter(|f| {
+                !TESTSSL_ACCEPTED
+                    .iter()
+                    .any(|(id, _)| f.contains(&format!(" {id}:")))
+            })
             .collect();
-        assert!(unexpected.is_empty(), "testssl findings: {unexpected:#?}\n{}", scan.describe());
+        assert!(
+            unexpected.is_empty(),
+            "testssl findings: {unexpected:#?}\n{}",
+            scan.describe()
+        );
         server.kill().await;
     })
     .await

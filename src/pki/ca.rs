@@ -54,9 +54,15 @@ impl KeyType {
             KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
             KeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
             KeyType::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
-            KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
-            KeyType::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
-            KeyType::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096),
+            KeyType::Rsa2048 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
+            }
+            KeyType::Rsa3072 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072)
+            }
+            KeyType::Rsa4096 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096)
+            }
         };
         Ok(key?)
     }
@@ -235,12 +241,9 @@ impl CertificateAuthority {
                 .iter()
                 .map(|d| GeneralSubtree::DnsName(d.clone()))
                 .collect();
-            permitted.extend(
-                constraints
-                    .permit_ips
-                    .iter()
-                    .map(|(ip, prefix)| GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(*ip, *prefix))),
-            );
+            permitted.extend(constraints.permit_ips.iter().map(|(ip, prefix)| {
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(*ip, *prefix))
+            }));
             params.name_constraints = Some(NameConstraints {
                 permitted_subtrees: permitted,
                 excluded_subtrees: Vec::new(),
@@ -263,7 +266,12 @@ impl CertificateAuthority {
     }
 
     /// Signs a CRL listing `revoked`, valid until `next_update` from now.
-    pub fn crl(&self, revoked: &[Revoked], crl_number: u64, next_update: Duration) -> Result<String> {
+    pub fn crl(
+        &self,
+        revoked: &[Revoked],
+        crl_number: u64,
+        next_update: Duration,
+    ) -> Result<String> {
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
             this_update: now,
@@ -305,7 +313,10 @@ impl CertificateAuthority {
         let cert_pem = std::fs::read_to_string(cert).map_err(|e| Error::file(cert, "read", e))?;
         let key_pem = std::fs::read_to_string(key).map_err(|e| Error::file(key, "read", e))?;
         Self::from_pem(&cert_pem, &key_pem).map_err(|e| {
-            Error::bad_file(cert, format!("cannot be used as a CA with key {}: {e}", key.display()))
+            Error::bad_file(
+                cert,
+                format!("cannot be used as a CA with key {}: {e}", key.display()),
+            )
         })
     }
 
@@ -343,7 +354,10 @@ impl CertificateAuthority {
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if matches!(spec.key_type, KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096) {
+        if matches!(
+            spec.key_type,
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096
+        ) {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
         params.extended_key_usages = vec![match spec.purpose {
@@ -387,7 +401,8 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 /// A positive 128-bit random serial (RFC 5280 allows up to 20 octets).
 fn random_serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::Pki("no randomness for the serial".into()))?;
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| Error::Pki("no randomness for the serial".into()))?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // no leading zero octet: keeps the DER length fixed
     Ok(SerialNumber::from_slice(&bytes))

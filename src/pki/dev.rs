@@ -113,7 +113,10 @@ impl DevPki {
             if store.key_path(name).is_file() && !needs_renewal(&cert)? {
                 continue;
             }
-            let known = store.list()?.iter().any(|l| l.entry.name == name && l.state != "revoked");
+            let known = store
+                .list()?
+                .iter()
+                .any(|l| l.entry.name == name && l.state != "revoked");
             if known {
                 // Also covers deleted files: renew re-creates them with a new key.
                 let _ = std::fs::remove_file(&cert);
@@ -137,7 +140,10 @@ fn leaf_spec(purpose: Purpose) -> LeafSpec {
         Purpose::Server => {
             let mut s = LeafSpec::new(Purpose::Server, "localhost");
             s.dns = vec!["localhost".into()];
-            s.ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+            s.ips = vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ];
             s
         }
         Purpose::Client => LeafSpec::new(Purpose::Client, DEV_CLIENT_NAME),

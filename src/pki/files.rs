@@ -19,7 +19,10 @@ pub enum Access {
 
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename).
 pub fn write_file(path: &Path, contents: &[u8], access: Access) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
@@ -35,7 +38,9 @@ pub fn write_file(path: &Path, contents: &[u8], access: Access) -> Result<()> {
             Access::Public => 0o644,
         });
     }
-    let mut file = options.open(&tmp).map_err(|e| Error::file(&tmp, "create", e))?;
+    let mut file = options
+        .open(&tmp)
+        .map_err(|e| Error::file(&tmp, "create", e))?;
     file.write_all(contents)
         .and_then(|_| file.sync_all())
         .map_err(|e| Error::file(&tmp, "write", e))?;

@@ -7,5 +7,5 @@ pub mod dev;
 pub mod files;
 pub mod store;
 
-pub use store::{InitOptions, PkiDir};
 pub use ca::{CertificateAuthority, Constraints, IssuedCert, KeyType, LeafSpec, Purpose, Revoked};
+pub use store::{InitOptions, PkiDir};

@@ -22,8 +22,8 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::pki::ca::{CertificateAuthority, Constraints, KeyType, LeafSpec, Purpose, Revoked};
-use crate::pki::files::{Access, create_private_dir, write_file};
-use crate::x509::{CertSummary, rfc3339};
+use crate::pki::files::{create_private_dir, write_file, Access};
+use crate::x509::{rfc3339, CertSummary};
 
 /// Options for [`PkiDir::init`].
 #[derive(Clone, Debug)]
@@ -130,7 +130,14 @@ fn reason_code(name: &str) -> Option<RevocationReason> {
     })
 }
 
-const RESERVED: [&str; 6] = ["ca", "ca-key", "intermediate", "intermediate-key", "crl", "index"];
+const RESERVED: [&str; 6] = [
+    "ca",
+    "ca-key",
+    "intermediate",
+    "intermediate-key",
+    "crl",
+    "index",
+];
 
 /// Checks that a certificate name is a safe file stem.
 pub fn check_name(name: &str) -> Result<()> {
@@ -138,7 +145,9 @@ pub fn check_name(name: &str) -> Result<()> {
         && name.len() <= 64
         && !name.starts_with('.')
         && !name.starts_with('-')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !name.ends_with("-key");
     if !ok {
         return Err(Error::InvalidInput(format!(
@@ -146,7 +155,9 @@ pub fn check_name(name: &str) -> Result<()> {
         )));
     }
     if RESERVED.contains(&name) {
-        return Err(Error::InvalidInput(format!("'{name}' is reserved for the CA's own files")));
+        return Err(Error::InvalidInput(format!(
+            "'{name}' is reserved for the CA's own files"
+        )));
     }
     Ok(())
 }
@@ -191,15 +202,33 @@ impl PkiDir {
             )));
         }
         create_private_dir(&self.dir)?;
-        let root = CertificateAuthority::generate(&options.name, options.key_type, options.validity)?;
-        write_file(&self.path("ca-key.pem"), root.key_pem().as_bytes(), Access::Private)?;
-        write_file(&self.path("ca.pem"), root.cert_pem().as_bytes(), Access::Public)?;
+        let root =
+            CertificateAuthority::generate(&options.name, options.key_type, options.validity)?;
+        write_file(
+            &self.path("ca-key.pem"),
+            root.key_pem().as_bytes(),
+            Access::Private,
+        )?;
+        write_file(
+            &self.path("ca.pem"),
+            root.cert_pem().as_bytes(),
+            Access::Public,
+        )?;
         if let Some(constraints) = &options.intermediate {
             let name = format!("{} intermediate", options.name);
             let validity = options.validity.min(Duration::from_secs(5 * 365 * 86400));
-            let inter = root.generate_intermediate(&name, options.key_type, validity, constraints)?;
-            write_file(&self.path("intermediate-key.pem"), inter.key_pem().as_bytes(), Access::Private)?;
-            write_file(&self.path("intermediate.pem"), inter.cert_pem().as_bytes(), Access::Public)?;
+            let inter =
+                root.generate_intermediate(&name, options.key_type, validity, constraints)?;
+            write_file(
+                &self.path("intermediate-key.pem"),
+                inter.key_pem().as_bytes(),
+                Access::Private,
+            )?;
+            write_file(
+                &self.path("intermediate.pem"),
+                inter.cert_pem().as_bytes(),
+                Access::Public,
+            )?;
         }
         self.save_index(&Index::default())?;
         self.write_crl(Duration::from_secs(30 * 86400))?;
@@ -209,7 +238,10 @@ impl PkiDir {
     /// The issuing CA: the intermediate if there is one, else the root.
     pub fn issuing_ca(&self) -> Result<CertificateAuthority> {
         if self.path("intermediate.pem").is_file() {
-            CertificateAuthority::load(&self.path("intermediate.pem"), &self.path("intermediate-key.pem"))
+            CertificateAuthority::load(
+                &self.path("intermediate.pem"),
+                &self.path("intermediate-key.pem"),
+            )
         } else if self.has_ca() {
             CertificateAuthority::load(&self.path("ca.pem"), &self.path("ca-key.pem"))
         } else {
@@ -225,7 +257,12 @@ impl PkiDir {
     pub fn issue(&self, name: &str, spec: &LeafSpec) -> Result<IndexEntry> {
         check_name(name)?;
         let index = self.load_index()?;
-        if index.certs.iter().any(|c| c.name == name && c.revoked.is_none()) || self.cert_path(name).exists() {
+        if index
+            .certs
+            .iter()
+            .any(|c| c.name == name && c.revoked.is_none())
+            || self.cert_path(name).exists()
+        {
             return Err(Error::InvalidInput(format!(
                 "'{name}' already exists in {} (tlsnet pki renew {name} re-issues it)",
                 self.dir.display()
@@ -238,8 +275,16 @@ impl PkiDir {
         let ca = self.issuing_ca()?;
         let issued = ca.issue(spec)?;
         let summary = CertSummary::from_der(&issued.cert_der).map_err(Error::Pki)?;
-        write_file(&self.key_path(name), issued.key_pem.as_bytes(), Access::Private)?;
-        write_file(&self.cert_path(name), issued.chain_pem.as_bytes(), Access::Public)?;
+        write_file(
+            &self.key_path(name),
+            issued.key_pem.as_bytes(),
+            Access::Private,
+        )?;
+        write_file(
+            &self.cert_path(name),
+            issued.chain_pem.as_bytes(),
+            Access::Public,
+        )?;
         let entry = IndexEntry {
             name: name.to_owned(),
             purpose: match spec.purpose {
@@ -256,7 +301,9 @@ impl PkiDir {
             not_after: summary.not_after,
             revoked: None,
         };
-        index.certs.retain(|c| !(c.name == name && c.revoked.is_none()));
+        index
+            .certs
+            .retain(|c| !(c.name == name && c.revoked.is_none()));
         index.certs.push(entry.clone());
         self.save_index(&index)?;
         Ok(entry)
@@ -272,8 +319,17 @@ impl PkiDir {
             .rev()
             .find(|c| c.name == name && c.revoked.is_none())
             .cloned()
-            .ok_or_else(|| Error::InvalidInput(format!("no certificate named '{name}' in {} (see tlsnet pki list)", self.dir.display())))?;
-        let purpose = if old.purpose == "client" { Purpose::Client } else { Purpose::Server };
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "no certificate named '{name}' in {} (see tlsnet pki list)",
+                    self.dir.display()
+                ))
+            })?;
+        let purpose = if old.purpose == "client" {
+            Purpose::Client
+        } else {
+            Purpose::Server
+        };
         let mut spec = LeafSpec::new(purpose, old.common_name.clone());
         spec.dns = old.dns.clone();
         spec.ips = old.ips.clone();
@@ -331,7 +387,12 @@ impl PkiDir {
         for c in index.certs.iter().filter(|c| c.revoked.is_some()) {
             let Some(r) = &c.revoked else { continue };
             revoked.push(Revoked {
-                serial: hex_bytes(&c.serial).ok_or_else(|| Error::bad_file(self.path("index.json"), format!("bad serial '{}'", c.serial)))?,
+                serial: hex_bytes(&c.serial).ok_or_else(|| {
+                    Error::bad_file(
+                        self.path("index.json"),
+                        format!("bad serial '{}'", c.serial),
+                    )
+                })?,
                 at: OffsetDateTime::parse(&r.at, &time::format_description::well_known::Rfc3339)
                     .unwrap_or_else(|_| OffsetDateTime::now_utc()),
                 reason: reason_code(&r.reason),
@@ -353,9 +414,12 @@ impl PkiDir {
             .certs
             .into_iter()
             .map(|entry| {
-                let days_left = OffsetDateTime::parse(&entry.not_after, &time::format_description::well_known::Rfc3339)
-                    .map(|t| (t - now).whole_days())
-                    .unwrap_or(0);
+                let days_left = OffsetDateTime::parse(
+                    &entry.not_after,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(|t| (t - now).whole_days())
+                .unwrap_or(0);
                 let state = if entry.revoked.is_some() {
                     "revoked"
                 } else if !self.cert_path(&entry.name).is_file() {
@@ -423,7 +487,11 @@ mod tests {
         let mut spec = LeafSpec::new(Purpose::Server, "web");
         spec.dns = vec!["web.internal".into()];
         let first = pki.issue("web", &spec).unwrap();
-        assert!(pki.issue("web", &spec).unwrap_err().to_string().contains("pki renew web"));
+        assert!(pki
+            .issue("web", &spec)
+            .unwrap_err()
+            .to_string()
+            .contains("pki renew web"));
         let renewed = pki.renew("web", None).unwrap();
         assert_ne!(first.serial, renewed.serial);
         assert_eq!(renewed.dns, vec!["web.internal".to_string()]);
@@ -433,12 +501,18 @@ mod tests {
         pki.revoke("web", "keyCompromise").unwrap();
         assert!(pki.revoke("web", "keyCompromise").is_err());
         assert!(pki.revoke("nothing", "unspecified").is_err());
-        assert!(pki.revoke("x", "because").unwrap_err().to_string().contains("keyCompromise"));
+        assert!(pki
+            .revoke("x", "because")
+            .unwrap_err()
+            .to_string()
+            .contains("keyCompromise"));
     }
 
     #[test]
     fn names_are_checked() {
-        for bad in ["", "../x", ".hidden", "ca", "index", "a b", "x-key", "-flag"] {
+        for bad in [
+            "", "../x", ".hidden", "ca", "index", "a b", "x-key", "-flag",
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
         for good in ["server", "alice", "web.internal", "db_1"] {
@@ -451,7 +525,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let pki = init(tmp.path(), true);
         assert!(pki.issuing_ca().unwrap().is_intermediate());
-        pki.issue("bob", &LeafSpec::new(Purpose::Client, "bob")).unwrap();
+        pki.issue("bob", &LeafSpec::new(Purpose::Client, "bob"))
+            .unwrap();
         let chain = crate::tls::load_certs(&pki.cert_path("bob")).unwrap();
         assert_eq!(chain.len(), 2, "leaf + intermediate");
     }

@@ -23,13 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls::client::Resumption;
-use rustls::crypto::{SupportedKxGroup, aws_lc_rs};
+use rustls::crypto::{aws_lc_rs, SupportedKxGroup};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind, RootCertStore};
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -172,7 +172,9 @@ fn main() -> Result<()> {
     };
     let threads = cli.threads.unwrap_or(if one_client { 1 } else { 2 });
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -195,7 +197,9 @@ fn main() -> Result<()> {
 
 fn pki(dir: PathBuf) -> Result<Value> {
     let pki = tlsnet::pki::dev::DevPki::at(&dir);
-    let state = pki.ensure().with_context(|| format!("PKI in {}", dir.display()))?;
+    let state = pki
+        .ensure()
+        .with_context(|| format!("PKI in {}", dir.display()))?;
     Ok(json!({ "dir": dir, "state": format!("{state:?}") }))
 }
 
@@ -232,7 +236,11 @@ struct Shake {
 /// Connect, handshake, send close_notify, read until the server closes (this also takes in
 /// session tickets). An alert from the server (a refused client certificate arrives so in TLS
 /// 1.3) is a failure; a reset after our close_notify is not.
-async fn one_handshake(config: &Arc<ClientConfig>, addr: SocketAddr, name: &ServerName<'static>) -> Result<Shake> {
+async fn one_handshake(
+    config: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    name: &ServerName<'static>,
+) -> Result<Shake> {
     let tcp = TcpStream::connect(addr).await.context("connect")?;
     tcp.set_nodelay(true)?;
     let mut tls = TlsConnector::from(config.clone())
@@ -325,7 +333,10 @@ async fn handshakes(a: HandshakeArgs) -> Result<Value> {
         task.await?;
     }
     if a.warmup > 0 && warm.ok.load(Ordering::Relaxed) == 0 {
-        bail!("no warm-up handshake succeeded: {:?}", warm.errors.lock().unwrap());
+        bail!(
+            "no warm-up handshake succeeded: {:?}",
+            warm.errors.lock().unwrap()
+        );
     }
 
     let tally = Arc::new(Tally::default());
@@ -334,7 +345,8 @@ async fn handshakes(a: HandshakeArgs) -> Result<Value> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for config in &configs {
-        let (config, name, tally, next) = (config.clone(), name.clone(), tally.clone(), next.clone());
+        let (config, name, tally, next) =
+            (config.clone(), name.clone(), tally.clone(), next.clone());
         let (count, addr) = (a.count, t.connect);
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < count && Instant::now() < hard_stop {
@@ -372,7 +384,9 @@ async fn handshakes(a: HandshakeArgs) -> Result<Value> {
 }
 
 async fn bounded<T>(stop: Instant, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    let left = stop.saturating_duration_since(Instant::now()).min(Duration::from_secs(15));
+    let left = stop
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(15));
     match tokio::time::timeout(left, f).await {
         Ok(r) => r,
         Err(_) => bail!("timed out"),
@@ -387,7 +401,10 @@ async fn bulk(a: BulkArgs) -> Result<Value> {
     let run = async {
         let tcp = TcpStream::connect(t.connect).await.context("connect")?;
         tcp.set_nodelay(true)?;
-        let mut tls = TlsConnector::from(config).connect(name, tcp).await.context("handshake")?;
+        let mut tls = TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .context("handshake")?;
         let suite = tls
             .get_ref()
             .1
@@ -428,7 +445,9 @@ async fn bulk(a: BulkArgs) -> Result<Value> {
             "client_cpu_secs": self_cpu_secs() - client_before,
         }))
     };
-    tokio::time::timeout(limit, run).await.map_err(|_| anyhow::anyhow!("bulk run timed out"))?
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| anyhow::anyhow!("bulk run timed out"))?
 }
 
 async fn idle(a: IdleArgs) -> Result<Value> {
@@ -443,7 +462,10 @@ async fn idle(a: IdleArgs) -> Result<Value> {
         warm.record(bounded(hard_stop, one_handshake(&config, t.connect, &name)).await);
     }
     if warm.ok.load(Ordering::Relaxed) == 0 {
-        bail!("no warm-up handshake succeeded: {:?}", warm.errors.lock().unwrap());
+        bail!(
+            "no warm-up handshake succeeded: {:?}",
+            warm.errors.lock().unwrap()
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = Usage::read(&t.pid);
@@ -458,13 +480,17 @@ async fn idle(a: IdleArgs) -> Result<Value> {
         if Instant::now() >= hard_stop {
             break;
         }
-        let (config, name, held, failed) = (config.clone(), name.clone(), held.clone(), failed.clone());
+        let (config, name, held, failed) =
+            (config.clone(), name.clone(), held.clone(), failed.clone());
         let addr = t.connect;
         tasks.push(tokio::spawn(async move {
             let open = async {
                 let tcp = TcpStream::connect(addr).await.context("connect")?;
                 tcp.set_nodelay(true)?;
-                let tls = TlsConnector::from(config).connect(name, tcp).await.context("handshake")?;
+                let tls = TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .context("handshake")?;
                 // Keep the socket, drop our TLS state: only the server's memory is measured.
                 anyhow::Ok(tls.into_inner().0)
             };
@@ -559,7 +585,10 @@ struct Usage {
 
 impl Usage {
     fn read(pids: &[u32]) -> Usage {
-        let mut usage = Usage { cpu_secs: 0.0, rss_kib: 0.0 };
+        let mut usage = Usage {
+            cpu_secs: 0.0,
+            rss_kib: 0.0,
+        };
         for pid in process_tree(pids) {
             if let Some(cpu) = cpu_secs(pid) {
                 usage.cpu_secs += cpu;

@@ -4,15 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use tlsnet::client::{Connector, read_error_cause, split_host_port};
+use tlsnet::client::{read_error_cause, split_host_port, Connector};
 use tlsnet::pin::SpkiPin;
-use tlsnet::pki::dev::{DevPki, is_local_host};
-use tlsnet::tls::{ClientTlsOptions, Identity, ServerTrust, load_certs, load_crls, server_name};
+use tlsnet::pki::dev::{is_local_host, DevPki};
+use tlsnet::tls::{load_certs, load_crls, server_name, ClientTlsOptions, Identity, ServerTrust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{UsageError, parse_duration};
+use crate::{parse_duration, UsageError};
 
 #[derive(Args, Debug)]
 pub struct ConnectArgs {
@@ -113,7 +113,8 @@ fn client_options(args: &ConnectArgs, host: &str) -> Result<ClientTlsOptions> {
     } else if args.pin.is_some() {
         if args.crl.is_some() {
             return Err(UsageError(
-                "--crl needs a CA to check against (--ca FILE); with --pin alone there is none".into(),
+                "--crl needs a CA to check against (--ca FILE); with --pin alone there is none"
+                    .into(),
             )
             .into());
         }

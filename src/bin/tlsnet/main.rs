@@ -16,8 +16,10 @@ use clap::{Parser, Subcommand};
 /// A secure network on TLS 1.3 and mutual TLS: server, client and certificates.
 #[derive(Parser, Debug)]
 #[command(name = "tlsnet", version, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 success, 1 connection or verification failure, 2 usage error.\n\
-Start with `tlsnet serve` (no files needed), then `tlsnet connect localhost:8443` in another terminal.")]
+#[command(
+    after_help = "Exit codes: 0 success, 1 connection or verification failure, 2 usage error.\n\
+Start with `tlsnet serve` (no files needed), then `tlsnet connect localhost:8443` in another terminal."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +51,10 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tlsnet: cannot start the async runtime: {e}");

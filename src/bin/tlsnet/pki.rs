@@ -31,8 +31,9 @@ impl DirArg {
     fn pki(&self) -> Result<PkiDir> {
         let dir = match &self.dir {
             Some(d) => d.clone(),
-            None => DevPki::default_dir()
-                .ok_or_else(|| UsageError("no HOME: give the PKI directory with --dir DIR".into()))?,
+            None => DevPki::default_dir().ok_or_else(|| {
+                UsageError("no HOME: give the PKI directory with --dir DIR".into())
+            })?,
         };
         Ok(PkiDir::at(dir))
     }
@@ -167,8 +168,12 @@ impl From<KeyArg> for KeyType {
 }
 
 fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, prefix) = text.split_once('/').ok_or_else(|| format!("'{text}' is not CIDR (e.g. 10.0.0.0/8)"))?;
-    let addr: IpAddr = addr.parse().map_err(|_| format!("'{addr}' is not an IP address"))?;
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("'{text}' is not CIDR (e.g. 10.0.0.0/8)"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an IP address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = prefix
         .parse()
@@ -187,7 +192,15 @@ fn days(n: u64) -> Result<Duration> {
 
 pub async fn run(args: PkiArgs) -> Result<ExitCode> {
     match args.command {
-        PkiCommand::Init { dir, name, key, days: d, intermediate, permit_dns, permit_ip } => {
+        PkiCommand::Init {
+            dir,
+            name,
+            key,
+            days: d,
+            intermediate,
+            permit_dns,
+            permit_ip,
+        } => {
             let pki = dir.pki()?;
             let options = InitOptions {
                 name,
@@ -209,7 +222,18 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
             }
             println!("Next: tlsnet pki issue server NAME --dir {d}    tlsnet pki issue client NAME --dir {d}");
         }
-        PkiCommand::Issue { purpose, name, mut dns, ip, uri, days: d, key, dir, p12, p12_password_file } => {
+        PkiCommand::Issue {
+            purpose,
+            name,
+            mut dns,
+            ip,
+            uri,
+            days: d,
+            key,
+            dir,
+            p12,
+            p12_password_file,
+        } => {
             let pki = dir.pki()?;
             let purpose = match purpose {
                 PurposeArg::Server => Purpose::Server,
@@ -259,7 +283,10 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
             } else if listed.is_empty() {
                 println!("no certificates issued in {}", pki.dir().display());
             } else {
-                println!("{:<20} {:<7} {:<8} {:>9}  {:<34} names", "NAME", "PURPOSE", "STATE", "DAYS LEFT", "SERIAL");
+                println!(
+                    "{:<20} {:<7} {:<8} {:>9}  {:<34} names",
+                    "NAME", "PURPOSE", "STATE", "DAYS LEFT", "SERIAL"
+                );
                 for l in listed {
                     let mut names: Vec<String> = l.entry.dns.clone();
                     names.extend(l.entry.ips.iter().map(|i| i.to_string()));
@@ -282,9 +309,16 @@ pub async fn run(args: PkiArgs) -> Result<ExitCode> {
                 days(n)?;
             }
             let entry = pki.renew(&name, d)?;
-            println!("renewed '{}': serial {}, valid until {}", entry.name, entry.serial, entry.not_after);
+            println!(
+                "renewed '{}': serial {}, valid until {}",
+                entry.name, entry.serial, entry.not_after
+            );
         }
-        PkiCommand::Revoke { name_or_serial, reason, dir } => {
+        PkiCommand::Revoke {
+            name_or_serial,
+            reason,
+            dir,
+        } => {
             let pki = dir.pki()?;
             let entry = pki.revoke(&name_or_serial, &reason)?;
             println!(
@@ -308,7 +342,11 @@ fn read_password(password_file: &std::path::Path) -> Result<String> {
         .with_context(|| format!("cannot read {}", password_file.display()))?;
     let password = password.lines().next().unwrap_or("").to_owned();
     if password.is_empty() {
-        return Err(UsageError(format!("{} is empty: a PKCS#12 file needs a password", password_file.display())).into());
+        return Err(UsageError(format!(
+            "{} is empty: a PKCS#12 file needs a password",
+            password_file.display()
+        ))
+        .into());
     }
     Ok(password)
 }

@@ -8,16 +8,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use tlsnet::pki::dev::{DevPki, DevPkiState};
-use tlsnet::server::{Server, ServerOptions, bind};
-use tlsnet::service::{Discard, Echo, Service};
 use tlsnet::reload::Reloader;
+use tlsnet::server::{bind, Server, ServerOptions};
+use tlsnet::service::{Discard, Echo, Service};
 use tlsnet::telemetry;
-use tlsnet::tls::{ClientAuth, Identity, ServerTlsOptions, load_certs, load_crls};
+use tlsnet::tls::{load_certs, load_crls, ClientAuth, Identity, ServerTlsOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::logging::{self, LogFormat};
-use crate::{UsageError, parse_duration};
+use crate::{parse_duration, UsageError};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -163,7 +163,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let server = Server::with_options(tls, service, options);
     let reloader = Reloader::new(source.files(), move || source.build(), server.tls_handle())
-        .interval(if args.reload_interval.is_zero() { Duration::from_secs(365 * 86400) } else { args.reload_interval });
+        .interval(if args.reload_interval.is_zero() {
+            Duration::from_secs(365 * 86400)
+        } else {
+            args.reload_interval
+        });
     let stop_reloading = CancellationToken::new();
     spawn_sighup_listener(reloader.trigger());
     let reload_task = tokio::spawn(reloader.run(stop_reloading.clone()));
@@ -171,7 +175,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "metrics on http://{addr}/metrics, health on /health");
         }
-        tokio::spawn(telemetry::serve_http(listener, handle, stop_reloading.clone()));
+        tokio::spawn(telemetry::serve_http(
+            listener,
+            handle,
+            stop_reloading.clone(),
+        ));
     }
     server.run(listeners, shutdown_signal()).await?;
     stop_reloading.cancel();
@@ -229,16 +237,25 @@ fn tls_source(args: &ServeArgs) -> Result<(TlsSource, Option<DevPki>)> {
             let pki = DevPki::at(match &args.pki_dir {
                 Some(dir) => dir.clone(),
                 None => DevPki::default_dir().ok_or_else(|| {
-                    UsageError("cannot find a home for the development PKI: set --pki-dir DIR (or HOME)".into())
+                    UsageError(
+                        "cannot find a home for the development PKI: set --pki-dir DIR (or HOME)"
+                            .into(),
+                    )
                 })?,
             });
             let state = pki
                 .ensure()
                 .with_context(|| format!("development PKI in {}", pki.dir().display()))?;
             match state {
-                DevPkiState::Created => info!(dir = %pki.dir().display(), "created a development PKI (CA, server and client certificates)"),
-                DevPkiState::Renewed => info!(dir = %pki.dir().display(), "re-issued development certificates close to expiry"),
-                DevPkiState::Existing => info!(dir = %pki.dir().display(), "using the development PKI"),
+                DevPkiState::Created => {
+                    info!(dir = %pki.dir().display(), "created a development PKI (CA, server and client certificates)")
+                }
+                DevPkiState::Renewed => {
+                    info!(dir = %pki.dir().display(), "re-issued development certificates close to expiry")
+                }
+                DevPkiState::Existing => {
+                    info!(dir = %pki.dir().display(), "using the development PKI")
+                }
             }
             let ca = args.client_ca.clone().unwrap_or_else(|| pki.ca_cert());
             (pki.server_cert(), pki.server_key(), Some(ca), Some(pki))
@@ -258,7 +275,9 @@ fn tls_source(args: &ServeArgs) -> Result<(TlsSource, Option<DevPki>)> {
         (None, None) => ClientAuth::None,
     };
     if args.crl.is_some() && client_auth == ClientAuth::None {
-        return Err(UsageError("--crl checks client certificates: it needs --client-ca".into()).into());
+        return Err(
+            UsageError("--crl checks client certificates: it needs --client-ca".into()).into(),
+        );
     }
     let source = TlsSource {
         cert,
@@ -293,7 +312,11 @@ fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {
 }
 
 async fn metrics_listener(spec: &str) -> Result<tokio::net::TcpListener> {
-    let spec = if spec.parse::<u16>().is_ok() { format!("127.0.0.1:{spec}") } else { spec.to_owned() };
+    let spec = if spec.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{spec}")
+    } else {
+        spec.to_owned()
+    };
     let listener = tokio::net::TcpListener::bind(&spec)
         .await
         .with_context(|| format!("--metrics: cannot listen on {spec}"))?;
@@ -308,7 +331,7 @@ async fn metrics_listener(spec: &str) -> Result<tokio::net::TcpListener> {
 fn spawn_sighup_listener(trigger: Arc<tokio::sync::Notify>) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
+        use tokio::signal::unix::{signal, SignalKind};
         if let Ok(mut hup) = signal(SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
@@ -325,7 +348,7 @@ fn spawn_sighup_listener(trigger: Arc<tokio::sync::Notify>) {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
+        use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
