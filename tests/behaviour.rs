@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,18 +15,6 @@ use tlsnet::server::{Server, ServerOptions};
 use tlsnet::service::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-async fn good_client_is_served(pki: &TestPki, addr: &str) {
-    let (mut stream, _) =
-        tokio::time::timeout(Duration::from_secs(5), connect(addr, &pki.client_tls()))
-            .await
-            .expect("good client: handshake in time")
-            .expect("good client: handshake");
-    assert_eq!(
-        echo_round_trip(&mut stream, b"served").await.unwrap(),
-        b"served"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_leaves_good_clients_served() {
@@ -173,38 +161,24 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
     // Server side: a client that sends FIN without close_notify is logged as truncation.
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let port = free_port();
-    let log = pki.path("serve.log");
-    let mut child = Command::new(tlsnet_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
+    let server = ServeProcess::start(
+        pki.dir.path(),
+        &[
             "--cert",
             &p("server.pem"),
             "--key",
             &p("server-key.pem"),
             "--client-ca",
             &p("ca.pem"),
-        ])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    wait_for_port(&addr).await;
+        ],
+    );
+    let addr = server.addr();
     let (mut stream, _) = connect(&addr, &pki.client_tls()).await.unwrap();
     assert_eq!(echo_round_trip(&mut stream, b"cut").await.unwrap(), b"cut");
     let (tcp, _) = stream.into_inner();
     drop(tcp); // FIN, no close_notify
-    let started = Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
-        if text.contains("bytes_in=") {
-            break text;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let _ = child.kill();
-    let _ = child.wait();
+    let text = server.wait_for_log("bytes_in=");
+    drop(server);
     let closed_line = text.lines().find(|l| l.contains("bytes_in=")).unwrap();
     assert!(
         closed_line.contains("without close_notify (possible truncation)"),
@@ -245,22 +219,18 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
 async fn client_that_never_reads_keeps_server_buffers_bounded() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let port = free_port();
-    let mut child = Command::new(tlsnet_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
+    let server = ServeProcess::start(
+        pki.dir.path(),
+        &[
             "--cert",
             &p("server.pem"),
             "--key",
             &p("server-key.pem"),
             "--client-ca",
             &p("ca.pem"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    wait_for_port(&addr).await;
+        ],
+    );
+    let addr = server.addr();
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -271,7 +241,7 @@ async fn client_that_never_reads_keeps_server_buffers_bounded() {
             .unwrap()
     };
     good_client_is_served(&pki, &addr).await;
-    let before = rss(child.id());
+    let before = rss(server.pid());
     // Push echo traffic without ever reading it back, for 3 s.
     let (mut stream, _) = connect(&addr, &pki.client_tls()).await.unwrap();
     let chunk = vec![0x5au8; 64 * 1024];
@@ -286,9 +256,8 @@ async fn client_that_never_reads_keeps_server_buffers_bounded() {
     })
     .await;
     good_client_is_served(&pki, &addr).await;
-    let after = rss(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let after = rss(server.pid());
+    drop(server);
     // Backpressure: the writes stall once socket buffers are full; the server does not
     // read ahead into memory.
     assert!(

@@ -11,17 +11,6 @@ use tlsnet::service::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A full mutual-TLS echo exchange; panics if the server does not serve it.
-async fn good_client_is_served(pki: &TestPki, addr: &str) {
-    let (mut stream, _) =
-        tokio::time::timeout(Duration::from_secs(5), connect(addr, &pki.client_tls()))
-            .await
-            .expect("good client: handshake in time")
-            .expect("good client: handshake");
-    let got = echo_round_trip(&mut stream, b"still served").await.unwrap();
-    assert_eq!(got, b"still served");
-}
-
 /// Reads until EOF or error, with a deadline; returns what was read.
 async fn read_until_closed(tcp: &mut TcpStream, deadline: Duration) -> Vec<u8> {
     let mut got = Vec::new();

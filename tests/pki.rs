@@ -232,25 +232,6 @@ fn tlsnet(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn connect_once(args: &[&str], input: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(tlsnet_bin())
-        .arg("connect")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "connect hung");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -277,32 +258,22 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
         .success());
     let p = |f: &str| format!("{d}/{f}");
 
-    let port = free_port();
-    let log = tmp.path().join("serve.log");
-    let mut server = Command::new(tlsnet_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
+    let server = ServeProcess::start(
+        tmp.path(),
+        &[
             "--cert",
             &p("localhost.pem"),
             "--key",
             &p("localhost-key.pem"),
             "--client-ca",
             &p("ca.pem"),
-        ])
-        .args(["--crl", &p("crl.pem"), "--reload-interval", "200ms"])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let guard = KillOnDrop(&mut server);
-    let addr = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            "--crl",
+            &p("crl.pem"),
+            "--reload-interval",
+            "200ms",
+        ],
+    );
+    let addr = server.addr();
     let as_alice = [
         "--ca",
         &p("ca.pem"),
@@ -315,7 +286,7 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
     let alice = |input: &[u8]| {
         let mut args = vec![addr.as_str()];
         args.extend(as_alice.iter().map(|s| &s[..]));
-        connect_once(&args, input)
+        connect_cmd(&args, input)
     };
     let out = alice(b"before");
     assert!(
@@ -354,7 +325,7 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log_text = std::fs::read_to_string(&log).unwrap();
+    let log_text = server.log_text();
     assert!(log_text.contains("reloaded TLS material"), "{log_text}");
     assert!(
         log_text.contains("client certificate has been revoked"),
@@ -362,7 +333,7 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
     );
 
     // Bob, not revoked, is still served.
-    let out = connect_once(
+    let out = connect_cmd(
         &[
             &addr,
             "--ca",
@@ -384,19 +355,8 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
 
     // A broken CRL is refused; the old one stays in force.
     std::fs::write(p("crl.pem"), "not a CRL").unwrap();
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("reload refused")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "broken CRL not noticed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_for_log("reload refused");
     assert!(!alice(b"x").status.success(), "alice must stay revoked");
-    drop(guard);
 }
 
 #[test]
@@ -418,29 +378,17 @@ fn revoked_server_is_refused_by_connect() {
     .status
     .success());
     let p = |f: &str| format!("{d}/{f}");
-    let port = free_port();
-    let mut server = Command::new(tlsnet_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
+    let server = ServeProcess::start(
+        tmp.path(),
+        &[
             "--cert",
             &p("localhost.pem"),
             "--key",
             &p("localhost-key.pem"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(&mut server);
-    let addr = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = connect_once(
+        ],
+    );
+    let addr = server.addr();
+    let out = connect_cmd(
         &[&addr, "--ca", &p("ca.pem"), "--crl", &p("crl.pem"), "-q"],
         b"ok",
     );
@@ -452,7 +400,7 @@ fn revoked_server_is_refused_by_connect() {
     assert!(tlsnet(&["pki", "revoke", "localhost", "--dir", d])
         .status
         .success());
-    let out = connect_once(
+    let out = connect_cmd(
         &[&addr, "--ca", &p("ca.pem"), "--crl", &p("crl.pem"), "-q"],
         b"no",
     );
@@ -493,15 +441,6 @@ fn pki_list_and_renew_from_the_command_line() {
     assert!(listed[1]["days_left"].as_i64().unwrap() >= 28);
     let out = tlsnet(&["pki", "issue", "client", "x", "--days", "0", "--dir", d]);
     assert_eq!(out.status.code(), Some(2));
-}
-
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -20,6 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+mod binary;
+#[allow(unused_imports)] // not every test crate spawns the binary
+pub use binary::*;
+
 /// Files of a test PKI in a temporary directory: a CA, a server certificate for localhost /
 /// 127.0.0.1 / ::1, and a client certificate. `other_ca` is a second, unrelated CA.
 pub struct TestPki {
@@ -197,6 +201,18 @@ pub async fn echo_round_trip(stream: &mut ClientStream, data: &[u8]) -> std::io:
     let mut got = vec![0u8; data.len()];
     stream.read_exact(&mut got).await?;
     Ok(got)
+}
+
+/// A full mutual-TLS echo exchange under a 5 s deadline; panics if the server does not serve
+/// it. The hostile-client tests run it while the hostile clients are connected.
+pub async fn good_client_is_served(pki: &TestPki, addr: &str) {
+    let (mut stream, _) =
+        tokio::time::timeout(Duration::from_secs(5), connect(addr, &pki.client_tls()))
+            .await
+            .expect("good client: handshake in time")
+            .expect("good client: handshake");
+    let got = echo_round_trip(&mut stream, b"still served").await.unwrap();
+    assert_eq!(got, b"still served");
 }
 
 /// Writes then reads, returning the first error: in TLS 1.3 a rejected client sees the
