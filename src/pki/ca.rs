@@ -199,16 +199,8 @@ impl CertificateAuthority {
     /// Makes a new self-signed root CA.
     pub fn generate(name: &str, key_type: KeyType, validity: Duration) -> Result<Self> {
         let key = key_type.generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        set_validity(&mut params, validity);
-        params.serial_number = Some(random_serial()?);
+        // Path length 1: the root may sign one level of intermediates.
+        let params = ca_params(name, 1, validity)?;
         let cert = params.self_signed(&key)?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
@@ -227,14 +219,8 @@ impl CertificateAuthority {
         constraints: &Constraints,
     ) -> Result<Self> {
         let key = key_type.generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        // Path length 0: the intermediate signs leaves only.
+        let mut params = ca_params(name, 0, validity)?;
         if !constraints.permit_dns.is_empty() || !constraints.permit_ips.is_empty() {
             let mut permitted: Vec<GeneralSubtree> = constraints
                 .permit_dns
@@ -250,8 +236,6 @@ impl CertificateAuthority {
             });
         }
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, validity);
-        params.serial_number = Some(random_serial()?);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
@@ -296,11 +280,14 @@ impl CertificateAuthority {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        // Not self-issued: an intermediate, whose certificate goes into the chains it issues.
         let intermediate = crate::tls::certs_from_pem(cert_pem.as_bytes())
             .ok()
             .and_then(|certs| certs.into_iter().next())
-            .and_then(|der| crate::x509::CertSummary::from_der(&der).ok())
-            .is_some_and(|s| s.subject != s.issuer);
+            .is_some_and(|der| {
+                x509_parser::parse_x509_certificate(&der)
+                    .is_ok_and(|(_, c)| c.subject().as_raw() != c.issuer().as_raw())
+            });
         Ok(CertificateAuthority {
             cert_pem: cert_pem.to_owned(),
             intermediate,
@@ -382,6 +369,22 @@ impl CertificateAuthority {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// What a root and an intermediate CA share: name, CA basic constraint with `path_len`,
+/// certificate and CRL signing, validity and a random serial.
+fn ca_params(name: &str, path_len: u8, validity: Duration) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, validity);
+    params.serial_number = Some(random_serial()?);
+    Ok(params)
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {
