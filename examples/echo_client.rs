@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use tlsnet::client::Connector;
+use tlsnet::net::client::Connector;
 use tlsnet::tls::{load_certs, server_name, ClientTlsOptions, Identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &PathBuf::from(key),
         )?)
         .build()?;
-    let (host, _) = tlsnet::client::split_host_port(addr)?;
+    let (host, _) = tlsnet::net::client::split_host_port(addr)?;
     let (mut stream, report) = Connector::new(tls)
         .connect(addr, server_name(&host)?)
         .await?;

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use tlsnet::server::{bind, Server};
+use tlsnet::net::{bind, Server};
 use tlsnet::service::Echo;
 use tlsnet::tls::{load_certs, Identity, ServerTlsOptions};
 

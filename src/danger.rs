@@ -13,7 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::Error;
 
-use crate::verify::handshake_signatures_via_provider;
+use crate::tls::verify::handshake_signatures_via_provider;
 
 /// Accepts every server certificate and remembers the last chain it saw. Offers no
 /// protection against an active attacker.

@@ -3,15 +3,19 @@
 
 use std::time::Duration;
 
+use crate::error::ParseError;
+
 /// Parses `500ms`, `10s`, `5m`, `1h`, `2d` or `30` (seconds).
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, ParseError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().map_err(|_| {
-        format!("'{text}' is not a duration (expected e.g. 500ms, 10s, 5m, 1h, 2d)")
+        ParseError::new(format!(
+            "'{text}' is not a duration (expected e.g. 500ms, 10s, 5m, 1h, 2d)"
+        ))
     })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
@@ -20,13 +24,15 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         "d" => value * 86400.0,
         other => {
-            return Err(format!(
+            return Err(ParseError::new(format!(
                 "unknown unit '{other}' in '{text}' (use ms, s, m, h or d)"
-            ))
+            )))
         }
     };
     if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
-        return Err(format!("duration '{text}' is out of range"));
+        return Err(ParseError::new(format!(
+            "duration '{text}' is out of range"
+        )));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -46,13 +52,13 @@ mod tests {
 
     #[test]
     fn parses_units() {
-        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse("2d"), Ok(Duration::from_secs(172800)));
-        assert_eq!(parse("0.5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("500ms").ok(), Some(Duration::from_millis(500)));
+        assert_eq!(parse("10s").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(parse("10").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(parse("5m").ok(), Some(Duration::from_secs(300)));
+        assert_eq!(parse("1h").ok(), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("2d").ok(), Some(Duration::from_secs(172800)));
+        assert_eq!(parse("0.5s").ok(), Some(Duration::from_millis(500)));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! exports the days left before the server certificate, the client CA and the CRL's next
 //! update expire: the outage that no peer tool warns about.
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::error::{Error, Result};
+use crate::net::ServerStats;
 use crate::x509::CertSummary;
 
 /// Metric names, in one place.
@@ -25,11 +28,14 @@ pub mod names {
     pub const ACCEPTED: &str = "tlsnet_connections_accepted_total";
     /// Counter: connections refused at the connection limit.
     pub const REFUSED: &str = "tlsnet_connections_refused_total";
+    /// Counter: errors from accept(2) (out of file descriptors, ...).
+    pub const ACCEPT_ERRORS: &str = "tlsnet_accept_errors_total";
     /// Gauge: connections open now.
     pub const OPEN: &str = "tlsnet_connections_open";
     /// Counter: handshakes completed.
     pub const HANDSHAKES: &str = "tlsnet_handshakes_total";
-    /// Counter: handshake failures, label `cause`.
+    /// Counter: handshake failures, label `cause` (`access_denied` for access-policy
+    /// refusals, `unknown_issuer`, `no_client_certificate`, ...).
     pub const FAILURES: &str = "tlsnet_handshake_failures_total";
     /// Histogram: handshake duration in seconds.
     pub const HANDSHAKE_SECONDS: &str = "tlsnet_handshake_seconds";
@@ -44,41 +50,64 @@ pub mod names {
     pub const RELOADS: &str = "tlsnet_reloads_total";
 }
 
-pub(crate) fn accepted() {
-    counter!(names::ACCEPTED).increment(1);
-}
-pub(crate) fn refused() {
-    counter!(names::REFUSED).increment(1);
-}
-pub(crate) fn opened() {
-    gauge!(names::OPEN).increment(1.0);
-}
-pub(crate) fn closed(bytes_in: u64, bytes_out: u64) {
-    gauge!(names::OPEN).decrement(1.0);
-    counter!(names::BYTES_IN).increment(bytes_in);
-    counter!(names::BYTES_OUT).increment(bytes_out);
-}
-pub(crate) fn handshake_ok(elapsed: Duration) {
-    counter!(names::HANDSHAKES).increment(1);
+pub(crate) fn handshake_time(elapsed: Duration) {
     histogram!(names::HANDSHAKE_SECONDS).record(elapsed.as_secs_f64());
-}
-pub(crate) fn handshake_failed(cause: &'static str) {
-    counter!(names::FAILURES, "cause" => cause).increment(1);
 }
 pub(crate) fn reload(ok: bool) {
     counter!(names::RELOADS, "result" => if ok { "ok" } else { "refused" }).increment(1);
 }
 
-/// Records days until expiry of the server certificate (leaf), the client CA (the soonest of
-/// its certificates) and the CRL's next update (the soonest).
+/// The servers whose counters the metrics endpoint shows, with their names (`""` for the
+/// one server of `tlsnet serve`; a tunnel's name otherwise, as the label `server`).
+static SOURCES: Mutex<Vec<(String, Arc<ServerStats>)>> = Mutex::new(Vec::new());
+
+/// Shows `stats` on the metrics endpoint, labelled `server="NAME"` unless `name` is empty.
+pub fn register(name: &str, stats: Arc<ServerStats>) {
+    let mut sources = SOURCES.lock().unwrap_or_else(|p| p.into_inner());
+    sources.retain(|(n, _)| n != name);
+    sources.push((name.to_owned(), stats));
+}
+
+/// Copies every registered server's counters into the exporter (at each scrape: the counters
+/// are kept in one place, [`ServerStats`]).
+fn export_stats() {
+    let sources = SOURCES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (name, stats) in sources {
+        let labels: Vec<(&'static str, String)> = if name.is_empty() {
+            Vec::new()
+        } else {
+            vec![("server", name.clone())]
+        };
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        for (metric, value) in [
+            (names::ACCEPTED, get(&stats.accepted)),
+            (names::REFUSED, get(&stats.refused)),
+            (names::ACCEPT_ERRORS, get(&stats.accept_errors)),
+            (names::HANDSHAKES, get(&stats.handshakes)),
+            (names::BYTES_IN, get(&stats.bytes_in)),
+            (names::BYTES_OUT, get(&stats.bytes_out)),
+        ] {
+            counter!(metric, &labels).absolute(value);
+        }
+        gauge!(names::OPEN, &labels).set(stats.open.load(Ordering::Relaxed) as f64);
+        for (cause, n) in stats.failures_by_cause() {
+            let mut labels = labels.clone();
+            labels.push(("cause", cause.to_owned()));
+            counter!(names::FAILURES, &labels).absolute(n);
+        }
+    }
+}
+
+/// Records days until expiry of the server certificates (the soonest of the leaves given),
+/// the client CA (the soonest of its certificates) and the CRL's next update (the soonest).
 pub fn record_expiry(
-    server_chain: &[CertificateDer<'_>],
+    server_leaves: &[CertificateDer<'_>],
     client_ca: &[CertificateDer<'_>],
     crls: &[CertificateRevocationListDer<'_>],
 ) {
     let days =
         |der: &CertificateDer<'_>| CertSummary::from_der(der).ok().map(|s| s.days_left as f64);
-    if let Some(d) = server_chain.first().and_then(days) {
+    if let Some(d) = server_leaves.iter().filter_map(days).reduce(f64::min) {
         gauge!(names::EXPIRY_DAYS, "what" => "server_certificate").set(d);
     }
     if let Some(d) = client_ca.iter().filter_map(days).reduce(f64::min) {
@@ -112,13 +141,20 @@ pub fn install() -> Result<PrometheusHandle> {
         )
         .map_err(|e| Error::InvalidInput(format!("metrics: {e}")))?
         .install_recorder()
-        .map_err(|e| Error::InvalidInput(format!("metrics: {e}")))
+        .map_err(|e| Error::InvalidInput(format!("metrics: cannot install the recorder: {e}")))
 }
 
+/// How many metrics requests are answered at once; more connections wait in the backlog.
+const MAX_METRICS_CONNECTIONS: usize = 16;
+
 /// Answers `GET /metrics` (Prometheus text) and `GET /health` (`ok`) until `stop`.
-/// Requests are tiny and bounded: 8 KiB and 5 s each.
+/// Requests are tiny and bounded: 8 KiB and 5 s each, 16 at a time.
 pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (mut tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
@@ -131,6 +167,7 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, stop: C
         };
         let handle = handle.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let answer = tokio::time::timeout(Duration::from_secs(5), async {
                 let mut buf = vec![0u8; 8192];
                 let mut len = 0;
@@ -144,7 +181,10 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, stop: C
                 let request = String::from_utf8_lossy(&buf[..len]);
                 let path = request.split_whitespace().nth(1).unwrap_or("");
                 let (status, body) = match (request.split_whitespace().next(), path) {
-                    (Some("GET"), "/metrics") => ("200 OK", handle.render()),
+                    (Some("GET"), "/metrics") => ("200 OK", {
+                        export_stats();
+                        handle.render()
+                    }),
                     (Some("GET"), "/health") => ("200 OK", "ok\n".to_owned()),
                     (Some("GET"), _) => ("404 Not Found", "try /metrics or /health\n".to_owned()),
                     _ => ("405 Method Not Allowed", "GET only\n".to_owned()),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tlsnet::net::{Server, ServerOptions};
 use tlsnet::pki::{LeafSpec, Purpose};
-use tlsnet::server::{Server, ServerOptions};
 use tlsnet::service::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -210,7 +210,7 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
         .expect_err("truncation is an error");
     assert_eq!(got, b"partial");
     assert_eq!(
-        tlsnet::client::read_error_cause(&err),
+        tlsnet::net::client::read_error_cause(&err),
         "server closed the connection without close_notify (data may be truncated)"
     );
 }
@@ -275,11 +275,7 @@ async fn reload_under_load_loses_no_connection() {
     let pki = TestPki::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let server = Server::with_options(
-        pki.server_tls().build().unwrap(),
-        Arc::new(Echo),
-        test_options(),
-    );
+    let server = Server::with_options(pki.server_tls().build().unwrap(), Echo, test_options());
     let handle = server.tls_handle();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(vec![listener], async {
@@ -292,7 +288,7 @@ async fn reload_under_load_loses_no_connection() {
         let addr = addr.clone();
         let tls = tls.clone();
         clients.spawn(async move {
-            let connector = tlsnet::client::Connector::new(tls);
+            let connector = tlsnet::net::client::Connector::new(tls);
             let (mut stream, _) = connector
                 .connect(&addr, tlsnet::tls::server_name("localhost").unwrap())
                 .await
@@ -312,7 +308,7 @@ async fn reload_under_load_loses_no_connection() {
         let name = format!("server-{n}");
         pki.issue(&name, &server_spec());
         let mut options = pki.server_tls();
-        options.identity = pki.identity(&name);
+        options.identities = vec![pki.identity(&name)];
         handle.replace(options.build().unwrap());
         let chain = tlsnet::tls::load_certs(&pki.path(&format!("{name}.pem"))).unwrap();
         serials.push(
@@ -341,7 +337,7 @@ async fn drain_under_load_completes_in_flight_work() {
         shutdown_timeout: Duration::from_secs(20),
         ..test_options()
     };
-    let server = Server::with_options(pki.server_tls().build().unwrap(), Arc::new(Echo), options);
+    let server = Server::with_options(pki.server_tls().build().unwrap(), Echo, options);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(vec![listener], async {
         let _ = stopped.await;
@@ -354,7 +350,7 @@ async fn drain_under_load_completes_in_flight_work() {
         let tls = tls.clone();
         let ready = ready_tx.clone();
         clients.spawn(async move {
-            let connector = tlsnet::client::Connector::new(tls);
+            let connector = tlsnet::net::client::Connector::new(tls);
             let (stream, _) = connector
                 .connect(&addr, tlsnet::tls::server_name("localhost").unwrap())
                 .await
@@ -405,7 +401,7 @@ async fn resumption_is_off_for_mutual_tls_and_on_without_it() {
     let pki = TestPki::new();
     // Mutual TLS: no tickets, so a second connection runs the full certificate check.
     let server = TestServer::start(pki.server_tls()).await;
-    let connector = tlsnet::client::Connector::new(pki.client_tls().build().unwrap());
+    let connector = tlsnet::net::client::Connector::new(pki.client_tls().build().unwrap());
     for _ in 0..2 {
         let (mut stream, report) = connector
             .connect(
@@ -434,14 +430,14 @@ async fn resumption_is_off_for_mutual_tls_and_on_without_it() {
     };
     let mut options = pki.server_tls();
     options.crls = crl_for(Vec::new());
-    let server = Server::with_options(options.build().unwrap(), Arc::new(Echo), test_options());
+    let server = Server::with_options(options.build().unwrap(), Echo, test_options());
     let handle = server.tls_handle();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(vec![listener], async {
         let _ = stopped.await;
     }));
     let carol = pki.client_tls().with_identity(pki.identity("carol"));
-    let connector = tlsnet::client::Connector::new(carol.build().unwrap());
+    let connector = tlsnet::net::client::Connector::new(carol.build().unwrap());
     let name = || tlsnet::tls::server_name("localhost").unwrap();
     let (mut first, _) = connector.connect(&addr, name()).await.unwrap();
     assert_eq!(echo_round_trip(&mut first, b"x").await.unwrap(), b"x");
@@ -463,7 +459,9 @@ async fn resumption_is_off_for_mutual_tls_and_on_without_it() {
         Err(e) => e.to_string(),
         Ok((mut s, report)) => {
             assert!(!report.resumed);
-            tlsnet::client::read_error_cause(&send_and_read(&mut s).await.expect_err("revoked"))
+            tlsnet::net::client::read_error_cause(
+                &send_and_read(&mut s).await.expect_err("revoked"),
+            )
         }
     };
     assert!(refused.contains("certificate_revoked"), "{refused}");
@@ -475,7 +473,7 @@ async fn resumption_is_off_for_mutual_tls_and_on_without_it() {
     let server = TestServer::start(pki.server_tls_no_client_auth()).await;
     let mut tls = pki.client_tls();
     tls.identity = None;
-    let connector = tlsnet::client::Connector::new(tls.build().unwrap());
+    let connector = tlsnet::net::client::Connector::new(tls.build().unwrap());
     let mut resumed = Vec::new();
     for _ in 0..2 {
         let (mut stream, report) = connector

@@ -54,7 +54,7 @@ async fn two_hundred_concurrent_clients_each_get_their_own_bytes() {
         let addr = addr.clone();
         let tls = tls.clone();
         tasks.spawn(async move {
-            let connector = tlsnet::client::Connector::new(tls);
+            let connector = tlsnet::net::client::Connector::new(tls);
             let name = tlsnet::tls::server_name("localhost").unwrap();
             let (mut stream, _) = connector.connect(&addr, name).await.expect("connect");
             // Each client sends a distinct payload in several writes.
@@ -90,7 +90,7 @@ async fn two_hundred_concurrent_clients_each_get_their_own_bytes() {
 #[tokio::test]
 async fn ipv6_loopback_works() {
     let pki = TestPki::new();
-    let listeners = match tlsnet::server::bind("[::1]:0").await {
+    let listeners = match tlsnet::net::bind("[::1]:0").await {
         Ok(l) => l,
         Err(e) => {
             // Some sandboxes have no IPv6 at all; say so rather than pass silently.
@@ -99,13 +99,12 @@ async fn ipv6_loopback_works() {
         }
     };
     let addr = listeners[0].local_addr().unwrap().to_string();
-    let server =
-        tlsnet::server::Server::new(pki.server_tls().build().unwrap(), tlsnet::service::Echo);
+    let server = tlsnet::net::Server::new(pki.server_tls().build().unwrap(), tlsnet::service::Echo);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(listeners, async {
         let _ = stopped.await;
     }));
-    let connector = tlsnet::client::Connector::new(pki.client_tls().build().unwrap());
+    let connector = tlsnet::net::client::Connector::new(pki.client_tls().build().unwrap());
     let (mut stream, _) = connector
         .connect(&addr, tlsnet::tls::server_name("::1").unwrap())
         .await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tlsnet::server::ServerOptions;
+use tlsnet::net::ServerOptions;
 use tlsnet::service::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use rustls::pki_types::ServerName;
-use tlsnet::client::read_error_cause;
+use tlsnet::net::client::read_error_cause;
 use tlsnet::pki::{LeafSpec, Purpose};
 use tlsnet::tls::{ClientTlsOptions, ServerTrust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Connects with the client options and returns the cause the client shows, from the
 /// handshake or from the first exchange after it.
 async fn rejected_client_cause(addr: &str, tls: &ClientTlsOptions, name: &str) -> String {
-    let connector = tlsnet::client::Connector::new(tls.build().unwrap());
+    let connector = tlsnet::net::client::Connector::new(tls.build().unwrap());
     let name = tlsnet::tls::server_name(name).unwrap();
     match connector.connect(addr, name).await {
         Err(e) => client_cause(&e),
@@ -140,7 +140,7 @@ async fn client_rejects_expired_server_certificate() {
 async fn client_rejects_pin_mismatch_and_accepts_the_right_pin() {
     let pki = TestPki::new();
     let server = TestServer::start(pki.server_tls_no_client_auth()).await;
-    let wrong = tlsnet::pin::SpkiPin::of_spki(b"not the server's key");
+    let wrong = tlsnet::tls::SpkiPin::of_spki(b"not the server's key");
     let tls = ClientTlsOptions {
         trust: ServerTrust::PinOnly,
         pin: Some(wrong),
@@ -154,7 +154,7 @@ async fn client_rejects_pin_mismatch_and_accepts_the_right_pin() {
 
     // The right pin, with no CA at all, is accepted.
     let server_cert = tlsnet::tls::load_certs(&pki.path("server.pem")).unwrap();
-    let right = tlsnet::pin::SpkiPin::of_certificate(&server_cert[0]).unwrap();
+    let right = tlsnet::tls::SpkiPin::of_certificate(&server_cert[0]).unwrap();
     let tls = ClientTlsOptions {
         pin: Some(right),
         ..tls
@@ -189,7 +189,7 @@ async fn tls12_only_client_is_refused_by_the_default_server() {
     let Err(err) = result else {
         panic!("a TLS 1.2-only client must be refused");
     };
-    let cause = tlsnet::failure::FailureCause::classify(&err, tlsnet::failure::Side::Client);
+    let cause = tlsnet::tls::FailureCause::classify(&err, tlsnet::tls::Side::Client);
     assert!(cause.to_string().contains("TLS version"), "{cause}");
     wait_for_failure(&server.stats, "protocol_version").await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::CertificateDer;
-use tlsnet::pin::SpkiPin;
+use tlsnet::tls::SpkiPin;
 use tlsnet::x509::CertSummary;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tlsnet::pin::SpkiPin;
+use tlsnet::tls::SpkiPin;
 use tlsnet::x509::CertSummary;
 
 fuzz_target!(|data: &[u8]| {

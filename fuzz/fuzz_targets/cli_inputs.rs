@@ -10,7 +10,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::ServerName;
 use tlsnet::inspect::starttls::StartTls;
-use tlsnet::pin::SpkiPin;
+use tlsnet::tls::SpkiPin;
 use tlsnet::pki::KeyType;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,8 +31,8 @@ fn pin(text: &str) {
     if let Ok(pin) = text.parse::<SpkiPin>() {
         let shown = pin.to_string();
         assert_eq!(
-            shown.parse::<SpkiPin>(),
-            Ok(pin),
+            shown.parse::<SpkiPin>().ok(),
+            Some(pin),
             "pin {text:?} shown as {shown:?}"
         );
     }
@@ -75,7 +75,7 @@ fn server_name(text: &str) {
 
 /// `HOST:PORT` and `[v6]:PORT`: the parts, written back the same way, split the same.
 fn host_port(text: &str) {
-    let Ok((host, port)) = tlsnet::client::split_host_port(text) else {
+    let Ok((host, port)) = tlsnet::net::client::split_host_port(text) else {
         return;
     };
     assert!(!host.is_empty(), "{text:?} gave an empty host");
@@ -84,7 +84,7 @@ fn host_port(text: &str) {
     } else {
         format!("{host}:{port}")
     };
-    let back = tlsnet::client::split_host_port(&joined).unwrap_or_else(|e| {
+    let back = tlsnet::net::client::split_host_port(&joined).unwrap_or_else(|e| {
         panic!("{text:?} = ({host:?}, {port}) joined as {joined:?} fails: {e}")
     });
     assert_eq!(back, (host, port), "{text:?} joined as {joined:?}");
@@ -132,6 +132,6 @@ fn local_host(text: &str) {
 fn starttls(text: &str) {
     if let Ok(protocol) = text.parse::<StartTls>() {
         assert!(protocol.to_string().eq_ignore_ascii_case(text));
-        assert_eq!(protocol.to_string().parse::<StartTls>(), Ok(protocol));
+        assert_eq!(protocol.to_string().parse::<StartTls>().ok(), Some(protocol));
     }
 }

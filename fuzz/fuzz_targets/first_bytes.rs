@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tlsnet::failure::FailureCause;
+use tlsnet::tls::FailureCause;
 
 fuzz_target!(|data: &[u8]| {
-    let cause = tlsnet::server::classify_first_bytes(data);
+    let cause = tlsnet::net::sniff::classify_first_bytes(data);
     match data.first() {
         None => assert!(matches!(cause, Some(FailureCause::ClosedDuringHandshake))),
         Some(0x16) => assert!(cause.is_none(), "a TLS handshake record refused: {cause:?}"),

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tlsnet::pin::SpkiPin;
+use tlsnet::tls::SpkiPin;
 
 fuzz_target!(|data: &[u8]| {
     let pin = SpkiPin::of_spki(data);

@@ -105,7 +105,9 @@ pub fn inspect(path: &Path, password: Option<&str>) -> Result<FileInspection> {
     }
     let certificates = chain
         .iter()
-        .map(|der| CertSummary::from_der(der).unwrap_or_else(|e| CertSummary::unparsable(&e)))
+        .map(|der| {
+            CertSummary::from_der(der).unwrap_or_else(|e| CertSummary::unparsable(&e.describe()))
+        })
         .collect();
     let private_key = key.map(|key| KeyInfo {
         encoding: match &key {

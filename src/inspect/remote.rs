@@ -20,12 +20,12 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_parser::prelude::{FromDer, X509Name};
 
-use crate::client::{connect_tcp, split_host_port, ClientStream, Connector};
 use crate::error::{Error, Result};
-use crate::failure::{FailureCause, Side};
 use crate::inspect::starttls::StartTls;
-use crate::report::HandshakeReport;
+use crate::net::client::{connect_tcp, split_host_port, ClientStream, Connector};
+use crate::tls::HandshakeReport;
 use crate::tls::{self, Identity};
+use crate::tls::{FailureCause, Side};
 use crate::x509::CertSummary;
 
 /// How long to wait for the server's reaction to our client certificate after the handshake.
@@ -170,7 +170,7 @@ pub async fn fetch(addr: &str, options: &RemoteOptions) -> Result<RemoteInspecti
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::TlsConfig {
             context: "protocol versions".to_owned(),
-            error: e,
+            source: e,
         })?
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
@@ -214,7 +214,9 @@ pub async fn fetch(addr: &str, options: &RemoteOptions) -> Result<RemoteInspecti
     );
     let certificates = chain
         .iter()
-        .map(|der| CertSummary::from_der(der).unwrap_or_else(|e| CertSummary::unparsable(&e)))
+        .map(|der| {
+            CertSummary::from_der(der).unwrap_or_else(|e| CertSummary::unparsable(&e.describe()))
+        })
         .collect();
     Ok(RemoteInspection {
         target: addr.to_owned(),
@@ -286,7 +288,7 @@ pub fn judge(
         return untrusted("the server sent no certificate".into(), "no_certificate");
     };
     let roots = match anchors {
-        TrustAnchors::System => tls::system_roots().map_err(|e| e.to_string()),
+        TrustAnchors::System => tls::system_roots().map_err(|e| e.describe()),
         TrustAnchors::Roots { certs, .. } => {
             let mut roots = RootCertStore::empty();
             let (_added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
@@ -343,9 +345,9 @@ impl ClientCertRecorder {
                 asked: Mutex::new(None),
             });
         };
-        let config_error = |error| Error::TlsConfig {
+        let config_error = |source| Error::TlsConfig {
             context: "client certificate and key".to_owned(),
-            error,
+            source,
         };
         let signing = provider
             .key_provider

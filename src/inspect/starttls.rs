@@ -74,13 +74,17 @@ impl fmt::Display for StartTls {
 }
 
 impl FromStr for StartTls {
-    type Err = String;
+    type Err = crate::error::ParseError;
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         StartTls::ALL
             .into_iter()
             .find(|p| p.to_string().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown STARTTLS protocol '{s}' (one of: smtp, imap, pop3)"))
+            .ok_or_else(|| {
+                crate::error::ParseError::new(format!(
+                    "unknown STARTTLS protocol '{s}' (one of: smtp, imap, pop3)"
+                ))
+            })
     }
 }
 
@@ -232,7 +236,7 @@ impl Session<'_> {
         Error::Network {
             action: "STARTTLS with",
             peer: self.peer.to_owned(),
-            error,
+            source: error,
         }
     }
 }
@@ -264,10 +268,14 @@ mod tests {
 
     #[test]
     fn parses_names() {
-        assert_eq!("smtp".parse::<StartTls>(), Ok(StartTls::Smtp));
-        assert_eq!("IMAP".parse::<StartTls>(), Ok(StartTls::Imap));
-        assert_eq!("pop3".parse::<StartTls>(), Ok(StartTls::Pop3));
-        assert!("ftp".parse::<StartTls>().unwrap_err().contains("one of"));
+        assert_eq!("smtp".parse::<StartTls>().ok(), Some(StartTls::Smtp));
+        assert_eq!("IMAP".parse::<StartTls>().ok(), Some(StartTls::Imap));
+        assert_eq!("pop3".parse::<StartTls>().ok(), Some(StartTls::Pop3));
+        assert!("ftp"
+            .parse::<StartTls>()
+            .unwrap_err()
+            .to_string()
+            .contains("one of"));
     }
 
     #[test]

@@ -82,14 +82,17 @@ impl fmt::Display for KeyType {
 }
 
 impl FromStr for KeyType {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = crate::error::ParseError;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         KeyType::ALL
             .into_iter()
             .find(|k| k.to_string() == s)
             .ok_or_else(|| {
                 let names: Vec<String> = KeyType::ALL.iter().map(|k| k.to_string()).collect();
-                format!("unknown key type '{s}' (one of: {})", names.join(", "))
+                crate::error::ParseError::new(format!(
+                    "unknown key type '{s}' (one of: {})",
+                    names.join(", ")
+                ))
             })
     }
 }
@@ -404,8 +407,7 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 /// A positive 128-bit random serial (RFC 5280 allows up to 20 octets).
 fn random_serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| Error::Pki("no randomness for the serial".into()))?;
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|e| Error::pki("no randomness for the serial", e))?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // no leading zero octet: keeps the DER length fixed
     Ok(SerialNumber::from_slice(&bytes))

@@ -274,7 +274,8 @@ impl PkiDir {
     fn issue_unchecked(&self, name: &str, spec: &LeafSpec, mut index: Index) -> Result<IndexEntry> {
         let ca = self.issuing_ca()?;
         let issued = ca.issue(spec)?;
-        let summary = CertSummary::from_der(&issued.cert_der).map_err(Error::Pki)?;
+        let summary = CertSummary::from_der(&issued.cert_der)
+            .map_err(|e| Error::pki("the issued certificate does not parse", e))?;
         write_file(
             &self.key_path(name),
             issued.key_pem.as_bytes(),
@@ -334,7 +335,10 @@ impl PkiDir {
         spec.dns = old.dns.clone();
         spec.ips = old.ips.clone();
         spec.uris = old.uris.clone();
-        spec.key_type = old.key.parse().map_err(Error::InvalidInput)?;
+        spec.key_type = old.key.parse().map_err(|source| Error::BadValue {
+            what: format!("key type of {name} in the index"),
+            source,
+        })?;
         spec.validity = Duration::from_secs(days.unwrap_or(old.days).max(1) * 86400);
         for c in index.certs.iter_mut().filter(|c| c.serial == old.serial) {
             c.revoked = Some(Revocation {
@@ -449,7 +453,8 @@ impl PkiDir {
     }
 
     fn save_index(&self, index: &Index) -> Result<()> {
-        let json = serde_json::to_vec_pretty(index).map_err(|e| Error::Pki(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(index)
+            .map_err(|e| Error::pki("cannot encode the index", e))?;
         write_file(&self.path("index.json"), &json, Access::Public)
     }
 }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tlsnet::client::{ClientStream, Connector};
+use tlsnet::net::client::{ClientStream, Connector};
+use tlsnet::net::{Server, ServerOptions, ServerStats};
 use tlsnet::pki::{CertificateAuthority, KeyType, LeafSpec, Purpose};
-use tlsnet::report::HandshakeReport;
-use tlsnet::server::{Server, ServerOptions, ServerStats};
 use tlsnet::service::{Echo, Service};
+use tlsnet::tls::HandshakeReport;
 use tlsnet::tls::{
     load_certs, server_name, ClientAuth, ClientTlsOptions, Identity, ServerTlsOptions,
 };

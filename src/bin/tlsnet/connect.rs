@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use tlsnet::client::{read_error_cause, split_host_port, Connector};
-use tlsnet::pin::SpkiPin;
+use tlsnet::net::client::{read_error_cause, split_host_port, Connector};
+use tlsnet::net::relay::{relay, Direction, RelayError, RelayOptions, Until};
 use tlsnet::pki::dev::{is_local_host, DevPki};
-use tlsnet::tls::{load_certs, load_crls, server_name, ClientTlsOptions, Identity, ServerTrust};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tlsnet::tls::{
+    load_certs, load_crls, server_name, ClientTlsOptions, Identity, ServerTrust, SpkiPin,
+};
 
 use crate::{parse_duration, UsageError};
 
@@ -81,7 +82,9 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
     let name = args.servername.clone().unwrap_or_else(|| host.clone());
     let name = server_name(&name).map_err(|e| UsageError(format!("--servername: {e}")))?;
     let options = client_options(&args, &host)?;
-    let mut connector = Connector::new(options.build()?);
+    // Building may read the system trust store: not on the runtime's workers.
+    let config = tokio::task::spawn_blocking(move || options.build()).await??;
+    let mut connector = Connector::new(config);
     connector.connect_timeout = args.timeout;
     connector.handshake_timeout = args.timeout;
 
@@ -91,7 +94,7 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
     } else if !args.quiet {
         eprint!("connected to {}\n{report}", args.addr);
     }
-    relay(stream)
+    relay_stdio(stream)
         .await
         .map_err(|cause| anyhow!("connection to {} failed: {cause}", args.addr))?;
     Ok(ExitCode::SUCCESS)
@@ -160,45 +163,33 @@ fn local_dev_pki(args: &ConnectArgs, host: &str) -> Option<DevPki> {
 
 /// stdin → server and server → stdout. On stdin EOF, sends close_notify and keeps reading
 /// until the server closes. Returns the cause in words if the connection fails.
-async fn relay(stream: tlsnet::client::ClientStream) -> Result<(), String> {
-    let (mut from_server, mut to_server) = tokio::io::split(stream);
-    let upload = tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = stdin.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            to_server.write_all(&buf[..n]).await?;
-            to_server.flush().await?;
-        }
-        // close_notify, then our half of TCP.
-        to_server.shutdown().await
-    });
-    let mut stdout = tokio::io::stdout();
-    let mut buf = vec![0u8; 16 * 1024];
-    let result = loop {
-        match from_server.read(&mut buf).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if let Err(e) = stdout.write_all(&buf[..n]).await.and(stdout.flush().await) {
-                    break Err(format!("cannot write to stdout: {e}"));
-                }
-            }
-            Err(e) => break Err(read_error_cause(&e)),
-        }
+async fn relay_stdio(stream: tlsnet::net::ClientStream) -> Result<(), String> {
+    let terminal = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let options = RelayOptions {
+        idle_timeout: None,
+        until: Until::AClosed,
     };
-    // The server has closed: nothing more can be sent. An upload still waiting for stdin is
-    // abandoned; one that already failed explains why the server closed.
-    if upload.is_finished() {
-        if let Ok(Err(e)) = upload.await {
-            if result.is_ok() && e.kind() != std::io::ErrorKind::BrokenPipe {
-                return Err(read_error_cause(&e));
+    match relay(stream, terminal, options).await {
+        Ok(_) => Ok(()),
+        Err(RelayError::Io {
+            direction: Direction::AToB,
+            action: "write",
+            source,
+            ..
+        }) => Err(format!("cannot write to stdout: {source}")),
+        Err(RelayError::Io {
+            direction: Direction::BToA,
+            action: "read",
+            source,
+            ..
+        }) => Err(format!("cannot read stdin: {source}")),
+        Err(RelayError::Io { source, .. }) => {
+            if source.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(())
+            } else {
+                Err(read_error_cause(&source))
             }
         }
-    } else {
-        upload.abort();
+        Err(other) => Err(other.to_string()),
     }
-    result
 }

@@ -137,7 +137,7 @@ async fn inspect_server(
             UsageError("--password-file applies to a PKCS#12 file, not a server".into()).into(),
         );
     }
-    tlsnet::client::split_host_port(&args.target).map_err(|e| UsageError(e.to_string()))?;
+    tlsnet::net::client::split_host_port(&args.target).map_err(|e| UsageError(e.to_string()))?;
     if let Some(name) = &args.servername {
         tlsnet::tls::server_name(name).map_err(|e| UsageError(format!("--servername: {e}")))?;
     }

@@ -85,6 +85,6 @@ fn main() -> ExitCode {
 }
 
 /// Parses a duration flag (`10s`, `500ms`, `5m`).
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, tlsnet::error::ParseError> {
     tlsnet::duration::parse(text)
 }

@@ -1,4 +1,5 @@
-//! `tlsnet serve`: flags, then a [`tlsnet::server::Server`].
+//! `tlsnet serve`: flags, then a [`tlsnet::tls::ServerTlsSource`] and a
+//! [`tlsnet::net::Server`] with its services.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,12 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use tlsnet::net::{bind, Server, ServerOptions};
 use tlsnet::pki::dev::{DevPki, DevPkiState};
-use tlsnet::reload::Reloader;
-use tlsnet::server::{bind, Server, ServerOptions};
-use tlsnet::service::{Discard, Echo, Service};
+use tlsnet::service::echo::{DISCARD_ALPN, ECHO_ALPN};
+use tlsnet::service::{Discard, Echo, Router, Service};
 use tlsnet::telemetry;
-use tlsnet::tls::{load_certs, load_crls, ClientAuth, Identity, ServerTlsOptions};
+use tlsnet::tls::{
+    AccessPolicy, ClientAuth, Pattern, Reloader, Rule, ServerTlsSource, SpkiPin, TlsHandle,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -26,13 +29,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "localhost:8443")]
     listen: Vec<String>,
 
-    /// Server certificate chain (PEM, leaf first). Without it, a development PKI is used.
+    /// Server certificate chain (PEM, leaf first). Repeat with --key for several: each client
+    /// gets the one whose names cover the name it asked for (SNI), the first one otherwise.
+    /// Without it, a development PKI is used.
     #[arg(long, value_name = "FILE", requires = "key")]
-    cert: Option<PathBuf>,
+    cert: Vec<PathBuf>,
 
-    /// Private key of --cert (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    /// Private key of the --cert at the same position (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
     #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
+    key: Vec<PathBuf>,
 
     /// CA certificates (PEM) that sign acceptable client certificates; makes client
     /// certificates required unless --client-auth says otherwise.
@@ -49,6 +54,30 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     crl: Option<PathBuf>,
 
+    /// Admit clients whose certificate's common name is NAME (repeatable). With any --allow-*
+    /// rule, a client must match one of them; the others get the alert access_denied.
+    #[arg(long, value_name = "NAME")]
+    allow_cn: Vec<String>,
+
+    /// Admit clients with this organizational unit (OU) in their subject (repeatable).
+    #[arg(long, value_name = "OU")]
+    allow_ou: Vec<String>,
+
+    /// Admit clients with a DNS name matching this pattern (repeatable; `*` is one label,
+    /// `**` one or more: `*.acme.internal`).
+    #[arg(long, value_name = "PATTERN", value_parser = Pattern::dns)]
+    allow_dns: Vec<Pattern>,
+
+    /// Admit clients with a URI matching this pattern (repeatable; `*` is one path segment,
+    /// `**` one or more: `spiffe://acme/**`).
+    #[arg(long, value_name = "PATTERN", value_parser = Pattern::uri)]
+    allow_uri: Vec<Pattern>,
+
+    /// Admit clients whose public key has this pin (repeatable; sha256/BASE64, as `tlsnet
+    /// connect` and `tlsnet inspect` print it).
+    #[arg(long, value_name = "sha256/BASE64")]
+    allow_spki_pin: Vec<SpkiPin>,
+
     /// How often certificate, key, client CA and CRL files are checked for changes (0: only
     /// on SIGHUP). A changed file that does not load is refused and the old material kept.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
@@ -58,11 +87,13 @@ pub struct ServeArgs {
     #[arg(long)]
     tls12: bool,
 
-    /// What to do with a connection once it is established.
+    /// The service for clients that ask for none by ALPN (the seeds' clients, openssl
+    /// s_client). Every service is also reachable by its ALPN id: tlsnet-echo, tlsnet-discard.
     #[arg(long, value_enum, default_value = "echo")]
     service: ServiceArg,
 
-    /// ALPN protocol to offer (repeatable, in order of preference).
+    /// Another ALPN id for the default service (repeatable), e.g. for a client that must
+    /// send one.
     #[arg(long, value_name = "PROTOCOL")]
     alpn: Vec<String>,
 
@@ -79,6 +110,8 @@ pub struct ServeArgs {
     idle_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long open connections may take to finish before they are closed.
+    /// Services with sessions (not echo) are told to say goodbye at once; the server exits as
+    /// soon as the last connection has ended.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
@@ -104,6 +137,16 @@ enum ClientAuthArg {
     None,
 }
 
+impl From<ClientAuthArg> for ClientAuth {
+    fn from(arg: ClientAuthArg) -> Self {
+        match arg {
+            ClientAuthArg::Required => ClientAuth::Required,
+            ClientAuthArg::Optional => ClientAuth::Optional,
+            ClientAuthArg::None => ClientAuth::None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ServiceArg {
     /// Send every byte back.
@@ -120,6 +163,14 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     if args.handshake_timeout.is_zero() {
         return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
     }
+    if args.cert.len() != args.key.len() {
+        return Err(UsageError(format!(
+            "--cert and --key come in pairs: {} --cert and {} --key given",
+            args.cert.len(),
+            args.key.len()
+        ))
+        .into());
+    }
 
     // The recorder first, so that the expiry gauges of the first build are kept.
     let metrics = match &args.metrics {
@@ -127,8 +178,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         None => None,
     };
     let (source, dev_pki) = tls_source(&args)?;
-    let client_auth = source.client_auth;
-    let tls = source.build()?;
+    source.validate().map_err(|e| UsageError(e.to_string()))?;
+    let tls = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.build()).await??
+    };
 
     let mut listeners = Vec::new();
     for spec in &args.listen {
@@ -140,14 +194,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .map(|a| a.to_string())
         .collect();
 
-    let service: Arc<dyn Service> = match args.service {
-        ServiceArg::Echo => Arc::new(Echo),
-        ServiceArg::Discard => Arc::new(Discard),
-    };
+    let router = router(&args);
     info!(
         listen = %addrs.join(", "),
-        service = service.name(),
-        client_auth = ?client_auth,
+        service = router.default_name(),
+        alpn = %router.protocols().iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(","),
+        client_auth = source.client_auth.name(),
+        allow = %if source.policy.is_empty() { "any client the CA signed".to_owned() } else { source.policy.describe() },
         tls12 = args.tls12,
         "tlsnet serving"
     );
@@ -161,13 +214,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
         shutdown_timeout: args.shutdown_timeout,
     };
-    let server = Server::with_options(tls, service, options);
-    let reloader = Reloader::new(source.files(), move || source.build(), server.tls_handle())
-        .interval(if args.reload_interval.is_zero() {
-            Duration::from_secs(365 * 86400)
-        } else {
-            args.reload_interval
-        });
+    let handle = TlsHandle::new(tls);
+    let server = Server::with_options(handle.clone(), router, options);
+    telemetry::register("", server.stats());
+    let reloader = Reloader::new(source, handle)
+        .interval((!args.reload_interval.is_zero()).then_some(args.reload_interval));
     let stop_reloading = CancellationToken::new();
     spawn_sighup_listener(reloader.trigger());
     let reload_task = tokio::spawn(reloader.run(stop_reloading.clone()));
@@ -187,106 +238,76 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where the server's TLS material comes from; rebuilt on every reload.
-#[derive(Debug, Clone)]
-struct TlsSource {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
-    crl: Option<PathBuf>,
-    client_auth: ClientAuth,
-    tls12: bool,
-    alpn: Vec<Vec<u8>>,
+/// Every service under its ALPN id; the chosen one (and any --alpn) also as the default.
+fn router(args: &ServeArgs) -> Router {
+    let echo: Arc<dyn Service> = Arc::new(Echo);
+    let discard: Arc<dyn Service> = Arc::new(Discard);
+    let default = match args.service {
+        ServiceArg::Echo => echo.clone(),
+        ServiceArg::Discard => discard.clone(),
+    };
+    let mut router = Router::new(default.clone())
+        .route(ECHO_ALPN, echo)
+        .route(DISCARD_ALPN, discard);
+    for id in &args.alpn {
+        router = router.route(id.as_bytes(), default.clone());
+    }
+    router
 }
 
-impl TlsSource {
-    fn files(&self) -> Vec<PathBuf> {
-        let mut files = vec![self.cert.clone(), self.key.clone()];
-        files.extend(self.client_ca.iter().cloned());
-        files.extend(self.crl.iter().cloned());
-        files
-    }
-
-    fn build(&self) -> tlsnet::Result<Arc<rustls::ServerConfig>> {
-        let client_ca = match (&self.client_ca, self.client_auth) {
-            (Some(path), mode) if mode != ClientAuth::None => load_certs(path)?,
-            _ => Vec::new(),
-        };
-        let crls = match &self.crl {
-            Some(path) => load_crls(path)?,
-            None => Vec::new(),
-        };
-        let options = ServerTlsOptions {
-            identity: Identity::from_files(&self.cert, &self.key)?,
-            client_ca,
-            client_auth: self.client_auth,
-            allow_tls12: self.tls12,
-            alpn: self.alpn.clone(),
-            crls,
-        };
-        let config = options.build()?;
-        telemetry::record_expiry(&options.identity.chain, &options.client_ca, &options.crls);
-        Ok(config)
-    }
+fn policy(args: &ServeArgs) -> AccessPolicy {
+    let mut rules = Vec::new();
+    rules.extend(args.allow_cn.iter().cloned().map(Rule::CommonName));
+    rules.extend(args.allow_ou.iter().cloned().map(Rule::OrganizationalUnit));
+    rules.extend(args.allow_dns.iter().cloned().map(Rule::Dns));
+    rules.extend(args.allow_uri.iter().cloned().map(Rule::Uri));
+    rules.extend(args.allow_spki_pin.iter().copied().map(Rule::SpkiPin));
+    AccessPolicy::new(rules)
 }
 
-fn tls_source(args: &ServeArgs) -> Result<(TlsSource, Option<DevPki>)> {
-    let (cert, key, client_ca_path, dev_pki) = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone(), args.client_ca.clone(), None),
-        _ => {
-            let pki = DevPki::at(match &args.pki_dir {
-                Some(dir) => dir.clone(),
-                None => DevPki::default_dir().ok_or_else(|| {
-                    UsageError(
-                        "cannot find a home for the development PKI: set --pki-dir DIR (or HOME)"
-                            .into(),
-                    )
-                })?,
-            });
-            let state = pki
-                .ensure()
-                .with_context(|| format!("development PKI in {}", pki.dir().display()))?;
-            match state {
-                DevPkiState::Created => {
-                    info!(dir = %pki.dir().display(), "created a development PKI (CA, server and client certificates)")
-                }
-                DevPkiState::Renewed => {
-                    info!(dir = %pki.dir().display(), "re-issued development certificates close to expiry")
-                }
-                DevPkiState::Existing => {
-                    info!(dir = %pki.dir().display(), "using the development PKI")
-                }
+fn tls_source(args: &ServeArgs) -> Result<(ServerTlsSource, Option<DevPki>)> {
+    let (certs, client_ca, dev_pki) = if args.cert.is_empty() {
+        let pki = DevPki::at(match &args.pki_dir {
+            Some(dir) => dir.clone(),
+            None => DevPki::default_dir().ok_or_else(|| {
+                UsageError(
+                    "cannot find a home for the development PKI: set --pki-dir DIR (or HOME)"
+                        .into(),
+                )
+            })?,
+        });
+        let state = pki
+            .ensure()
+            .with_context(|| format!("development PKI in {}", pki.dir().display()))?;
+        let dir = pki.dir().display();
+        match state {
+            DevPkiState::Created => {
+                info!(dir = %dir, "created a development PKI (CA, server and client certificates)")
             }
-            let ca = args.client_ca.clone().unwrap_or_else(|| pki.ca_cert());
-            (pki.server_cert(), pki.server_key(), Some(ca), Some(pki))
+            DevPkiState::Renewed => {
+                info!(dir = %dir, "re-issued development certificates close to expiry")
+            }
+            DevPkiState::Existing => info!(dir = %dir, "using the development PKI"),
         }
+        let ca = args.client_ca.clone().unwrap_or_else(|| pki.ca_cert());
+        (
+            vec![(pki.server_cert(), pki.server_key())],
+            Some(ca),
+            Some(pki),
+        )
+    } else {
+        let pairs = args.cert.iter().cloned().zip(args.key.iter().cloned());
+        (pairs.collect(), args.client_ca.clone(), None)
     };
-    let client_auth = match (args.client_auth, &client_ca_path) {
-        (Some(ClientAuthArg::None), _) => ClientAuth::None,
-        (Some(ClientAuthArg::Required), Some(_)) | (None, Some(_)) => ClientAuth::Required,
-        (Some(ClientAuthArg::Optional), Some(_)) => ClientAuth::Optional,
-        (Some(mode), None) => {
-            return Err(UsageError(format!(
-                "--client-auth {} needs --client-ca FILE (the CA that signs client certificates)",
-                format!("{mode:?}").to_lowercase()
-            ))
-            .into());
-        }
-        (None, None) => ClientAuth::None,
-    };
-    if args.crl.is_some() && client_auth == ClientAuth::None {
-        return Err(
-            UsageError("--crl checks client certificates: it needs --client-ca".into()).into(),
-        );
-    }
-    let source = TlsSource {
-        cert,
-        key,
-        client_ca: client_ca_path,
+    let client_auth = ClientAuth::resolve(args.client_auth.map(Into::into), client_ca.is_some())
+        .map_err(|e| UsageError(e.to_string()))?;
+    let source = ServerTlsSource {
+        certs,
+        client_ca,
         crl: args.crl.clone(),
         client_auth,
         tls12: args.tls12,
-        alpn: args.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        policy: policy(args),
     };
     Ok((source, dev_pki))
 }

@@ -14,8 +14,8 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, Error, OtherError};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::failure::PinMismatchError;
-use crate::pin::SpkiPin;
+use super::failure::PinMismatchError;
+use super::pin::SpkiPin;
 
 /// Implements the handshake-signature methods of a `ServerCertVerifier` with the signature
 /// algorithms of `self.provider`: every verifier, even the dangerous ones, checks that the peer

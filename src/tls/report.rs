@@ -6,7 +6,8 @@ use std::time::Duration;
 use rustls::CommonState;
 use serde::Serialize;
 
-use crate::tls::is_post_quantum;
+use super::config::is_post_quantum;
+use super::identity::PeerIdentity;
 use crate::x509::CertSummary;
 
 /// The outcome of a successful handshake.
@@ -28,12 +29,16 @@ pub struct HandshakeReport {
     pub resumed: bool,
     /// Wall time of the handshake in milliseconds.
     pub handshake_ms: f64,
-    /// The peer's certificates, leaf first (empty when it sent none).
+    /// Who the peer is, from its leaf certificate (`None` when it sent none).
+    pub peer: Option<PeerIdentity>,
+    /// Summaries of the peer's certificates, leaf first, for people: filled in by
+    /// [`HandshakeReport::with_peer_chain`] (the client's report), empty on the server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peer_chain: Vec<CertSummary>,
 }
 
 impl HandshakeReport {
-    /// Reads what was negotiated from a finished connection.
+    /// Reads what was negotiated from a finished connection, and the peer's identity.
     pub fn from_state(state: &CommonState, sni: Option<&str>, elapsed: Duration) -> Self {
         let protocol = match state.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
@@ -43,20 +48,21 @@ impl HandshakeReport {
         };
         let cipher_suite = state
             .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_else(|| "unknown".into());
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown")
+            .to_owned();
         let group = state.negotiated_key_exchange_group().map(|g| g.name());
-        let peer_chain = state
+        // The verifier has accepted the chain, so the leaf parses; a failure is kept as "no
+        // identity" rather than a panic.
+        let peer = state
             .peer_certificates()
-            .unwrap_or_default()
-            .iter()
-            .map(|der| CertSummary::from_der(der).unwrap_or_else(|e| CertSummary::unparsable(&e)))
-            .collect();
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| PeerIdentity::from_der(leaf).ok());
         HandshakeReport {
             protocol,
             cipher_suite,
             key_exchange: group
-                .map(|g| format!("{g:?}"))
+                .map(|g| g.as_str().map_or_else(|| format!("{g:?}"), str::to_owned))
                 .unwrap_or_else(|| "none (resumed without key exchange)".into()),
             post_quantum: group.is_some_and(is_post_quantum),
             alpn: state
@@ -65,8 +71,40 @@ impl HandshakeReport {
             sni: sni.map(str::to_owned),
             resumed: matches!(state.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
             handshake_ms: elapsed.as_secs_f64() * 1000.0,
-            peer_chain,
+            peer,
+            peer_chain: Vec::new(),
         }
+    }
+
+    /// A report for a service run without TLS (over `tokio::io::duplex` in tests), with the
+    /// identity the test wants the service to see.
+    pub fn in_memory(peer: Option<PeerIdentity>) -> Self {
+        HandshakeReport {
+            protocol: "none (in memory)".into(),
+            cipher_suite: "none".into(),
+            key_exchange: "none".into(),
+            post_quantum: false,
+            alpn: None,
+            sni: None,
+            resumed: false,
+            handshake_ms: 0.0,
+            peer,
+            peer_chain: Vec::new(),
+        }
+    }
+
+    /// Adds summaries of every certificate the peer sent (what `tlsnet connect` prints).
+    pub fn with_peer_chain(mut self, state: &CommonState) -> Self {
+        self.peer_chain = state
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|der| {
+                CertSummary::from_der(der)
+                    .unwrap_or_else(|e| CertSummary::unparsable(&e.describe()))
+            })
+            .collect();
+        self
     }
 
     /// The peer's leaf certificate, if it sent one.
@@ -100,6 +138,11 @@ impl fmt::Display for HandshakeReport {
         }
         writeln!(f, "handshake:     {:.1} ms", self.handshake_ms)?;
         match self.peer_leaf() {
+            None if self.peer.is_some() => {
+                if let Some(peer) = &self.peer {
+                    writeln!(f, "peer:          {peer}")?;
+                }
+            }
             None => writeln!(f, "peer:          sent no certificate")?,
             Some(leaf) => {
                 writeln!(f, "peer:          {}", leaf.subject)?;

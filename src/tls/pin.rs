@@ -8,6 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::error::ParseError;
+
 /// A SHA-256 pin of a public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SpkiPin([u8; 32]);
@@ -22,30 +24,30 @@ impl SpkiPin {
     }
 
     /// The pin of a DER-encoded certificate's public key.
-    pub fn of_certificate(cert_der: &[u8]) -> Result<Self, String> {
+    pub fn of_certificate(cert_der: &[u8]) -> Result<Self, ParseError> {
         let (_, cert) = X509Certificate::from_der(cert_der)
-            .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+            .map_err(|e| ParseError::caused_by("not a valid X.509 certificate", e))?;
         Ok(Self::of_spki(cert.public_key().raw))
     }
 }
 
 impl FromStr for SpkiPin {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ParseError> {
         let expected = "expected sha256/ followed by the base64 SHA-256 of the public key \
                         (tlsnet connect prints it in its report)";
         let b64 = text
             .strip_prefix("sha256/")
-            .ok_or_else(|| format!("pin '{text}': {expected}"))?;
+            .ok_or_else(|| ParseError::new(format!("pin '{text}': {expected}")))?;
         let bytes = STANDARD
             .decode(b64)
-            .map_err(|e| format!("pin '{text}': bad base64 ({e}); {expected}"))?;
+            .map_err(|e| ParseError::new(format!("pin '{text}': bad base64 ({e}); {expected}")))?;
         let array: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-            format!(
+            ParseError::new(format!(
                 "pin '{text}': {} bytes, a SHA-256 is 32; {expected}",
                 b.len()
-            )
+            ))
         })?;
         Ok(SpkiPin(array))
     }
@@ -72,7 +74,7 @@ mod tests {
         let pin = SpkiPin::of_spki(b"any key");
         let text = pin.to_string();
         assert!(text.starts_with("sha256/"));
-        assert_eq!(text.parse::<SpkiPin>(), Ok(pin));
+        assert_eq!(text.parse::<SpkiPin>().unwrap(), pin);
     }
 
     #[test]
@@ -80,14 +82,17 @@ mod tests {
         assert!("abc"
             .parse::<SpkiPin>()
             .unwrap_err()
+            .to_string()
             .contains("expected sha256/"));
         assert!("sha256/!!!"
             .parse::<SpkiPin>()
             .unwrap_err()
+            .to_string()
             .contains("base64"));
         assert!("sha256/AAAA"
             .parse::<SpkiPin>()
             .unwrap_err()
+            .to_string()
             .contains("3 bytes"));
     }
 }

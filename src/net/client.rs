@@ -14,8 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{Error, Result};
-use crate::failure::{FailureCause, Side};
-use crate::report::HandshakeReport;
+use crate::tls::{FailureCause, HandshakeReport, Side};
 
 /// The client end of an established TLS connection.
 pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -77,7 +76,8 @@ impl Connector {
                     cause: FailureCause::classify(&e, Side::Client),
                 })?;
         let (_, conn) = stream.get_ref();
-        let report = HandshakeReport::from_state(conn, sni.as_deref(), started.elapsed());
+        let report = HandshakeReport::from_state(conn, sni.as_deref(), started.elapsed())
+            .with_peer_chain(conn);
         Ok((stream, report))
     }
 }
@@ -89,7 +89,7 @@ pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream> {
         .map_err(|e| Error::Network {
             action: "resolve",
             peer: addr.to_owned(),
-            error: e,
+            source: e,
         })?
         .collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
@@ -103,7 +103,7 @@ pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream> {
     Err(Error::Network {
         action: "connect to",
         peer: addr.to_owned(),
-        error: last,
+        source: last,
     })
 }
 

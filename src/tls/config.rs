@@ -1,23 +1,29 @@
-//! TLS configuration: the crypto provider, protocol versions and groups, identities and trust.
-//! Pure configuration, no I/O beyond reading the files it is given.
+//! rustls configuration: the crypto provider, protocol versions and groups, client and server
+//! settings. Pure configuration: the certificates and keys come in as values (see
+//! [`super::files`]), except for the system trust store.
 //!
 //! Defaults follow Mozilla's "modern" profile: TLS 1.3 only; TLS 1.2 only when asked, and then
 //! only ECDHE key exchange with AEAD ciphers. Key exchange prefers the hybrid post-quantum
 //! group X25519MLKEM768, then X25519, P-256 and P-384.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{aws_lc_rs, CryptoProvider, SupportedKxGroup};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{
+    ClientConfig, NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite,
+    SupportedProtocolVersion,
+};
 
+use super::files::Identity;
+use super::pin::SpkiPin;
+use super::policy::{AccessPolicy, PolicyVerifier};
+use super::sni::SniResolver;
+use super::verify;
+use crate::danger;
 use crate::error::{Error, Result};
-use crate::pin::SpkiPin;
-use crate::{danger, verify};
 
 /// Key-exchange groups in order of preference.
 pub fn kx_groups() -> Vec<&'static dyn SupportedKxGroup> {
@@ -29,23 +35,43 @@ pub fn kx_groups() -> Vec<&'static dyn SupportedKxGroup> {
     ]
 }
 
-/// The crypto provider tlsnet uses everywhere: aws-lc-rs, AEAD suites with ECDHE only, and the
-/// groups of [`kx_groups`].
+/// Cipher suites in order of preference: the three TLS 1.3 suites, then TLS 1.2's ECDHE with
+/// AES-GCM or ChaCha20-Poly1305 (used only with `allow_tls12`). Named one by one, so that a
+/// change of the library's defaults cannot widen what we accept.
+pub fn cipher_suites() -> Vec<SupportedCipherSuite> {
+    use aws_lc_rs::cipher_suite as cs;
+    vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+}
+
+/// The crypto provider tlsnet uses everywhere: aws-lc-rs with the suites of [`cipher_suites`]
+/// and the groups of [`kx_groups`].
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = aws_lc_rs::default_provider();
-    // The aws-lc-rs defaults are already ECDHE + AEAD only; keep it explicit so that a future
-    // default cannot widen what we accept.
-    provider.cipher_suites.retain(|suite| {
-        let name = format!("{:?}", suite.suite());
-        name.starts_with("TLS13_") || (name.starts_with("TLS_ECDHE_") && !name.contains("CBC"))
-    });
+    provider.cipher_suites = cipher_suites();
     provider.kx_groups = kx_groups();
     Arc::new(provider)
 }
 
 /// Whether a key-exchange group is post-quantum (a hybrid with ML-KEM counts).
-pub fn is_post_quantum(group: rustls::NamedGroup) -> bool {
-    format!("{group:?}").contains("MLKEM")
+pub fn is_post_quantum(group: NamedGroup) -> bool {
+    matches!(
+        group,
+        NamedGroup::X25519MLKEM768
+            | NamedGroup::secp256r1MLKEM768
+            | NamedGroup::MLKEM512
+            | NamedGroup::MLKEM768
+            | NamedGroup::MLKEM1024
+    )
 }
 
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -57,94 +83,6 @@ fn versions(allow_tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
         TLS13_AND_TLS12
     } else {
         TLS13_ONLY
-    }
-}
-
-/// Parses every certificate of PEM text.
-pub fn certs_from_pem(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid PEM: {e}"))
-}
-
-/// Reads every certificate of a PEM file (a full chain: leaf first).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
-    let certs = certs_from_pem(&bytes).map_err(|e| Error::bad_file(path, e))?;
-    if certs.is_empty() {
-        return Err(Error::bad_file(
-            path,
-            "no CERTIFICATE found (expected a PEM file with -----BEGIN CERTIFICATE-----)",
-        ));
-    }
-    Ok(certs)
-}
-
-/// Parses a private key from PEM bytes: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub fn key_from_pem(bytes: &[u8]) -> std::result::Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| {
-        format!(
-            "no usable private key ({e}); expected PEM 'PRIVATE KEY', 'RSA PRIVATE KEY' or 'EC PRIVATE KEY'"
-        )
-    })
-}
-
-/// Reads a private key from a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
-    key_from_pem(&bytes).map_err(|e| Error::bad_file(path, e))
-}
-
-/// Parses CRLs from PEM (`X509 CRL`) or DER bytes.
-pub fn crls_from_bytes(
-    bytes: &[u8],
-) -> std::result::Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let crls = if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
-        CertificateRevocationListDer::pem_slice_iter(bytes)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| format!("invalid PEM: {e}"))?
-    } else {
-        vec![CertificateRevocationListDer::from(bytes.to_vec())]
-    };
-    if crls.is_empty() {
-        return Err(
-            "no X509 CRL found (expected PEM -----BEGIN X509 CRL----- or DER; tlsnet pki crl writes one)".into(),
-        );
-    }
-    Ok(crls)
-}
-
-/// Reads the CRLs of a file: PEM (`X509 CRL`) or DER.
-pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, "read", e))?;
-    crls_from_bytes(&bytes).map_err(|e| Error::bad_file(path, e))
-}
-
-/// A certificate chain and its private key.
-#[derive(Debug)]
-pub struct Identity {
-    /// Leaf first, then intermediates.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The leaf's private key.
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl Identity {
-    /// Loads a chain and a key from PEM files.
-    pub fn from_files(cert: &Path, key: &Path) -> Result<Self> {
-        Ok(Identity {
-            chain: load_certs(cert)?,
-            key: load_key(key)?,
-        })
-    }
-}
-
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Identity {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
     }
 }
 
@@ -160,11 +98,38 @@ pub enum ClientAuth {
     None,
 }
 
+impl ClientAuth {
+    /// The mode in force: `requested` if given, else required when there is a client CA and
+    /// none otherwise. Asking for client certificates without a CA is an error.
+    pub fn resolve(requested: Option<ClientAuth>, have_client_ca: bool) -> Result<ClientAuth> {
+        match (requested, have_client_ca) {
+            (Some(ClientAuth::None), _) => Ok(ClientAuth::None),
+            (Some(mode), true) => Ok(mode),
+            (None, true) => Ok(ClientAuth::Required),
+            (None, false) => Ok(ClientAuth::None),
+            (Some(mode), false) => Err(Error::InvalidInput(format!(
+                "--client-auth {} needs --client-ca FILE (the CA that signs client certificates)",
+                mode.name()
+            ))),
+        }
+    }
+
+    /// `required`, `optional` or `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
 /// Everything the server side needs to build a rustls `ServerConfig`.
 #[derive(Debug, Clone)]
 pub struct ServerTlsOptions {
-    /// The server's certificate chain and key.
-    pub identity: Identity,
+    /// The server's certificate chains and keys. With several, each client gets the one whose
+    /// names cover the name it asked for (SNI); the first is the default.
+    pub identities: Vec<Identity>,
     /// CA certificates that sign acceptable client certificates.
     pub client_ca: Vec<CertificateDer<'static>>,
     /// Whether client certificates are asked for (needs `client_ca` unless `None`).
@@ -175,18 +140,21 @@ pub struct ServerTlsOptions {
     pub alpn: Vec<Vec<u8>>,
     /// CRLs: client certificates listed there are refused.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Which verified client certificates are admitted (empty: every one the client CA signed).
+    pub policy: AccessPolicy,
 }
 
 impl ServerTlsOptions {
     /// Options with a server identity and no client authentication.
     pub fn new(identity: Identity) -> Self {
         ServerTlsOptions {
-            identity,
+            identities: vec![identity],
             client_ca: Vec::new(),
             client_auth: ClientAuth::None,
             allow_tls12: false,
             alpn: Vec::new(),
             crls: Vec::new(),
+            policy: AccessPolicy::default(),
         }
     }
 
@@ -203,6 +171,11 @@ impl ServerTlsOptions {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions(self.allow_tls12))
             .map_err(|e| tls_config("protocol versions", e))?;
+        if !self.policy.is_empty() && self.client_auth != ClientAuth::Required {
+            return Err(Error::InvalidInput(
+                "an access policy (--allow-*) needs client certificates to be required".into(),
+            ));
+        }
         let builder = match self.client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             mode => {
@@ -213,7 +186,7 @@ impl ServerTlsOptions {
                 }
                 let roots = root_store(&self.client_ca, "client CA")?;
                 let mut verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
                 if mode == ClientAuth::Optional {
                     verifier = verifier.allow_unauthenticated();
                 }
@@ -227,12 +200,12 @@ impl ServerTlsOptions {
                 let verifier = verifier
                     .build()
                     .map_err(|e| Error::InvalidInput(format!("client CA cannot be used: {e}")))?;
-                builder.with_client_cert_verifier(verifier)
+                builder
+                    .with_client_cert_verifier(PolicyVerifier::wrap(verifier, self.policy.clone()))
             }
         };
-        let mut config = builder
-            .with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())
-            .map_err(|e| tls_config("server certificate and key", e))?;
+        let resolver = SniResolver::new(&self.identities, &provider)?;
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = self.alpn.clone();
         if self.client_auth == ClientAuth::None {
             // Stateless TLS 1.3 tickets: resumption without a server-side cache.
@@ -385,7 +358,7 @@ pub fn system_roots() -> Result<RootCertStore> {
 fn tls_config(context: &str, source: rustls::Error) -> Error {
     Error::TlsConfig {
         context: context.to_owned(),
-        error: source,
+        source,
     }
 }
 
@@ -397,20 +370,25 @@ mod tests {
     fn provider_is_modern() {
         let p = provider();
         for suite in &p.cipher_suites {
-            let name = format!("{:?}", suite.suite());
+            let name = suite.suite().as_str().unwrap_or("unnamed");
             assert!(name.contains("GCM") || name.contains("CHACHA20"), "{name}");
+            assert!(
+                name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_"),
+                "{name}"
+            );
         }
-        let groups: Vec<String> = p
-            .kx_groups
-            .iter()
-            .map(|g| format!("{:?}", g.name()))
-            .collect();
+        let groups: Vec<NamedGroup> = p.kx_groups.iter().map(|g| g.name()).collect();
         assert_eq!(
             groups,
-            ["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"]
+            [
+                NamedGroup::X25519MLKEM768,
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
         );
-        assert!(is_post_quantum(rustls::NamedGroup::X25519MLKEM768));
-        assert!(!is_post_quantum(rustls::NamedGroup::X25519));
+        assert!(is_post_quantum(NamedGroup::X25519MLKEM768));
+        assert!(!is_post_quantum(NamedGroup::X25519));
     }
 
     #[test]

@@ -7,12 +7,13 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::UnixTime;
 use rustls::{AlertDescription, CertificateError, Error as TlsError, PeerIncompatible};
 
-use crate::pin::SpkiPin;
+use super::pin::SpkiPin;
 
 /// Which end of the connection we are; decides whose certificate a certificate error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +100,17 @@ pub enum FailureCause {
     ProtocolVersion {
         /// Which side we are.
         side: Side,
+        /// The newest version the client offered, when its hello said so (`0x0302` for
+        /// TLS 1.1): see [`crate::net::sniff`].
+        client_max: Option<u16>,
+    },
+    /// The client's certificate is valid but matches no rule of the access policy.
+    AccessDenied {
+        /// Which side we are.
+        side: Side,
     },
     /// No cipher suite, key-exchange group or signature scheme in common.
-    NothingInCommon(String),
+    NothingInCommon(PeerIncompatible),
     /// The peer sent a fatal alert: it refused something of ours.
     AlertReceived {
         /// Which side we are.
@@ -112,7 +121,7 @@ pub enum FailureCause {
     /// Any other TLS error.
     Tls(TlsError),
     /// A network error during the handshake.
-    Io(io::ErrorKind, String),
+    Io(Arc<io::Error>),
 }
 
 /// A pin mismatch, carried inside a rustls error so that it reaches [`FailureCause`].
@@ -148,7 +157,7 @@ impl FailureCause {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe => FailureCause::ClosedDuringHandshake,
             io::ErrorKind::TimedOut => FailureCause::Timeout(Duration::ZERO),
-            kind => FailureCause::Io(kind, err.to_string()),
+            _ => FailureCause::Io(Arc::new(io::Error::new(err.kind(), err.to_string()))),
         }
     }
 
@@ -162,10 +171,11 @@ impl FailureCause {
                 | PeerIncompatible::ServerDoesNotSupportTls12Or13
                 | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
                 | PeerIncompatible::Tls12NotOffered
-                | PeerIncompatible::Tls12NotOfferedOrEnabled => {
-                    FailureCause::ProtocolVersion { side }
-                }
-                other => FailureCause::NothingInCommon(format!("{other:?}")),
+                | PeerIncompatible::Tls12NotOfferedOrEnabled => FailureCause::ProtocolVersion {
+                    side,
+                    client_max: None,
+                },
+                other => FailureCause::NothingInCommon(other.clone()),
             },
             TlsError::AlertReceived(AlertDescription::CertificateRequired)
                 if side == Side::Client =>
@@ -173,7 +183,13 @@ impl FailureCause {
                 FailureCause::NoClientCertificate { side }
             }
             TlsError::AlertReceived(AlertDescription::ProtocolVersion) => {
-                FailureCause::ProtocolVersion { side }
+                FailureCause::ProtocolVersion {
+                    side,
+                    client_max: None,
+                }
+            }
+            TlsError::AlertReceived(AlertDescription::AccessDenied) if side == Side::Client => {
+                FailureCause::AccessDenied { side }
             }
             TlsError::AlertReceived(alert) => FailureCause::AlertReceived {
                 side,
@@ -217,6 +233,7 @@ impl FailureCause {
                 presented: presented.clone(),
             },
             CertificateError::Revoked => FailureCause::Revoked { side },
+            CertificateError::ApplicationVerificationFailure => FailureCause::AccessDenied { side },
             CertificateError::Other(other) => {
                 if let Some(pin) = other.0.downcast_ref::<PinMismatchError>() {
                     FailureCause::PinMismatch {
@@ -247,6 +264,7 @@ impl FailureCause {
             FailureCause::PinMismatch { .. } => "pin_mismatch",
             FailureCause::Revoked { .. } => "certificate_revoked",
             FailureCause::ProtocolVersion { .. } => "protocol_version",
+            FailureCause::AccessDenied { .. } => "access_denied",
             FailureCause::NothingInCommon(_) => "nothing_in_common",
             FailureCause::AlertReceived { .. } => "alert_received",
             FailureCause::Tls(_) => "tls_error",
@@ -329,15 +347,35 @@ impl fmt::Display for FailureCause {
                 "server public key {presented} does not match the pin {expected}"
             ),
             FailureCause::Revoked { side } => write!(f, "{} certificate has been revoked", side.peer()),
-            FailureCause::ProtocolVersion { side: Side::Server } => write!(
+            FailureCause::ProtocolVersion {
+                side: Side::Server,
+                client_max: Some(v),
+            } if *v < 0x0303 => write!(
+                f,
+                "client offered only TLS 1.1 or older (its newest: {}); this server accepts TLS 1.3 (and 1.2 with --tls12)",
+                version_name(*v)
+            ),
+            FailureCause::ProtocolVersion {
+                side: Side::Server, ..
+            } => write!(
                 f,
                 "client offered only TLS 1.2 or older; this server accepts TLS 1.3 (serve --tls12 also allows 1.2)"
             ),
-            FailureCause::ProtocolVersion { side: Side::Client } => {
+            FailureCause::ProtocolVersion {
+                side: Side::Client, ..
+            } => {
                 write!(f, "server does not support a TLS version we accept")
             }
+            FailureCause::AccessDenied { side: Side::Server } => write!(
+                f,
+                "client certificate is valid but matches no --allow rule (access denied)"
+            ),
+            FailureCause::AccessDenied { side: Side::Client } => write!(
+                f,
+                "server refused our client certificate: its access policy does not admit it (alert access_denied)"
+            ),
             FailureCause::NothingInCommon(what) => {
-                write!(f, "no common parameters with the peer ({what})")
+                write!(f, "no common parameters with the peer: {}", incompatibility(what))
             }
             FailureCause::AlertReceived { side, alert } => {
                 let hint = match (side, alert) {
@@ -370,8 +408,32 @@ impl fmt::Display for FailureCause {
                 write!(f, "{} sent alert {}{hint}", side.peer(), alert_name(*alert))
             }
             FailureCause::Tls(e) => write!(f, "{e}"),
-            FailureCause::Io(_, msg) => write!(f, "{msg}"),
+            FailureCause::Io(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// A TLS version number in words (`0x0302` is TLS 1.1).
+pub fn version_name(version: u16) -> String {
+    match version {
+        0x0300 => "SSL 3.0".into(),
+        0x0301 => "TLS 1.0".into(),
+        0x0302 => "TLS 1.1".into(),
+        0x0303 => "TLS 1.2".into(),
+        0x0304 => "TLS 1.3".into(),
+        other => format!("version 0x{other:04x}"),
+    }
+}
+
+fn incompatibility(what: &PeerIncompatible) -> String {
+    match what {
+        PeerIncompatible::NoCipherSuitesInCommon => "no cipher suite in common".into(),
+        PeerIncompatible::NoKxGroupsInCommon => "no key-exchange group in common".into(),
+        PeerIncompatible::NoSignatureSchemesInCommon => "no signature scheme in common".into(),
+        PeerIncompatible::SignatureAlgorithmsExtensionRequired => {
+            "the client sent no signature_algorithms extension (TLS 1.3 requires one)".into()
+        }
+        other => format!("{other:?}"),
     }
 }
 

@@ -1,0 +1,28 @@
+//! The network side: listening, accepting, the server's connection pipeline, the client, and
+//! the relay between two streams.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`bind`] | listening sockets for every address a name resolves to |
+//! | [`accept`] | the reusable accept loop: connection limit, backoff, task tracking |
+//! | [`sniff`] | the first bytes of a connection (sans-I/O) |
+//! | [`server`] | sniff, handshake, policy, route, metered service, drain |
+//! | [`metered`] | byte counting and last activity around a stream |
+//! | [`stats`] | a server's counters |
+//! | [`client`] | connect, verify, report |
+//! | [`relay`] | copy both ways with half-close and an idle deadline |
+
+pub mod accept;
+pub mod bind;
+pub mod client;
+pub mod metered;
+pub mod relay;
+pub mod server;
+pub mod sniff;
+pub mod stats;
+
+pub use bind::bind;
+pub use client::{ClientStream, Connector};
+pub use relay::{relay, RelayOptions, Until};
+pub use server::{Server, ServerOptions, ServerStream};
+pub use stats::ServerStats;

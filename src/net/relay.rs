@@ -1,0 +1,235 @@
+//! Copies bytes both ways between two streams, with half-close and an idle deadline: what
+//! `tlsnet connect` does between the terminal and the server, and what a tunnel does
+//! between a client and its backend.
+//!
+//! When one side's read ends, the other side's write is shut down (for TLS: close_notify)
+//! and the other direction goes on, so request/response protocols that half-close work.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Which way bytes were going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From `a` to `b`.
+    AToB,
+    /// From `b` to `a`.
+    BToA,
+}
+
+/// When a relay is over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Until {
+    /// Both directions have ended (each side closed its write half).
+    #[default]
+    BothClosed,
+    /// `a` has closed: what `connect` wants (the server is gone; stdin may never end).
+    AClosed,
+}
+
+/// How a relay ends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RelayOptions {
+    /// Give up after this long without a byte in either direction.
+    pub idle_timeout: Option<Duration>,
+    /// When the relay is over.
+    pub until: Until,
+}
+
+/// Bytes moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From `a` to `b`.
+    pub a_to_b: u64,
+    /// From `b` to `a`.
+    pub b_to_a: u64,
+}
+
+/// Why a relay stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading or writing failed.
+    #[error("relay {direction:?}: {action} failed")]
+    Io {
+        /// Which way.
+        direction: Direction,
+        /// "read" or "write".
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+        /// What had moved until then.
+        transferred: Transferred,
+    },
+    /// Nothing moved for the idle timeout.
+    #[error("no traffic for {}", crate::duration::format(*.0))]
+    Idle(Duration),
+}
+
+/// Relays between `a` and `b` (see the module documentation).
+pub async fn relay<A, B>(a: A, b: B, options: RelayOptions) -> Result<Transferred, RelayError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
+    let a_to_b = AtomicU64::new(0);
+    let b_to_a = AtomicU64::new(0);
+    let moved = || Transferred {
+        a_to_b: a_to_b.load(Ordering::Relaxed),
+        b_to_a: b_to_a.load(Ordering::Relaxed),
+    };
+    let forward = copy(&mut a_read, &mut b_write, &a_to_b, &last, started);
+    let backward = copy(&mut b_read, &mut a_write, &b_to_a, &last, started);
+    let wrap = |direction: Direction| {
+        move |(action, source): (&'static str, io::Error)| (direction, action, source)
+    };
+    let both = async {
+        match options.until {
+            Until::BothClosed => {
+                let (f, b) = tokio::join!(forward, backward);
+                f.map_err(wrap(Direction::AToB))?;
+                b.map_err(wrap(Direction::BToA))?;
+            }
+            Until::AClosed => {
+                tokio::pin!(forward);
+                tokio::select! {
+                    f = &mut forward => f.map_err(wrap(Direction::AToB))?,
+                    b = backward => match b {
+                        // `b` is done (stdin ended); wait for `a` to close too.
+                        Ok(()) => forward.await.map_err(wrap(Direction::AToB))?,
+                        // A failed write to `a` often has its reason (a TLS alert) waiting on
+                        // the read side: prefer that one.
+                        Err(b) => match tokio::time::timeout(Duration::from_secs(1), &mut forward).await {
+                            Ok(Err(f)) => return Err(wrap(Direction::AToB)(f)),
+                            _ => return Err(wrap(Direction::BToA)(b)),
+                        },
+                    },
+                }
+            }
+        }
+        Ok::<(), (Direction, &'static str, io::Error)>(())
+    };
+    let result = match options.idle_timeout {
+        None => both.await.map_err(Some),
+        Some(limit) => {
+            tokio::pin!(both);
+            let timer = tokio::time::sleep(limit);
+            tokio::pin!(timer);
+            loop {
+                tokio::select! {
+                    r = &mut both => break r.map_err(Some),
+                    _ = &mut timer => {
+                        let deadline = started
+                            + Duration::from_millis(last.load(Ordering::Relaxed))
+                            + limit;
+                        if deadline <= Instant::now() {
+                            break Err(None);
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(moved()),
+        Err(Some((direction, action, source))) => Err(RelayError::Io {
+            direction,
+            action,
+            source,
+            transferred: moved(),
+        }),
+        Err(None) => Err(RelayError::Idle(options.idle_timeout.unwrap_or_default())),
+    }
+}
+
+/// Copies until `from` ends, then shuts `to` down.
+async fn copy<R, W>(
+    from: &mut R,
+    to: &mut W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    started: Instant,
+) -> Result<(), (&'static str, io::Error)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Allocated when the first byte arrives, not before: idle relays hold no buffers.
+    let mut buf = Vec::new();
+    loop {
+        if buf.is_empty() {
+            let mut first = [0u8; 1];
+            match from.read(&mut first).await.map_err(|e| ("read", e))? {
+                0 => break,
+                _ => {
+                    buf = vec![0u8; 16 * 1024];
+                    to.write_all(&first).await.map_err(|e| ("write", e))?;
+                    to.flush().await.map_err(|e| ("write", e))?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                    last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let n = from.read(&mut buf).await.map_err(|e| ("read", e))?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n]).await.map_err(|e| ("write", e))?;
+        to.flush().await.map_err(|e| ("write", e))?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    to.shutdown().await.map_err(|e| ("write", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn half_close_lets_the_other_direction_finish() {
+        let (a, mut a_peer) = tokio::io::duplex(1024);
+        let (b, mut b_peer) = tokio::io::duplex(1024);
+        let relaying = tokio::spawn(relay(a, b, RelayOptions::default()));
+        a_peer.write_all(b"request").await.unwrap();
+        a_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        b_peer.write_all(b"response").await.unwrap();
+        b_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        a_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        let moved = relaying.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Transferred {
+                a_to_b: 7,
+                b_to_a: 8
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_relay_gives_up() {
+        let (a, _a_peer) = tokio::io::duplex(64);
+        let (b, _b_peer) = tokio::io::duplex(64);
+        let options = RelayOptions {
+            idle_timeout: Some(Duration::from_millis(100)),
+            until: Until::BothClosed,
+        };
+        let err = relay(a, b, options).await.unwrap_err();
+        assert!(matches!(err, RelayError::Idle(_)), "{err}");
+    }
+}

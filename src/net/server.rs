@@ -1,0 +1,363 @@
+//! The TLS server: for every accepted connection, the pipeline
+//!
+//! 1. sniff the first bytes (plaintext HTTP and other protocols are named, not guessed);
+//! 2. the handshake under a deadline, with the access policy inside the client verifier;
+//! 3. the report and the peer's identity, one log line;
+//! 4. the service the client chose by ALPN (see [`Router`]);
+//! 5. the service runs on a metered stream: the server counts the bytes and enforces the
+//!    idle deadline, and passes on the two-phase shutdown signal;
+//! 6. one log line when it ends, with how.
+//!
+//! ```no_run
+//! # async fn demo(tls: std::sync::Arc<rustls::ServerConfig>) -> tlsnet::Result<()> {
+//! use tlsnet::net::{bind, Server};
+//! let listeners = bind("127.0.0.1:8443").await?;
+//! Server::new(tls, tlsnet::service::Echo)
+//!     .run(listeners, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::accept::{accept_loop, Gate};
+use super::metered::{Meter, Metered};
+use super::sniff::{classify_first_bytes, client_hello_version, SNIFF_LEN};
+use super::stats::ServerStats;
+use crate::error::{Error, Result};
+use crate::service::{BoxStream, Context, End, Router, Service, Shutdown};
+use crate::tls::{FailureCause, HandshakeReport, Side, TlsHandle};
+
+/// The server end of an established TLS connection, before it is handed to a service.
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Limits and deadlines.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Connections served at once; more are refused at accept.
+    pub max_connections: usize,
+    /// A client must finish the handshake within this time.
+    pub handshake_timeout: Duration,
+    /// Close a connection after this long without a byte in either direction (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// On shutdown, how long open connections may take to finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A TLS server running the services of a [`Router`].
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tls: TlsHandle,
+    router: Router,
+    options: ServerOptions,
+    stats: Arc<ServerStats>,
+    shutdown: Shutdown,
+}
+
+impl Server {
+    /// A server with default [`ServerOptions`].
+    pub fn new(tls: Arc<ServerConfig>, router: impl Into<Router>) -> Self {
+        Self::with_options(TlsHandle::new(tls), router, ServerOptions::default())
+    }
+
+    /// A server whose configuration comes from `tls` (which a reloader may replace). The
+    /// ALPN ids of the router's services are offered from now on.
+    pub fn with_options(
+        tls: impl Into<TlsHandle>,
+        router: impl Into<Router>,
+        options: ServerOptions,
+    ) -> Self {
+        let tls = tls.into();
+        let router = router.into();
+        tls.offer_alpn(router.protocols());
+        Server {
+            shared: Arc::new(Shared {
+                tls,
+                router,
+                options,
+                stats: Arc::default(),
+                shutdown: Shutdown::new(),
+            }),
+        }
+    }
+
+    /// The handle through which the TLS configuration can be replaced while the server runs.
+    pub fn tls_handle(&self) -> TlsHandle {
+        self.shared.tls.clone()
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Serves on already bound listeners until `shutdown` completes. Then it stops accepting
+    /// and tells every connection to drain; it returns as soon as the last one has ended, or
+    /// after `shutdown_timeout`, when the rest are forced to close (with close_notify).
+    pub async fn run(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        if listeners.is_empty() {
+            return Err(Error::InvalidInput("no address to listen on".into()));
+        }
+        let shared = self.shared;
+        let gate = Gate::new(shared.options.max_connections, shared.stats.clone());
+        let stop_accepting = CancellationToken::new();
+        let mut accept_loops = Vec::new();
+        for listener in listeners {
+            let shared = shared.clone();
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener,
+                gate.clone(),
+                stop_accepting.clone(),
+                move |tcp, peer, slot| connection(tcp, peer, shared.clone(), slot),
+            )));
+        }
+        shutdown.await;
+        stop_accepting.cancel();
+        for task in accept_loops {
+            let _ = task.await;
+        }
+        let connections = gate.tasks();
+        connections.close();
+        shared.shutdown.start_draining();
+        let open = connections.len();
+        let grace = shared.options.shutdown_timeout;
+        if open > 0 {
+            info!(open, grace = %crate::duration::format(grace), "stopped accepting; draining open connections");
+        }
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = connections.len(),
+                "shutdown grace period over; closing the remaining connections"
+            );
+            shared.shutdown.force();
+            let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
+        }
+        info!("server stopped");
+        Ok(())
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    // The handshake's state lives in this block only, so that it takes no room in this task
+    // while the service runs (the service future holds the stream).
+    let (service, ctx, meter, serving) = {
+        let deadline = shared.options.handshake_timeout;
+        let acceptor = TlsAcceptor::from(shared.tls.current());
+        // Boxed: an unfinished handshake holds a whole rustls connection (about 1.2 KB) and its
+        // futures; inline, that space would stay in this task for the connection's lifetime.
+        let handshake = tokio::time::timeout(deadline, Box::pin(handshake(tcp, &acceptor))).await;
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(cause)) => return failed(&shared, cause, started),
+            Err(_) => return failed(&shared, FailureCause::Timeout(deadline), started),
+        };
+        ServerStats::count(&shared.stats.handshakes);
+        crate::telemetry::handshake_time(started.elapsed());
+        let (_, conn) = stream.get_ref();
+        let report = Arc::new(HandshakeReport::from_state(
+            conn,
+            conn.server_name(),
+            started.elapsed(),
+        ));
+        log_handshake(&report);
+        let Some(service) = shared.router.pick(conn.alpn_protocol()).cloned() else {
+            // Only when there is no default service and the client chose none.
+            warn!("no service for a client without ALPN; closing");
+            let mut stream = stream;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::io::AsyncWriteExt::shutdown(&mut stream),
+            )
+            .await;
+            return;
+        };
+        let meter = Meter::new(shared.stats.clone());
+        let stream: BoxStream = Box::new(Metered::new(stream, meter.clone()));
+        let ctx = Context::new(peer, report, shared.shutdown.for_connection());
+        (service, ctx, meter, stream)
+    };
+    shared.stats.open.fetch_add(1, Ordering::Relaxed);
+    let end = serve(
+        &*service,
+        serving,
+        &ctx,
+        &meter,
+        shared.options.idle_timeout,
+    )
+    .await;
+    shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+    info!(
+        service = service.name(),
+        bytes_in = meter.bytes_in(),
+        bytes_out = meter.bytes_out(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = %end,
+        "connection closed"
+    );
+}
+
+/// Runs the service; when nothing has moved for `idle`, forces this connection to close
+/// (the service sends close_notify), and drops it if it does not end within a second.
+async fn serve(
+    service: &dyn Service,
+    stream: BoxStream,
+    ctx: &Context,
+    meter: &Meter,
+    idle: Option<Duration>,
+) -> End {
+    let mut serving = service.serve(stream, ctx);
+    let Some(limit) = idle else {
+        return serving.await;
+    };
+    let timer = tokio::time::sleep(limit);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            end = &mut serving => return end,
+            _ = &mut timer => {
+                let deadline = meter.last_active() + limit;
+                if deadline > tokio::time::Instant::now() {
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
+                ctx.shutdown.force();
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut serving).await;
+                return End::IdleTimeout;
+            }
+        }
+    }
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> std::result::Result<ServerStream, FailureCause> {
+    let hello_version = sniff(&tcp).await?;
+    acceptor.accept(tcp).await.map_err(|e| {
+        let cause = FailureCause::classify(&e, Side::Server);
+        match (cause, hello_version) {
+            // rustls checks other extensions before the version; a hello that says TLS 1.1 or
+            // older is a version problem whatever else it lacks.
+            (FailureCause::NothingInCommon(_) | FailureCause::ProtocolVersion { .. }, Some(v))
+                if v < 0x0303 =>
+            {
+                FailureCause::ProtocolVersion {
+                    side: Side::Server,
+                    client_max: Some(v),
+                }
+            }
+            (cause, _) => cause,
+        }
+    })
+}
+
+/// Looks at the first bytes without consuming them, to name the common mistakes (plaintext
+/// HTTP, a non-TLS protocol) instead of reporting a generic decode error. Returns the
+/// ClientHello's version when the bytes show it.
+async fn sniff(tcp: &TcpStream) -> std::result::Result<Option<u16>, FailureCause> {
+    let mut first = [0u8; SNIFF_LEN];
+    let n = tcp
+        .peek(&mut first)
+        .await
+        .map_err(|e| FailureCause::classify(&e, Side::Server))?;
+    match classify_first_bytes(&first[..n]) {
+        None => Ok(client_hello_version(&first[..n])),
+        Some(FailureCause::PlaintextHttp) => {
+            // Tell a browser or curl what went wrong; best effort, never blocks.
+            let _ = tcp.try_write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nThis port speaks TLS: use https://\r\n",
+            );
+            Err(FailureCause::PlaintextHttp)
+        }
+        Some(cause) => Err(cause),
+    }
+}
+
+fn failed(shared: &Shared, cause: FailureCause, started: Instant) {
+    shared.stats.record_failure(&cause);
+    warn!(
+        cause = %cause,
+        reason = cause.label(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "handshake failed"
+    );
+}
+
+fn log_handshake(report: &HandshakeReport) {
+    let peer = report.peer.as_ref();
+    info!(
+        sni = report.sni.as_deref().unwrap_or("-"),
+        version = %report.protocol,
+        suite = %report.cipher_suite,
+        group = %report.key_exchange,
+        post_quantum = report.post_quantum,
+        alpn = report.alpn.as_deref().unwrap_or("-"),
+        resumed = report.resumed,
+        client_cn = peer.and_then(|p| p.common_name.as_deref()).unwrap_or("-"),
+        client_sans = %peer
+            .map(|p| p.alt_names())
+            .filter(|names| !names.is_empty())
+            .map(|names| names.join(","))
+            .unwrap_or_else(|| "-".into()),
+        client_sha256 = %peer.map(|p| p.sha256_hex()).unwrap_or_else(|| "-".into()),
+        handshake_ms = format_args!("{:.2}", report.handshake_ms),
+        "handshake ok"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection task must not keep room for the handshake or the stream (the service
+    /// future has the stream): that would cost every idle connection over a kilobyte.
+    #[test]
+    fn connection_task_is_small() {
+        fn size<A, B, C, D, F>(_: &impl Fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task = size(&|t, p, s, slot| connection(t, p, s, slot));
+        assert!(
+            task < std::mem::size_of::<ServerStream>(),
+            "connection future: {task} bytes"
+        );
+    }
+}
