@@ -21,10 +21,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 mod binary;
+mod chains;
 mod process;
-// Not every test crate spawns processes.
+// Not every test crate spawns processes or needs certificate chains.
 #[allow(unused_imports)]
 pub use binary::*;
+#[allow(unused_imports)]
+pub use chains::*;
 #[allow(unused_imports)]
 pub use process::*;
 
