@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,17 +160,7 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
     // Server side: a client that sends FIN without close_notify is logged as truncation.
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(
-        pki.dir.path(),
-        &[
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    );
+    let server = ServeProcess::start_pki(&pki, &["--client-ca", &p("ca.pem")]);
     let addr = server.addr();
     let (mut stream, _) = connect(&addr, &pki.client_tls()).await.unwrap();
     assert_eq!(echo_round_trip(&mut stream, b"cut").await.unwrap(), b"cut");
@@ -219,17 +208,7 @@ async fn truncation_is_reported_not_taken_for_a_clean_end() {
 async fn client_that_never_reads_keeps_server_buffers_bounded() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(
-        pki.dir.path(),
-        &[
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    );
+    let server = ServeProcess::start_pki(&pki, &["--client-ca", &p("ca.pem")]);
     let addr = server.addr();
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -506,27 +485,22 @@ async fn zero_rtt_is_off() {
 fn file_descriptor_exhaustion_is_survived() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let port = free_port();
-    let log = pki.path("serve.log");
     // 64 descriptors: a few for the runtime, the listener and the files, the rest for clients.
-    let script = format!(
-        "ulimit -n 64 && exec {} serve --listen 127.0.0.1:{port} --cert {} --key {} --client-ca {} --handshake-timeout 30s",
-        tlsnet_bin().display(),
-        p("server.pem"),
-        p("server-key.pem"),
-        p("ca.pem")
+    let mut server = ServeProcess::start_with_fd_limit(
+        pki.dir.path(),
+        64,
+        &[
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server-key.pem"),
+            "--client-ca",
+            &p("ca.pem"),
+            "--handshake-timeout",
+            "30s",
+        ],
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let addr = server.addr();
     // Hold far more connections than the server has descriptors for.
     let mut hogs = Vec::new();
     for _ in 0..120 {
@@ -536,7 +510,7 @@ fn file_descriptor_exhaustion_is_survived() {
     }
     let started = Instant::now();
     loop {
-        let text = std::fs::read_to_string(&log).unwrap();
+        let text = server.log_text();
         if text.contains("out of resources") {
             break;
         }
@@ -564,11 +538,10 @@ fn file_descriptor_exhaustion_is_survived() {
         false
     });
     assert!(
-        child.try_wait().unwrap().is_none(),
+        server.exited().is_none(),
         "the server must still be running"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     assert!(
         served,
         "the server must serve again once descriptors are free"

@@ -5,15 +5,10 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
 use tlsnet::pki::Purpose;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn pki_files(dir: &Path) -> Vec<&'static str> {
     [
@@ -62,9 +57,9 @@ fn first_run_creates_a_dev_pki_and_connect_uses_it() {
         &[&format!("localhost:{}", server.port), "--pki-dir", pki],
         b"hello tlsnet\n",
     );
-    let err = stderr(&out);
+    let err = &out.stderr;
     assert!(out.status.success(), "connect failed: {err}");
-    assert_eq!(out.stdout, b"hello tlsnet\n");
+    assert_eq!(out.stdout, "hello tlsnet\n");
     assert!(err.contains("protocol:      TLSv1.3"), "{err}");
     assert!(
         err.contains("X25519MLKEM768 (post-quantum hybrid)"),
@@ -88,19 +83,8 @@ fn first_run_creates_a_dev_pki_and_connect_uses_it() {
 fn own_certificates_and_json_report() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(
-        pki.dir.path(),
-        &[
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-            "--log-format",
-            "json",
-        ],
-    );
+    let server =
+        ServeProcess::start_pki(&pki, &["--client-ca", &p("ca.pem"), "--log-format", "json"]);
     let out = connect_cmd(
         &[
             &server.addr(),
@@ -114,10 +98,10 @@ fn own_certificates_and_json_report() {
         ],
         b"json please",
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(out.stdout, b"json please");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "json please");
     let report: serde_json::Value =
-        serde_json::from_slice(&out.stderr).expect("stderr is the JSON report");
+        serde_json::from_str(&out.stderr).expect("stderr is the JSON report");
     assert_eq!(report["protocol"], "TLSv1.3");
     assert_eq!(report["post_quantum"], true);
     assert_eq!(report["peer_chain"][0]["common_name"], "localhost");
@@ -135,21 +119,11 @@ fn server_logs_the_cause_of_each_rejected_client() {
     let pki = TestPki::new();
     pki.issue("old", &TestPki::expired_spec(Purpose::Client, "old"));
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(
-        pki.dir.path(),
-        &[
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    );
+    let server = ServeProcess::start_pki(&pki, &["--client-ca", &p("ca.pem")]);
     // No client certificate.
     let out = connect_cmd(&[&server.addr(), "--ca", &p("ca.pem"), "-q"], b"x");
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = &out.stderr;
     assert!(
         err.contains("server requires a client certificate and we sent none"),
         "{err}"
@@ -171,7 +145,7 @@ fn server_logs_the_cause_of_each_rejected_client() {
         ],
         b"x",
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     server.wait_for_log("client certificate expired on 20");
 
     // Plaintext HTTP on the TLS port.
@@ -184,14 +158,11 @@ fn server_logs_the_cause_of_each_rejected_client() {
 fn verification_failures_exit_1_with_a_one_line_cause() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(
-        pki.dir.path(),
-        &["--cert", &p("server.pem"), "--key", &p("server-key.pem")],
-    );
+    let server = ServeProcess::start_pki(&pki, &[]);
     let out = connect_cmd(&[&server.addr(), "--ca", &p("other-ca.pem")], b"");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stderr(&out).trim(),
+        out.stderr.trim(),
         format!(
             "tlsnet: TLS handshake with {} failed: server certificate issued by an unknown CA (for a private CA use --ca FILE)",
             server.addr()
@@ -209,9 +180,9 @@ fn verification_failures_exit_1_with_a_one_line_cause() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("not valid for 'db.internal'"),
+        out.stderr.contains("not valid for 'db.internal'"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 
     // Nothing listens: a connection failure, exit 1.
@@ -221,9 +192,9 @@ fn verification_failures_exit_1_with_a_one_line_cause() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("connect to 127.0.0.1:"),
+        out.stderr.contains("connect to 127.0.0.1:"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 }
 
@@ -231,39 +202,32 @@ fn verification_failures_exit_1_with_a_one_line_cause() {
 fn pin_and_insecure_modes() {
     let pki = TestPki::new();
     let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-    let server = ServeProcess::start(
-        pki.dir.path(),
-        &["--cert", &p("server.pem"), "--key", &p("server-key.pem")],
-    );
+    let server = ServeProcess::start_pki(&pki, &[]);
     // Learn the pin from a verified connection's JSON report, then connect with only the pin.
     let out = connect_cmd(&[&server.addr(), "--ca", &p("ca.pem"), "--json"], b"");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stderr).unwrap();
     let pin = report["peer_chain"][0]["spki_pin"]
         .as_str()
         .unwrap()
         .to_owned();
     let out = connect_cmd(&[&server.addr(), "--pin", &pin, "-q"], b"pinned");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(out.stdout, b"pinned");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "pinned");
 
     let other = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     let out = connect_cmd(&[&server.addr(), "--pin", other, "-q"], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("does not match the pin"),
+        out.stderr.contains("does not match the pin"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 
     let out = connect_cmd(&[&server.addr(), "--insecure", "-q"], b"unverified");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("WARNING: --insecure"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(out.stdout, b"unverified");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("WARNING: --insecure"), "{}", out.stderr);
+    assert_eq!(out.stdout, "unverified");
 }
 
 #[test]
@@ -277,34 +241,29 @@ fn usage_errors_exit_2() {
     ];
     for args in cases {
         let out = connect_cmd(args, b"");
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(!stderr(&out).is_empty());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.is_empty());
     }
-    let out = Command::new(tlsnet_bin())
-        .args([
-            "serve",
-            "--client-auth",
-            "required",
-            "--cert",
-            "a.pem",
-            "--key",
-            "b.pem",
-        ])
-        .output()
-        .unwrap();
+    let out = tlsnet(&[
+        "serve",
+        "--client-auth",
+        "required",
+        "--cert",
+        "a.pem",
+        "--key",
+        "b.pem",
+    ]);
     assert_ne!(out.status.code(), Some(0));
-    let out = Command::new(tlsnet_bin())
-        .args(["serve", "--handshake-timeout", "soon"])
-        .output()
-        .unwrap();
+    let out = tlsnet(&["serve", "--handshake-timeout", "soon"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
+    assert!(out.stderr.contains("not a duration"), "{}", out.stderr);
 }
 
 #[test]
 fn missing_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(tlsnet_bin())
+    let mut command = tlsnet_cmd();
+    command
         .args([
             "serve",
             "--cert",
@@ -312,32 +271,28 @@ fn missing_files_are_named() {
             "--key",
             "/nonexistent/key.pem",
         ])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+        .current_dir(tmp.path());
+    let out = run(command, None, RUN_LIMIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("cannot read /nonexistent/server.pem"),
+        out.stderr.contains("cannot read /nonexistent/server.pem"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
     let not_pem = tmp.path().join("junk.pem");
     std::fs::write(&not_pem, "hello").unwrap();
-    let out = Command::new(tlsnet_bin())
-        .args([
-            "serve",
-            "--cert",
-            not_pem.to_str().unwrap(),
-            "--key",
-            not_pem.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = tlsnet(&[
+        "serve",
+        "--cert",
+        not_pem.to_str().unwrap(),
+        "--key",
+        not_pem.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("no CERTIFICATE found"),
+        out.stderr.contains("no CERTIFICATE found"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 }
 
@@ -345,18 +300,7 @@ fn missing_files_are_named() {
 fn sigterm_and_sigint_stop_the_server_with_exit_0() {
     for signal in ["TERM", "INT"] {
         let pki = TestPki::new();
-        let p = |n: &str| pki.path(n).to_str().unwrap().to_owned();
-        let mut server = ServeProcess::start(
-            pki.dir.path(),
-            &[
-                "--cert",
-                &p("server.pem"),
-                "--key",
-                &p("server-key.pem"),
-                "--shutdown-timeout",
-                "2s",
-            ],
-        );
+        let mut server = ServeProcess::start_pki(&pki, &["--shutdown-timeout", "2s"]);
         // An open, idle client connection must not hold the exit beyond the grace period.
         let _idle = std::net::TcpStream::connect(server.addr()).unwrap();
         server.signal(signal);

@@ -7,36 +7,17 @@
 //! left and the expired flag, SHA-256 fingerprint, key type and size (and the curve), the
 //! signature algorithm, basic constraints, key usage, subject and authority key identifiers.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
 use serde_json::Value;
 
 const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The bundle has ~150 certificates; more than this and the test stops growing with it.
 const MAX_CERTS: usize = 200;
-
-fn tlsnet_json(path: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tlsnet"))
-        .args(["inspect", path, "--json"])
-        .output()
-        .expect("run tlsnet");
-    assert!(
-        out.status.success(),
-        "tlsnet inspect {path} --json failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("tlsnet printed invalid JSON")
-}
-
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
 
 /// The PEM blocks of the bundle, in order.
 fn pem_blocks(text: &str) -> Vec<String> {
@@ -78,39 +59,24 @@ struct OpenSsl {
 }
 
 fn openssl(pem: &str) -> OpenSsl {
-    let mut child = Command::new("openssl")
-        .args([
-            "x509",
-            "-noout",
-            "-nameopt",
-            "RFC2253,-esc_msb",
-            "-subject",
-            "-issuer",
-            "-serial",
-            "-startdate",
-            "-enddate",
-            "-fingerprint",
-            "-sha256",
-            "-text",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(pem.as_bytes())
-        .expect("write to openssl");
-    let out = child.wait_with_output().expect("openssl output");
-    assert!(
-        out.status.success(),
-        "openssl x509 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_openssl(&String::from_utf8_lossy(&out.stdout))
+    let mut command = Command::new("openssl");
+    command.args([
+        "x509",
+        "-noout",
+        "-nameopt",
+        "RFC2253,-esc_msb",
+        "-subject",
+        "-issuer",
+        "-serial",
+        "-startdate",
+        "-enddate",
+        "-fingerprint",
+        "-sha256",
+        "-text",
+    ]);
+    let out = run(command, Some(pem.as_bytes()), RUN_LIMIT);
+    assert!(out.status.success(), "openssl x509 failed: {}", out.stderr);
+    parse_openssl(&out.stdout)
 }
 
 fn parse_openssl(text: &str) -> OpenSsl {
@@ -426,7 +392,7 @@ fn inspect_agrees_with_openssl_on_the_system_ca_bundle() {
          This test needs a real-world certificate bundle and installs nothing itself."
     );
     assert!(
-        have_openssl(),
+        have("openssl"),
         "`openssl` is not installed: install the openssl package (scripts/test does)"
     );
     let text = std::fs::read_to_string(BUNDLE).expect("read the bundle");
@@ -436,7 +402,7 @@ fn inspect_agrees_with_openssl_on_the_system_ca_bundle() {
         "{BUNDLE} holds only {} certificates",
         blocks.len()
     );
-    let json = tlsnet_json(BUNDLE);
+    let json = tlsnet(&["inspect", BUNDLE, "--json"]).ok().json();
     let certs = json["certificates"].as_array().expect("certificates array");
     assert_eq!(
         certs.len(),

@@ -3,26 +3,9 @@
 //! Certificates are made at test time; every process is killed when its test ends.
 
 mod common;
-#[path = "peers/process.rs"]
-mod process;
-
-use std::ffi::{OsStr, OsString};
 
 use common::*;
-use process::*;
 use tokio::process::Command;
-
-/// `tlsnet serve` with this PKI's server certificate and `extra` flags.
-async fn serve(pki: &TestPki, extra: &[&OsStr]) -> (Proc, String) {
-    let mut args: Vec<OsString> = vec![
-        "--cert".into(),
-        pki.path("server.pem").into(),
-        "--key".into(),
-        pki.path("server-key.pem").into(),
-    ];
-    args.extend(extra.iter().map(|a| a.to_os_string()));
-    start_tlsnet_serve(args).await
-}
 
 /// `openssl s_client` verifying the server against the test CA and the name `localhost`,
 /// optionally with the test client certificate.
@@ -96,7 +79,7 @@ async fn s_client_with_certificate_gets_its_line_echoed() {
     require("openssl");
     bounded(async {
         let pki = TestPki::new();
-        let (mut server, addr) = serve(
+        let (mut server, addr) = serve_pki(
             &pki,
             &["--client-ca".as_ref(), pki.path("ca.pem").as_os_str()],
         )
@@ -118,7 +101,7 @@ async fn s_client_without_certificate_is_refused() {
     require("openssl");
     bounded(async {
         let pki = TestPki::new();
-        let (mut server, addr) = serve(
+        let (mut server, addr) = serve_pki(
             &pki,
             &["--client-ca".as_ref(), pki.path("ca.pem").as_os_str()],
         )
@@ -156,7 +139,8 @@ async fn s_client_without_certificate_works_when_the_server_does_not_ask_for_one
     require("openssl");
     bounded(async {
         let pki = TestPki::new();
-        let (mut server, addr) = serve(&pki, &["--client-auth".as_ref(), "none".as_ref()]).await;
+        let (mut server, addr) =
+            serve_pki(&pki, &["--client-auth".as_ref(), "none".as_ref()]).await;
         let mut client = s_client(&pki, &addr, false);
         echo_through_s_client(&mut client).await;
         // Without client certificates the server issues TLS 1.3 session tickets, and s_client
@@ -195,24 +179,6 @@ async fn start_s_server(pki: &TestPki) -> (Proc, u16) {
         command
     })
     .await
-}
-
-fn tlsnet_connect(pki: &TestPki, port: u16, with_cert: bool) -> Proc {
-    let mut command = tlsnet_command();
-    command
-        .arg("connect")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--servername", "localhost", "--timeout", "10s"])
-        .arg("--ca")
-        .arg(pki.path("ca.pem"));
-    if with_cert {
-        command
-            .arg("--cert")
-            .arg(pki.path("client.pem"))
-            .arg("--key")
-            .arg(pki.path("client-key.pem"));
-    }
-    Proc::spawn("tlsnet connect", command)
 }
 
 #[tokio::test]

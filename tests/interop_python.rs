@@ -3,13 +3,10 @@
 //! tests/peers/tls_server.py) and the real `tlsnet` binary. Certificates are made at test time.
 
 mod common;
-#[path = "peers/process.rs"]
-mod process;
 
 use std::process::ExitStatus;
 
 use common::*;
-use process::*;
 use tokio::process::Command;
 
 fn python(script: &str) -> Command {
@@ -22,14 +19,10 @@ fn python(script: &str) -> Command {
 
 /// `tlsnet serve` with this PKI's server certificate, requiring client certificates.
 async fn serve_requiring_client_certs(pki: &TestPki) -> (Proc, String) {
-    start_tlsnet_serve([
-        "--cert".as_ref(),
-        pki.path("server.pem").as_os_str(),
-        "--key".as_ref(),
-        pki.path("server-key.pem").as_os_str(),
-        "--client-ca".as_ref(),
-        pki.path("ca.pem").as_os_str(),
-    ])
+    serve_pki(
+        pki,
+        &["--client-ca".as_ref(), pki.path("ca.pem").as_os_str()],
+    )
     .await
 }
 
@@ -181,18 +174,7 @@ async fn tlsnet_connect_with_certificate_talks_to_a_python_server() {
         let pki = TestPki::new();
         let (mut server, port) = start_python_server(&pki).await;
 
-        let mut command = tlsnet_command();
-        command
-            .arg("connect")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--servername", "localhost", "--timeout", "10s"])
-            .arg("--ca")
-            .arg(pki.path("ca.pem"))
-            .arg("--cert")
-            .arg(pki.path("client.pem"))
-            .arg("--key")
-            .arg(pki.path("client-key.pem"));
-        let mut client = Proc::spawn("tlsnet connect", command);
+        let mut client = tlsnet_connect(&pki, port, true);
         let data = "line one from tlsnet\nline two from tlsnet\n";
         client.write_stdin(data.as_bytes()).await;
         client.wait_for_stdout(data).await;
@@ -248,14 +230,7 @@ async fn tlsnet_connect_without_certificate_is_refused_by_a_python_server() {
         let pki = TestPki::new();
         let (mut server, port) = start_python_server(&pki).await;
 
-        let mut command = tlsnet_command();
-        command
-            .arg("connect")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--servername", "localhost", "--timeout", "10s"])
-            .arg("--ca")
-            .arg(pki.path("ca.pem"));
-        let mut client = Proc::spawn("tlsnet connect", command);
+        let mut client = tlsnet_connect(&pki, port, false);
         client.write_stdin(b"anyone there?\n").await;
         let status = client.wait_exit(STEP).await;
         println!("{}", client.describe());

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,15 +223,6 @@ fn certificate_outside_the_intermediates_name_constraints_fails_openssl_verify()
     }
 }
 
-fn tlsnet(args: &[&str]) -> std::process::Output {
-    Command::new(tlsnet_bin())
-        .args(args)
-        .env_remove("TLSNET_PKI_DIR")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -289,12 +280,8 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
         connect_cmd(&args, input)
     };
     let out = alice(b"before");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"before");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "before");
 
     assert!(tlsnet(&[
         "pki",
@@ -312,7 +299,7 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
     loop {
         let out = alice(b"after");
         if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
+            let err = &out.stderr;
             assert!(
                 err.contains("certificate_revoked") || err.contains("revoked"),
                 "{err}"
@@ -346,12 +333,8 @@ fn revoked_client_is_refused_by_a_running_server_after_the_crl_changes() {
         ],
         b"bob",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"bob");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "bob");
 
     // A broken CRL is refused; the old one stays in force.
     std::fs::write(p("crl.pem"), "not a CRL").unwrap();
@@ -392,11 +375,7 @@ fn revoked_server_is_refused_by_connect() {
         &[&addr, "--ca", &p("ca.pem"), "--crl", &p("crl.pem"), "-q"],
         b"ok",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", out.stderr);
     assert!(tlsnet(&["pki", "revoke", "localhost", "--dir", d])
         .status
         .success());
@@ -405,7 +384,7 @@ fn revoked_server_is_refused_by_connect() {
         b"no",
     );
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = &out.stderr;
     assert!(err.contains("server certificate has been revoked"), "{err}");
 }
 
@@ -419,7 +398,7 @@ fn pki_list_and_renew_from_the_command_line() {
         .success());
     let out = tlsnet(&["pki", "init", "--dir", d]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a CA"));
+    assert!(out.stderr.contains("already holds a CA"));
     assert!(
         tlsnet(&["pki", "issue", "client", "carol", "--days", "30", "--dir", d])
             .status
@@ -429,7 +408,7 @@ fn pki_list_and_renew_from_the_command_line() {
         .status
         .success());
     let out = tlsnet(&["pki", "list", "--json", "--dir", d]);
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let states: Vec<&str> = listed
         .as_array()
         .unwrap()
@@ -465,11 +444,7 @@ fn pkcs12_export_opens_with_openssl_and_the_password_only() {
         "--p12-password-file",
         password_file.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", out.stderr);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -521,12 +496,7 @@ fn pkcs12_export_opens_with_openssl_and_the_password_only() {
         "--p12-password-file",
         password_file.to_str().unwrap(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(
         !Path::new(d).join("frank.pem").exists(),
         "nothing issued when the password is bad"

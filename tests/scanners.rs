@@ -16,14 +16,11 @@
 //! certificate with `--cert` and `--key`.
 
 mod common;
-#[path = "peers/process.rs"]
-mod process;
 
 use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use process::*;
 use tokio::process::Command;
 
 /// sslyze's whole scan of one server (it takes about a second on loopback).

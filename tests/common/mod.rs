@@ -21,8 +21,15 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 mod binary;
-#[allow(unused_imports)] // not every test crate spawns the binary
+mod chains;
+mod process;
+// Not every test crate spawns processes or needs certificate chains.
+#[allow(unused_imports)]
 pub use binary::*;
+#[allow(unused_imports)]
+pub use chains::*;
+#[allow(unused_imports)]
+pub use process::*;
 
 /// Files of a test PKI in a temporary directory: a CA, a server certificate for localhost /
 /// 127.0.0.1 / ::1, and a client certificate. `other_ca` is a second, unrelated CA.

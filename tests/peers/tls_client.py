@@ -21,14 +21,8 @@ import socket
 import ssl
 import sys
 
-
-def subject_text(cert):
-    """'CN=alice' from getpeercert()'s nested tuples."""
-    parts = []
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            parts.append(("CN" if key == "commonName" else key) + "=" + value)
-    return ",".join(parts)
+sys.dont_write_bytecode = True  # no __pycache__ in tests/peers/ from test runs
+from peer_text import subject_text  # noqa: E402  (beside this script)
 
 
 def main():

@@ -1,10 +1,8 @@
-//! Peer processes for the interoperability tests: started with piped stdio, their output
+//! Peer processes for the async (tokio) tests: started with piped stdio, their output
 //! collected while they run, every wait bounded, and killed when dropped so that none outlives
-//! its test. Included by the interop test files with `#[path = "peers/process.rs"] mod process;`.
+//! its test. The peer scripts they run are in `tests/peers/`.
 
-#![allow(dead_code)]
-
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
 
-use crate::common;
+use super::TestPki;
 
 /// How long one step (a peer starting, a line arriving, a process ending) may take.
 pub const STEP: Duration = Duration::from_secs(30);
@@ -240,12 +238,42 @@ async fn collect(mut pipe: impl AsyncRead + Unpin, output: Arc<Mutex<Output>>, i
 /// A `tlsnet` command with a predictable environment: logs at `info`, no ANSI colours, and
 /// no development PKI from the environment.
 pub fn tlsnet_command() -> Command {
-    let mut command = Command::new(common::tlsnet_bin());
+    let mut command = Command::from(super::tlsnet_cmd());
+    command.env("RUST_LOG", "info").env("NO_COLOR", "1");
     command
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("TLSNET_PKI_DIR");
+}
+
+/// `tlsnet serve` with this PKI's server certificate and `extra` flags, as
+/// [`start_tlsnet_serve`] starts it.
+pub async fn serve_pki(pki: &TestPki, extra: &[&OsStr]) -> (Proc, String) {
+    let mut args: Vec<OsString> = vec![
+        "--cert".into(),
+        pki.path("server.pem").into(),
+        "--key".into(),
+        pki.path("server-key.pem").into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_os_string()));
+    start_tlsnet_serve(args).await
+}
+
+/// `tlsnet connect 127.0.0.1:PORT` trusting the test CA for the name `localhost`, optionally
+/// with the test client certificate.
+pub fn tlsnet_connect(pki: &TestPki, port: u16, with_cert: bool) -> Proc {
+    let mut command = tlsnet_command();
     command
+        .arg("connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--servername", "localhost", "--timeout", "10s"])
+        .arg("--ca")
+        .arg(pki.path("ca.pem"));
+    if with_cert {
+        command
+            .arg("--cert")
+            .arg(pki.path("client.pem"))
+            .arg("--key")
+            .arg(pki.path("client-key.pem"));
+    }
+    Proc::spawn("tlsnet connect", command)
 }
 
 /// Starts `tlsnet serve ARGS --listen 127.0.0.1:PORT` on a free port and waits until it
@@ -256,7 +284,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let (server, port) = start_listening_peer("tlsnet serve", "tlsnet serving", |port| {
         let mut command = tlsnet_command();
         command
@@ -268,7 +296,7 @@ where
     })
     .await;
     let addr = format!("127.0.0.1:{port}");
-    common::wait_for_port(&addr).await;
+    super::wait_for_port(&addr).await;
     (server, addr)
 }
 
@@ -281,7 +309,7 @@ pub async fn start_listening_peer(
     make: impl Fn(u16) -> Command,
 ) -> (Proc, u16) {
     for _attempt in 0..5 {
-        let port = common::free_port();
+        let port = super::free_port();
         let mut peer = Proc::spawn(name, make(port));
         let started = tokio::time::timeout(
             STEP,
