@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     if built.is_ok() {
         assert!(tlsnet::pkcs12::key_matches(
             &fixture.identity.chain[0],
-            &options.identity.key
+            &options.identities[0].key
         ));
     }
 });
