@@ -229,14 +229,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("junk");
         std::fs::write(&file, b"hello").unwrap();
-        let err = inspect(&file, None).unwrap_err().to_string();
+        let err = inspect(&file, None).unwrap_err().describe();
         assert!(err.contains("neither PEM, DER nor PKCS#12"), "{err}");
         std::fs::write(
             &file,
             "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
         )
         .unwrap();
-        let err = inspect(&file, None).unwrap_err().to_string();
+        let err = inspect(&file, None).unwrap_err().describe();
         assert!(err.contains("no -----BEGIN CERTIFICATE-----"), "{err}");
     }
 }

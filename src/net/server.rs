@@ -201,12 +201,8 @@ async fn connection(
         let Some(service) = shared.router.pick(conn.alpn_protocol()).cloned() else {
             // Only when there is no default service and the client chose none.
             warn!("no service for a client without ALPN; closing");
-            let mut stream = stream;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::io::AsyncWriteExt::shutdown(&mut stream),
-            )
-            .await;
+            // A task of its own: an await here would keep room for the stream in this task.
+            tokio::spawn(close(stream));
             return;
         };
         let meter = Meter::new(shared.stats.clone());
@@ -264,6 +260,15 @@ async fn serve(
             }
         }
     }
+}
+
+/// Sends close_notify, bounded: a peer that does not read could block it forever.
+async fn close(mut stream: ServerStream) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::AsyncWriteExt::shutdown(&mut stream),
+    )
+    .await;
 }
 
 async fn handshake(
