@@ -8,6 +8,7 @@ mod inspect;
 mod logging;
 mod pki;
 mod serve;
+mod tooling;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,11 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a private certificate authority: init, issue, list, renew, revoke, crl.
     Pki(pki::PkiArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(tooling::CompletionsArgs),
+    /// Write the manual pages (tlsnet.1, tlsnet-serve.1, ...) to a directory.
+    #[command(hide = true)]
+    Man(tooling::ManArgs),
 }
 
 /// An error in what the user asked for: exit code 2.
@@ -67,6 +73,8 @@ fn main() -> ExitCode {
             Command::Connect(args) => connect::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Pki(args) => pki::run(args).await,
+            Command::Completions(args) => tooling::completions(args),
+            Command::Man(args) => tooling::man(args),
         }
     });
     // A read of stdin may still be blocked in a worker thread; do not wait for it.
