@@ -42,6 +42,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::BoxError;
 use crate::tls::{HandshakeReport, PeerIdentity};
 
 pub mod echo;
@@ -190,6 +191,9 @@ pub enum End {
     Tls(rustls::Error),
     /// A network error.
     Io(io::Error),
+    /// The service could not do its job; the error says why, with its causes (a tunnel's
+    /// backend refused, a client broke the protocol).
+    Failed(BoxError),
 }
 
 impl End {
@@ -223,6 +227,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::Tls(_) => "tls_error",
             End::Io(_) => "io_error",
+            End::Failed(_) => "failed",
         }
     }
 }
@@ -237,6 +242,7 @@ impl fmt::Display for End {
             End::Shutdown => write!(f, "server shutdown"),
             End::Tls(e) => write!(f, "TLS error: {e}"),
             End::Io(e) => write!(f, "network error: {e}"),
+            End::Failed(e) => write!(f, "failed: {}", crate::error::chain(e.as_ref())),
         }
     }
 }
