@@ -22,7 +22,7 @@ async fn handshake_flood_leaves_good_clients_served() {
         handshake_timeout: Duration::from_secs(3),
         ..test_options()
     };
-    let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
+    let server = TestServer::start_with(pki.server_tls(), Echo, options).await;
     // 300 clients that start a handshake and never finish it.
     let mut flood = Vec::new();
     for _ in 0..300 {
@@ -50,7 +50,7 @@ async fn slowloris_client_hello_is_cut_at_the_deadline() {
         handshake_timeout: Duration::from_millis(800),
         ..test_options()
     };
-    let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
+    let server = TestServer::start_with(pki.server_tls(), Echo, options).await;
     let addr = server.addr;
     let slow = tokio::spawn(async move {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -146,7 +146,7 @@ async fn half_close_in_both_directions() {
         idle_timeout: Some(Duration::from_millis(200)),
         ..test_options()
     };
-    let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
+    let server = TestServer::start_with(pki.server_tls(), Echo, options).await;
     let (mut stream, _) = connect(&server.addr_string(), &pki.client_tls())
         .await
         .unwrap();

@@ -78,7 +78,7 @@ async fn silent_connection_is_dropped_at_the_handshake_deadline() {
         handshake_timeout: Duration::from_millis(400),
         ..test_options()
     };
-    let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
+    let server = TestServer::start_with(pki.server_tls(), Echo, options).await;
     let started = Instant::now();
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     // A second one that starts a TLS record and then stalls (slowloris-style).
@@ -104,7 +104,7 @@ async fn connections_beyond_the_limit_are_refused_and_slots_come_back() {
         handshake_timeout: Duration::from_secs(30),
         ..test_options()
     };
-    let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
+    let server = TestServer::start_with(pki.server_tls(), Echo, options).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(TcpStream::connect(server.addr).await.unwrap());
@@ -157,7 +157,7 @@ async fn many_half_open_handshakes_do_not_stop_good_clients() {
         handshake_timeout: Duration::from_secs(2),
         ..test_options()
     };
-    let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
+    let server = TestServer::start_with(pki.server_tls(), Echo, options).await;
     let mut hostile = Vec::new();
     for i in 0..200 {
         let mut tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -182,7 +182,7 @@ async fn idle_connection_is_closed_after_idle_timeout() {
         idle_timeout: Some(Duration::from_millis(300)),
         ..test_options()
     };
-    let server = TestServer::start_with(pki.server_tls(), Arc::new(Echo), options).await;
+    let server = TestServer::start_with(pki.server_tls(), Echo, options).await;
     let (mut stream, _) = connect(&server.addr_string(), &pki.client_tls())
         .await
         .unwrap();

@@ -119,6 +119,8 @@ pub struct LeafSpec {
     pub ips: Vec<IpAddr>,
     /// URI subject alternative names (e.g. SPIFFE IDs).
     pub uris: Vec<String>,
+    /// Organizational unit (OU) of the subject, after the common name.
+    pub organizational_unit: Option<String>,
     /// How long it is valid from now.
     pub validity: Duration,
     /// Key algorithm.
@@ -136,6 +138,7 @@ impl LeafSpec {
             dns: Vec::new(),
             ips: Vec::new(),
             uris: Vec::new(),
+            organizational_unit: None,
             validity: Duration::from_secs(90 * 86400),
             key_type: KeyType::EcdsaP256,
             valid_from: None,
@@ -325,6 +328,11 @@ impl CertificateAuthority {
         let key = spec.key_type.generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(&spec.common_name);
+        if let Some(ou) = &spec.organizational_unit {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, ou.as_str());
+        }
         let mut sans = Vec::new();
         for dns in &spec.dns {
             let name = dns

@@ -2,14 +2,17 @@
 //!
 //! Both read rustls's plaintext where it was decrypted (`fill_buf`), so an idle connection
 //! holds no buffer of ours; echo copies what it got once, to write it back. A peer that does
-//! not read its echo stops us reading too (backpressure), so buffers stay bounded. Neither
-//! stops at draining: a byte stream has no message boundary to stop at, so an in-flight
-//! transfer finishes (or is closed when the grace period ends).
+//! not read its echo stops us reading too (backpressure), so buffers stay bounded. A byte
+//! stream has no message boundary to stop at, so when the server drains, both end a
+//! connection only once it has been quiet for [`DRAIN_QUIET`]: idle sessions close at once,
+//! transfers in progress finish (or are closed when the grace period ends).
 
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::time::Sleep;
 
 use super::{BoxFuture, BoxStream, Context, End, Service};
 
@@ -20,6 +23,11 @@ pub const DISCARD_ALPN: &[u8] = b"tlsnet-discard";
 
 /// Largest chunk echo copies at a time (one TLS record's plaintext).
 const CHUNK: usize = 16 * 1024;
+
+/// Once the server drains, a connection that has been quiet this long is closed (with
+/// close_notify): an idle session does not hold the shutdown for the whole grace period, and
+/// a transfer in progress goes on.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 /// Sends every byte back.
 #[derive(Debug, Default, Clone, Copy)]
@@ -52,15 +60,34 @@ impl Service for Discard {
 async fn pump(mut stream: BoxStream, ctx: &Context, echo: bool) -> End {
     // No buffer until the peer sends something: an idle connection holds none.
     let mut buf: Vec<u8> = Vec::new();
+    // Set when draining starts: the connection ends once it has been quiet this long.
+    let mut quiet: Option<Pin<Box<Sleep>>> = None;
     let end = loop {
-        let step = tokio::select! {
+        // Only waiting for data races the signals: once bytes are in, they are echoed whole.
+        let ready = tokio::select! {
             _ = ctx.shutdown.forced() => break End::Shutdown,
-            r = step(&mut stream, &mut buf, echo) => r,
+            _ = ctx.shutdown.draining(), if quiet.is_none() => {
+                quiet = Some(Box::pin(tokio::time::sleep(DRAIN_QUIET)));
+                continue;
+            }
+            _ = async { if let Some(q) = quiet.as_mut() { q.await } }, if quiet.is_some() => {
+                break End::Drained;
+            }
+            r = stream.fill_buf() => r.map(|data| data.len()),
         };
-        match step {
+        let step = match ready {
             Ok(0) => break End::Closed,
-            Ok(_) => {}
+            Ok(_) => tokio::select! {
+                _ = ctx.shutdown.forced() => break End::Shutdown,
+                r = step(&mut stream, &mut buf, echo) => r,
+            },
             Err(e) => return End::from_io(e),
+        };
+        if let Err(e) = step {
+            return End::from_io(e);
+        }
+        if let Some(q) = quiet.as_mut() {
+            q.as_mut().reset(tokio::time::Instant::now() + DRAIN_QUIET);
         }
     };
     // Our close_notify; bounded, since a peer that does not read could block it forever.
@@ -68,7 +95,8 @@ async fn pump(mut stream: BoxStream, ctx: &Context, echo: bool) -> End {
     end
 }
 
-/// Reads once (waiting for the peer), and writes back what it read when `echo` is set.
+/// Takes what rustls has decrypted (there is some: the caller waited for it) and writes it
+/// back when `echo` is set.
 async fn step(stream: &mut BoxStream, buf: &mut Vec<u8>, echo: bool) -> io::Result<usize> {
     let data = stream.fill_buf().await?;
     let n = if echo {
@@ -76,9 +104,6 @@ async fn step(stream: &mut BoxStream, buf: &mut Vec<u8>, echo: bool) -> io::Resu
     } else {
         data.len()
     };
-    if n == 0 {
-        return Ok(0);
-    }
     if echo {
         buf.clear();
         buf.extend_from_slice(&data[..n]);
@@ -129,7 +154,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn forced_shutdown_ends_an_idle_connection() {
+    async fn forced_shutdown_ends_a_connection_at_once() {
         let (_ours, theirs) = tokio::io::duplex(64);
         let ctx = context();
         let shutdown = ctx.shutdown.clone();
@@ -137,15 +162,40 @@ mod tests {
             let stream: BoxStream = Box::new(BufReader::new(theirs));
             Discard.serve(stream, &ctx).await
         });
-        shutdown.start_draining();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!serving.is_finished(), "discard must not stop at draining");
         shutdown.force();
         let end = tokio::time::timeout(Duration::from_secs(5), serving)
             .await
             .unwrap()
             .unwrap();
         assert!(matches!(end, End::Shutdown), "{end}");
+    }
+
+    /// Draining: a transfer goes on while bytes keep coming, and the connection is closed
+    /// once it has been quiet for DRAIN_QUIET.
+    #[tokio::test(start_paused = true)]
+    async fn draining_waits_for_a_quiet_moment() {
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let ctx = context();
+        let shutdown = ctx.shutdown.clone();
+        let serving = tokio::spawn(async move {
+            let stream: BoxStream = Box::new(BufReader::new(theirs));
+            Echo.serve(stream, &ctx).await
+        });
+        shutdown.start_draining();
+        for _ in 0..5 {
+            tokio::time::sleep(DRAIN_QUIET / 2).await;
+            ours.write_all(b"more").await.unwrap();
+            let mut got = [0u8; 4];
+            ours.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"more");
+        }
+        assert!(!serving.is_finished(), "echo stopped while the peer was sending");
+        tokio::time::sleep(DRAIN_QUIET * 2).await;
+        let end = serving.await.unwrap();
+        assert!(matches!(end, End::Drained), "{end}");
+        let mut rest = Vec::new();
+        ours.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 
     /// An idle connection is mostly its service future: keep it small.

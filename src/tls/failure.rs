@@ -111,6 +111,11 @@ pub enum FailureCause {
     },
     /// No cipher suite, key-exchange group or signature scheme in common.
     NothingInCommon(PeerIncompatible),
+    /// The client offered ALPN ids, and none is a service of this server.
+    NoApplicationProtocol {
+        /// Which side we are.
+        side: Side,
+    },
     /// The peer sent a fatal alert: it refused something of ours.
     AlertReceived {
         /// Which side we are.
@@ -165,6 +170,10 @@ impl FailureCause {
     pub fn from_tls(err: &TlsError, side: Side) -> Self {
         match err {
             TlsError::NoCertificatesPresented => FailureCause::NoClientCertificate { side },
+            TlsError::NoApplicationProtocol
+            | TlsError::AlertReceived(AlertDescription::NoApplicationProtocol) => {
+                FailureCause::NoApplicationProtocol { side }
+            }
             TlsError::InvalidCertificate(cert) => Self::from_certificate_error(cert, side),
             TlsError::PeerIncompatible(p) => match p {
                 PeerIncompatible::SupportedVersionsExtensionRequired
@@ -266,6 +275,7 @@ impl FailureCause {
             FailureCause::ProtocolVersion { .. } => "protocol_version",
             FailureCause::AccessDenied { .. } => "access_denied",
             FailureCause::NothingInCommon(_) => "nothing_in_common",
+            FailureCause::NoApplicationProtocol { .. } => "no_application_protocol",
             FailureCause::AlertReceived { .. } => "alert_received",
             FailureCause::Tls(_) => "tls_error",
             FailureCause::Io(..) => "io_error",
@@ -374,6 +384,14 @@ impl fmt::Display for FailureCause {
                 f,
                 "server refused our client certificate: its access policy does not admit it (alert access_denied)"
             ),
+            FailureCause::NoApplicationProtocol { side: Side::Server } => write!(
+                f,
+                "client asked only for application protocols (ALPN) this server does not run"
+            ),
+            FailureCause::NoApplicationProtocol { side: Side::Client } => write!(
+                f,
+                "server runs none of the application protocols we asked for (alert no_application_protocol; --alpn)"
+            ),
             FailureCause::NothingInCommon(what) => {
                 write!(f, "no common parameters with the peer: {}", incompatibility(what))
             }
@@ -457,15 +475,27 @@ pub fn alert_name(alert: AlertDescription) -> String {
     out
 }
 
-/// rustls lists presented names as `localhost` or `IpAddress(127.0.0.1)`; show them the way
-/// certificates are usually printed (`DNS:localhost`, `IP:127.0.0.1`).
+/// rustls lists presented names as `DnsName("localhost")` and `IpAddress(127.0.0.1)` (older
+/// versions: a bare `localhost`); show them the way certificates are usually printed
+/// (`DNS:localhost`, `IP:127.0.0.1`).
 fn san_label(name: &str) -> String {
-    match name
-        .strip_prefix("IpAddress(")
-        .and_then(|n| n.strip_suffix(')'))
-    {
-        Some(ip) => format!("IP:{ip}"),
-        None => format!("DNS:{name}"),
+    let inner = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|n| n.strip_suffix(')'))
+            .map(|n| n.trim_matches('"').to_owned())
+    };
+    if let Some(ip) = inner("IpAddress(") {
+        // Shown in the usual short form (`::1`, where webpki writes `0::1`).
+        let ip = ip
+            .parse::<std::net::IpAddr>()
+            .map_or(ip, |a| a.to_string());
+        format!("IP:{ip}")
+    } else if let Some(dns) = inner("DnsName(") {
+        format!("DNS:{dns}")
+    } else if let Some(uri) = inner("UriName(") {
+        format!("URI:{uri}")
+    } else {
+        format!("DNS:{name}")
     }
 }
 
@@ -480,6 +510,13 @@ fn unix_time(t: UnixTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_are_labelled() {
+        assert_eq!(san_label("DnsName(\"alpha.test\")"), "DNS:alpha.test");
+        assert_eq!(san_label("IpAddress(127.0.0.1)"), "IP:127.0.0.1");
+        assert_eq!(san_label("localhost"), "DNS:localhost");
+    }
 
     #[test]
     fn alert_names_are_rfc_style() {

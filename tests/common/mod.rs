@@ -11,7 +11,7 @@ use std::time::Duration;
 use tlsnet::net::client::{ClientStream, Connector};
 use tlsnet::net::{Server, ServerOptions, ServerStats};
 use tlsnet::pki::{CertificateAuthority, KeyType, LeafSpec, Purpose};
-use tlsnet::service::{Echo, Service};
+use tlsnet::service::{Echo, Router};
 use tlsnet::tls::HandshakeReport;
 use tlsnet::tls::{
     load_certs, server_name, ClientAuth, ClientTlsOptions, Identity, ServerTlsOptions,
@@ -140,17 +140,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(tls: ServerTlsOptions) -> Self {
-        Self::start_with(tls, Arc::new(Echo), test_options()).await
+        Self::start_with(tls, Echo, test_options()).await
     }
 
     pub async fn start_with(
         tls: ServerTlsOptions,
-        service: Arc<dyn Service>,
+        services: impl Into<Router>,
         options: ServerOptions,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
-        let server = Server::with_options(tls.build().expect("server config"), service, options);
+        let server = Server::with_options(tls.build().expect("server config"), services, options);
         let stats = server.stats();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
