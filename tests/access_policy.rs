@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use tlsnet::pki::{LeafSpec, Purpose};
 use tlsnet::service::Echo;
@@ -125,9 +123,12 @@ fn allow_flags_on_the_command_line() {
     issue_clients(&pki);
     let ca = pki.path("ca.pem");
     let ca = ca.to_str().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let server = ServeProcess::start_pki(
         &pki,
         &[
+            "--metrics",
+            &metrics,
             "--client-ca",
             ca,
             "--allow-cn",
@@ -160,11 +161,36 @@ fn allow_flags_on_the_command_line() {
     assert_eq!(svc.code, 0, "{}", svc.stderr);
     let mallory = as_client("mallory");
     assert_eq!(mallory.code, 1, "{}", mallory.stderr);
-    assert!(mallory.stderr.contains("access_denied"), "{}", mallory.stderr);
+    assert!(
+        mallory.stderr.contains("access_denied"),
+        "{}",
+        mallory.stderr
+    );
     let line = server.wait_for_log("access denied");
     assert!(line.contains("CN=mallory"), "{line}");
     assert!(line.contains("cn=alice, uri=spiffe://acme/**"), "{line}");
     server.wait_for_log("reason=\"access_denied\"");
+
+    // The refusal is in the metrics, by cause, next to the two clients served.
+    let text = http_get(&metrics, "/metrics");
+    assert!(
+        text.contains("tlsnet_handshake_failures_total{cause=\"access_denied\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tlsnet_handshakes_total 2"), "{text}");
+    assert!(text.contains("tlsnet_bytes_received_total 10"), "{text}");
+}
+
+/// A plain HTTP/1.1 GET, bounded; returns the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    text
 }
 
 #[test]
@@ -185,7 +211,13 @@ fn allow_rules_need_required_client_certificates() {
     ]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--allow-*"), "{}", out.stderr);
-    let out = tlsnet(&["serve", "--allow-dns", "w*b.acme", "--listen", "127.0.0.1:0"]);
+    let out = tlsnet(&[
+        "serve",
+        "--allow-dns",
+        "w*b.acme",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("whole segment"), "{}", out.stderr);
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -373,6 +372,134 @@ async fn drain_under_load_completes_in_flight_work() {
         .expect("server exits after the drain")
         .unwrap()
         .unwrap();
+}
+
+/// A long-lived service (a chat session, say): hello at once, goodbye when the server drains.
+struct Session;
+
+impl tlsnet::service::Service for Session {
+    fn name(&self) -> &'static str {
+        "session"
+    }
+
+    fn serve<'a>(
+        &'a self,
+        mut stream: tlsnet::service::BoxStream,
+        ctx: &'a tlsnet::service::Context,
+    ) -> tlsnet::service::BoxFuture<'a, tlsnet::service::End> {
+        Box::pin(async move {
+            if let Err(e) = stream.write_all(b"hello\n").await {
+                return tlsnet::service::End::from_io(e);
+            }
+            let _ = stream.flush().await;
+            ctx.shutdown.draining().await;
+            let _ = stream.write_all(b"goodbye\n").await;
+            let _ = stream.shutdown().await;
+            tlsnet::service::End::Drained
+        })
+    }
+}
+
+#[tokio::test]
+async fn drain_tells_sessions_at_once_and_exits_when_the_last_says_goodbye() {
+    let pki = TestPki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let options = ServerOptions {
+        shutdown_timeout: Duration::from_secs(30),
+        ..test_options()
+    };
+    let server = Server::with_options(pki.server_tls().build().unwrap(), Session, options);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(vec![listener], async {
+        let _ = stopped.await;
+    }));
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        let (mut stream, _) = connect(&addr, &pki.client_tls()).await.unwrap();
+        let mut hello = [0u8; 6];
+        stream.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello\n");
+        sessions.push(stream);
+    }
+    let stopping = Instant::now();
+    let _ = stop.send(());
+    for stream in &mut sessions {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("goodbye arrives at once")
+            .expect("closed with close_notify");
+        assert_eq!(rest, b"goodbye\n");
+    }
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("server exits once every session has ended")
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the drain took {:?} of a 30 s grace period",
+        stopping.elapsed()
+    );
+}
+
+/// `tlsnet serve` with a 30 s grace period and an idle interactive client: SIGTERM ends both
+/// within seconds, the client with a clean close.
+#[test]
+fn sigterm_with_an_idle_client_exits_well_before_the_grace_period() {
+    let pki = TestPki::new();
+    let ca = pki.path("ca.pem").to_str().unwrap().to_owned();
+    let mut server =
+        ServeProcess::start_pki(&pki, &["--client-ca", &ca, "--shutdown-timeout", "30s"]);
+    let mut client = tlsnet_cmd()
+        .args([
+            "connect",
+            &server.addr(),
+            "--ca",
+            &ca,
+            "--servername",
+            "localhost",
+            "-q",
+        ])
+        .arg("--cert")
+        .arg(pki.path("client.pem"))
+        .arg("--key")
+        .arg(pki.path("client-key.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"are you there\n").unwrap();
+    stdin.flush().unwrap();
+    server.wait_for_log("handshake ok");
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    server.wait_for_log("end=drained");
+    // The client saw the echo, then a clean end; its stdin is still open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "client did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "client: {status:?}");
+    assert_eq!(out, "are you there\n");
+    drop(stdin);
 }
 
 #[tokio::test]

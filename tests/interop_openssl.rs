@@ -274,3 +274,36 @@ async fn tlsnet_connect_without_certificate_is_refused_by_s_server() {
     })
     .await;
 }
+
+/// A TLS 1.1 client: the server's log says so, not "no common parameters" (rustls checks the
+/// signature_algorithms extension, which TLS 1.1 clients don't send, before the version).
+#[tokio::test]
+async fn tls11_client_is_named_in_the_server_log() {
+    require("openssl");
+    bounded(async {
+        let pki = TestPki::new();
+        let (mut server, addr) = serve_pki(&pki, &[]).await;
+        let mut command = Command::new("openssl");
+        command.args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ]);
+        let mut client = Proc::spawn("openssl s_client -tls1_1", command);
+        client.close_stdin();
+        let status = client.wait_exit(STEP).await;
+        assert!(!status.success(), "{}", client.describe());
+        server
+            .wait_for_stderr("client offered only TLS 1.1 or older (its newest: TLS 1.1)")
+            .await;
+        assert!(
+            squeeze(&server.stderr()).contains("reason=\"protocol_version\""),
+            "{}",
+            server.describe()
+        );
+    })
+    .await;
+}

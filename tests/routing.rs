@@ -27,14 +27,20 @@ async fn alpn_picks_the_service_and_no_alpn_gets_the_default() {
     // No ALPN (the seeds' clients, openssl s_client): the default service, echo.
     let (mut stream, report) = connect(&addr, &pki.client_tls()).await.unwrap();
     assert_eq!(report.alpn, None);
-    assert_eq!(echo_round_trip(&mut stream, b"no alpn").await.unwrap(), b"no alpn");
+    assert_eq!(
+        echo_round_trip(&mut stream, b"no alpn").await.unwrap(),
+        b"no alpn"
+    );
 
     // Echo by its id.
     let mut tls = pki.client_tls();
     tls.alpn = vec![ECHO_ALPN.to_vec()];
     let (mut stream, report) = connect(&addr, &tls).await.unwrap();
     assert_eq!(report.alpn.as_deref(), Some("tlsnet-echo"));
-    assert_eq!(echo_round_trip(&mut stream, b"echo").await.unwrap(), b"echo");
+    assert_eq!(
+        echo_round_trip(&mut stream, b"echo").await.unwrap(),
+        b"echo"
+    );
 
     // Discard by its id: what we send is read and nothing comes back.
     let mut tls = pki.client_tls();
@@ -49,12 +55,18 @@ async fn alpn_picks_the_service_and_no_alpn_gets_the_default() {
         .expect("discard closes after our close_notify")
         .unwrap();
     assert!(back.is_empty(), "discard sent {} bytes", back.len());
-    assert!(server.stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed) >= 100_000);
+    assert!(
+        server
+            .stats
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 100_000
+    );
 
     // Only ids we do not run: refused in the handshake with no_application_protocol.
     let mut tls = pki.client_tls();
     tls.alpn = vec![b"h2".to_vec()];
-    let err = connect(&addr, &tls).await.err().expect("refused");
+    let err = connect(&addr, &tls).await.expect_err("refused");
     let cause = client_cause(&err);
     assert!(cause.contains("no_application_protocol"), "{cause}");
     wait_for_failure(&server.stats, "no_application_protocol").await;
@@ -124,7 +136,10 @@ fn sni_picks_the_certificate_and_a_reload_replaces_every_one() {
     );
     let (alpha_cn, alpha_serial) = presented(&pki, &server, Some("alpha.test"));
     let (beta_cn, beta_serial) = presented(&pki, &server, Some("beta.test"));
-    assert_eq!((alpha_cn.as_str(), beta_cn.as_str()), ("alpha.test", "beta.test"));
+    assert_eq!(
+        (alpha_cn.as_str(), beta_cn.as_str()),
+        ("alpha.test", "beta.test")
+    );
     // No SNI (an IP address): the first certificate.
     assert_eq!(presented(&pki, &server, None).0, "alpha.test");
 

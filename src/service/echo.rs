@@ -189,7 +189,10 @@ mod tests {
             ours.read_exact(&mut got).await.unwrap();
             assert_eq!(&got, b"more");
         }
-        assert!(!serving.is_finished(), "echo stopped while the peer was sending");
+        assert!(
+            !serving.is_finished(),
+            "echo stopped while the peer was sending"
+        );
         tokio::time::sleep(DRAIN_QUIET * 2).await;
         let end = serving.await.unwrap();
         assert!(matches!(end, End::Drained), "{end}");

@@ -486,9 +486,7 @@ fn san_label(name: &str) -> String {
     };
     if let Some(ip) = inner("IpAddress(") {
         // Shown in the usual short form (`::1`, where webpki writes `0::1`).
-        let ip = ip
-            .parse::<std::net::IpAddr>()
-            .map_or(ip, |a| a.to_string());
+        let ip = ip.parse::<std::net::IpAddr>().map_or(ip, |a| a.to_string());
         format!("IP:{ip}")
     } else if let Some(dns) = inner("DnsName(") {
         format!("DNS:{dns}")
