@@ -74,6 +74,23 @@ pub fn is_post_quantum(group: NamedGroup) -> bool {
     )
 }
 
+/// Whether the CPU has a hardware random generator (RDRAND on x86_64, RNDR on aarch64), which
+/// aws-lc mixes into every seed next to the kernel's (see docs/SECURITY.md, "Randomness").
+pub fn cpu_has_hardware_rng() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("rdrand")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("rand")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 static TLS13_AND_TLS12: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];

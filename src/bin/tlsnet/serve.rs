@@ -202,6 +202,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         client_auth = source.client_auth.name(),
         allow = %if source.policy.is_empty() { "any client the CA signed".to_owned() } else { source.policy.describe() },
         tls12 = args.tls12,
+        hardware_rng = tlsnet::tls::cpu_has_hardware_rng(),
         "tlsnet serving"
     );
     if let Some(pki) = &dev_pki {
