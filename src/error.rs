@@ -118,6 +118,17 @@ pub enum Error {
         cause: FailureCause,
     },
 
+    /// Something given cannot be used (a CA certificate, a recorder, a setting); the source
+    /// says why.
+    #[error("{what}")]
+    Unusable {
+        /// What cannot be used.
+        what: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+
     /// Making a key or a certificate failed.
     #[error("{context}")]
     Pki {
@@ -145,6 +156,13 @@ impl Error {
         Error::BadFile {
             path: path.into(),
             source: problem.into(),
+        }
+    }
+
+    pub(crate) fn unusable(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Unusable {
+            what: what.into(),
+            source: source.into(),
         }
     }
 

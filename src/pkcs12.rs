@@ -146,7 +146,7 @@ pub fn write(
     let mut certs = Vec::with_capacity(chain.len());
     for (i, der) in chain.iter().enumerate() {
         certs.push(Certificate::from_der(der).map_err(|e| {
-            Error::InvalidInput(format!("PKCS#12: certificate {i} is not valid X.509: {e}"))
+            Error::unusable(format!("PKCS#12: certificate {i} is not valid X.509"), e)
         })?);
     }
     // OpenSSL's convention: the localKeyId is the SHA-1 of the key's certificate.
@@ -166,7 +166,7 @@ pub fn write(
         .mac_algorithm(MacAlgorithm::HmacSha256)
         .mac_iterations(ITERATIONS)
         .write()
-        .map_err(|e| Error::InvalidInput(format!("PKCS#12: cannot be written: {e}")))
+        .map_err(|e| Error::unusable("PKCS#12: cannot be written", e))
 }
 
 /// Whether a private key belongs to a certificate (same public key).

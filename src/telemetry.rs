@@ -139,9 +139,9 @@ pub fn install() -> Result<PrometheusHandle> {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
             ],
         )
-        .map_err(|e| Error::InvalidInput(format!("metrics: {e}")))?
+        .map_err(|e| Error::unusable("metrics: histogram buckets", e))?
         .install_recorder()
-        .map_err(|e| Error::InvalidInput(format!("metrics: cannot install the recorder: {e}")))
+        .map_err(|e| Error::unusable("metrics: cannot install the recorder", e))
 }
 
 /// How many metrics requests are answered at once; more connections wait in the backlog.

@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParseError, Result};
 use crate::pkcs12;
 use crate::x509::CertSummary;
 
@@ -165,7 +165,7 @@ fn from_pem(path: &Path, bytes: &[u8]) -> Result<PemContents> {
     let mut others = Vec::new();
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
         let (kind, der) =
-            section.map_err(|e| Error::bad_file(path, format!("invalid PEM: {e}")))?;
+            section.map_err(|e| Error::bad_file(path, ParseError::caused_by("invalid PEM", e)))?;
         match kind {
             SectionKind::Certificate => certs.push(CertificateDer::from(der)),
             SectionKind::PrivateKey if key.is_none() => {

@@ -11,14 +11,7 @@ use crate::error::{Error, Result};
 /// Binds every address `spec` resolves to (`localhost:8443` gives 127.0.0.1 and ::1).
 /// IPv6 sockets are IPv6-only, so `0.0.0.0:PORT` and `[::]:PORT` can both be given.
 pub async fn bind(spec: &str) -> Result<Vec<TcpListener>> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec)
-        .await
-        .map_err(|e| Error::Network {
-            action: "resolve",
-            peer: spec.to_owned(),
-            source: e,
-        })?
-        .collect();
+    let addrs = resolve(spec).await?;
     let mut listeners = Vec::new();
     let mut last_error = None;
     for addr in dedup(addrs) {
@@ -41,6 +34,18 @@ pub async fn bind(spec: &str) -> Result<Vec<TcpListener>> {
         ))),
         (false, _) => Ok(listeners),
     }
+}
+
+/// Every address `spec` (`host:port`, `[v6]:port`) resolves to.
+pub async fn resolve(spec: &str) -> Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host(spec)
+        .await
+        .map_err(|e| Error::Network {
+            action: "resolve",
+            peer: spec.to_owned(),
+            source: e,
+        })?
+        .collect())
 }
 
 fn dedup(mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {

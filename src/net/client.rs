@@ -84,14 +84,7 @@ impl Connector {
 
 /// Resolves `addr` and connects to the first address that answers.
 pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream> {
-    let addrs: Vec<_> = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| Error::Network {
-            action: "resolve",
-            peer: addr.to_owned(),
-            source: e,
-        })?
-        .collect();
+    let addrs = super::bind::resolve(addr).await?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
     for candidate in addrs {
         match tokio::time::timeout(timeout, TcpStream::connect(candidate)).await {

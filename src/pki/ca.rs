@@ -16,7 +16,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParseError, Result};
 
 /// Key algorithms the CA can generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -308,7 +308,10 @@ impl CertificateAuthority {
         Self::from_pem(&cert_pem, &key_pem).map_err(|e| {
             Error::bad_file(
                 cert,
-                format!("cannot be used as a CA with key {}: {e}", key.display()),
+                ParseError::caused_by(
+                    format!("cannot be used as a CA with key {}", key.display()),
+                    e,
+                ),
             )
         })
     }

@@ -20,7 +20,7 @@ use rcgen::RevocationReason;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParseError, Result};
 use crate::pki::ca::{CertificateAuthority, Constraints, KeyType, LeafSpec, Purpose, Revoked};
 use crate::pki::files::{create_private_dir, write_file, Access};
 use crate::x509::{rfc3339, CertSummary};
@@ -445,8 +445,9 @@ impl PkiDir {
     fn load_index(&self) -> Result<Index> {
         let path = self.path("index.json");
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::bad_file(&path, format!("not a tlsnet PKI index: {e}"))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::bad_file(&path, ParseError::caused_by("not a tlsnet PKI index", e))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
             Err(e) => Err(Error::file(&path, "read", e)),
         }

@@ -216,7 +216,7 @@ impl ServerTlsOptions {
                 }
                 let verifier = verifier
                     .build()
-                    .map_err(|e| Error::InvalidInput(format!("client CA cannot be used: {e}")))?;
+                    .map_err(|e| Error::unusable("client CA cannot be used", e))?;
                 builder
                     .with_client_cert_verifier(PolicyVerifier::wrap(verifier, self.policy.clone()))
             }
@@ -304,7 +304,7 @@ impl ClientTlsOptions {
             }
             builder
                 .build()
-                .map_err(|e| Error::InvalidInput(format!("trust anchors cannot be used: {e}")))
+                .map_err(|e| Error::unusable("trust anchors cannot be used", e))
         };
         let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &self.trust {
             ServerTrust::System => {
@@ -349,7 +349,7 @@ fn root_store(certs: &[CertificateDer<'static>], what: &str) -> Result<RootCertS
     for cert in certs {
         roots
             .add(cert.clone())
-            .map_err(|e| Error::InvalidInput(format!("{what}: unusable CA certificate: {e}")))?;
+            .map_err(|e| Error::unusable(format!("{what}: unusable CA certificate"), e))?;
     }
     Ok(roots)
 }

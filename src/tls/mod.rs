@@ -26,8 +26,8 @@ pub mod source;
 pub mod verify;
 
 pub use config::{
-    cipher_suites, cpu_has_hardware_rng, is_post_quantum, kx_groups, provider, server_name, system_roots, ClientAuth,
-    ClientTlsOptions, ServerTlsOptions, ServerTrust,
+    cipher_suites, cpu_has_hardware_rng, is_post_quantum, kx_groups, provider, server_name,
+    system_roots, ClientAuth, ClientTlsOptions, ServerTlsOptions, ServerTrust,
 };
 pub use failure::{FailureCause, Side};
 pub use files::{

@@ -233,7 +233,7 @@ impl Reloader {
         let built = tokio::task::spawn_blocking(move || source.build()).await;
         let built = match built {
             Ok(result) => result,
-            Err(e) => Err(Error::InvalidInput(format!("reload task failed: {e}"))),
+            Err(e) => Err(Error::unusable("the reload task", e)),
         };
         match built {
             Ok(config) => {
