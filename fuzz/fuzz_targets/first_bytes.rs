@@ -1,5 +1,6 @@
 //! The first bytes a client sends, classified before any TLS parsing (plain HTTP, not TLS,
-//! closed), and the words and label that the log and the metrics then show.
+//! closed), the ClientHello version read from them, and the words and label that the log and
+//! the metrics then show.
 
 #![no_main]
 
@@ -16,5 +17,11 @@ fuzz_target!(|data: &[u8]| {
     if let Some(cause) = cause {
         let _ = cause.to_string();
         let _ = cause.label();
+    }
+    let version = tlsnet::net::sniff::client_hello_version(data);
+    if let Some(v) = version {
+        assert!(data.len() >= 11 && data[0] == 0x16 && data[5] == 0x01);
+        assert_eq!(v, u16::from_be_bytes([data[9], data[10]]));
+        let _ = tlsnet::tls::failure::version_name(v);
     }
 });
