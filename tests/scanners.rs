@@ -89,7 +89,7 @@ async fn sslyze_mozilla_modern_passes_on_the_default_server() {
         // No --cert: the server makes its development PKI and requires client certificates.
         let (mut server, addr) = start_tlsnet_serve(["--pki-dir".as_ref(), pki.as_os_str()]).await;
         assert!(
-            server.stderr().contains("client_auth=Required"),
+            server.stderr().contains("client_auth=\"required\""),
             "{}",
             server.describe()
         );

@@ -166,24 +166,28 @@ where
     // Allocated when the first byte arrives, not before: idle relays hold no buffers.
     let mut buf = Vec::new();
     loop {
-        if buf.is_empty() {
+        let n = if buf.is_empty() {
             let mut first = [0u8; 1];
-            match from.read(&mut first).await.map_err(|e| ("read", e))? {
-                0 => break,
-                _ => {
-                    buf = vec![0u8; 16 * 1024];
-                    to.write_all(&first).await.map_err(|e| ("write", e))?;
-                    to.flush().await.map_err(|e| ("write", e))?;
-                    count.fetch_add(1, Ordering::Relaxed);
-                    last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    continue;
-                }
+            if from.read(&mut first).await.map_err(|e| ("read", e))? == 0 {
+                break;
             }
-        }
-        let n = from.read(&mut buf).await.map_err(|e| ("read", e))?;
-        if n == 0 {
-            break;
-        }
+            buf = vec![0u8; 16 * 1024];
+            buf[0] = first[0];
+            // Whatever came with the first byte goes out with it, in one write: try a read
+            // that does not wait.
+            let more = tokio::select! {
+                biased;
+                r = from.read(&mut buf[1..]) => r.map_err(|e| ("read", e))?,
+                _ = std::future::ready(()) => 0,
+            };
+            1 + more
+        } else {
+            let n = from.read(&mut buf).await.map_err(|e| ("read", e))?;
+            if n == 0 {
+                break;
+            }
+            n
+        };
         to.write_all(&buf[..n]).await.map_err(|e| ("write", e))?;
         to.flush().await.map_err(|e| ("write", e))?;
         count.fetch_add(n as u64, Ordering::Relaxed);
