@@ -15,7 +15,7 @@ use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, KeyLog, RootCertStore, SignatureScheme};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_parser::prelude::{FromDer, X509Name};
@@ -61,6 +61,9 @@ pub struct RemoteOptions {
     pub alpn: Vec<Vec<u8>>,
     /// Deadline for each step: connecting, STARTTLS, the handshake.
     pub timeout: Duration,
+    /// Where the handshake's secrets are written, for decrypting a capture (see
+    /// [`crate::tls::keylog`]). `None`: nowhere.
+    pub key_log: Option<Arc<dyn KeyLog>>,
 }
 
 impl Default for RemoteOptions {
@@ -72,6 +75,7 @@ impl Default for RemoteOptions {
             starttls: None,
             alpn: Vec::new(),
             timeout: Duration::from_secs(10),
+            key_log: None,
         }
     }
 }
@@ -176,6 +180,9 @@ pub async fn fetch(addr: &str, options: &RemoteOptions) -> Result<RemoteInspecti
         .with_custom_certificate_verifier(recorder.clone())
         .with_client_cert_resolver(client_cert.clone());
     config.alpn_protocols = options.alpn.clone();
+    if let Some(key_log) = &options.key_log {
+        config.key_log = key_log.clone();
+    }
     // Always a full handshake, so that the server presents its certificates.
     config.resumption = Resumption::disabled();
     let mut connector = Connector::new(Arc::new(config));

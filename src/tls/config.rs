@@ -13,7 +13,7 @@ use rustls::crypto::{aws_lc_rs, CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    ClientConfig, NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite,
+    ClientConfig, KeyLog, NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite,
     SupportedProtocolVersion,
 };
 
@@ -159,6 +159,9 @@ pub struct ServerTlsOptions {
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     /// Which verified client certificates are admitted (empty: every one the client CA signed).
     pub policy: AccessPolicy,
+    /// Where the secrets of each connection are written, for decrypting a capture (see
+    /// [`super::keylog`]). `None`: nowhere (and `SSLKEYLOGFILE` is ignored).
+    pub key_log: Option<Arc<dyn KeyLog>>,
 }
 
 impl ServerTlsOptions {
@@ -172,6 +175,7 @@ impl ServerTlsOptions {
             alpn: Vec::new(),
             crls: Vec::new(),
             policy: AccessPolicy::default(),
+            key_log: None,
         }
     }
 
@@ -224,6 +228,9 @@ impl ServerTlsOptions {
         let resolver = SniResolver::new(&self.identities, &provider)?;
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = self.alpn.clone();
+        if let Some(key_log) = &self.key_log {
+            config.key_log = key_log.clone();
+        }
         if self.client_auth == ClientAuth::None {
             // Stateless TLS 1.3 tickets: resumption without a server-side cache.
             config.ticketer =
@@ -267,6 +274,9 @@ pub struct ClientTlsOptions {
     pub alpn: Vec<Vec<u8>>,
     /// CRLs: a server certificate listed there is refused (needs a CA, not pin-only).
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Where the secrets of each connection are written, for decrypting a capture (see
+    /// [`super::keylog`]). `None`: nowhere (and `SSLKEYLOGFILE` is ignored).
+    pub key_log: Option<Arc<dyn KeyLog>>,
 }
 
 impl ClientTlsOptions {
@@ -279,6 +289,7 @@ impl ClientTlsOptions {
             allow_tls12: false,
             alpn: Vec::new(),
             crls: Vec::new(),
+            key_log: None,
         }
     }
 
@@ -333,6 +344,9 @@ impl ClientTlsOptions {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = self.alpn.clone();
+        if let Some(key_log) = &self.key_log {
+            config.key_log = key_log.clone();
+        }
         Ok(Arc::new(config))
     }
 }

@@ -10,6 +10,7 @@
 //! | [`verify`] | server verification with an optional SPKI pin |
 //! | [`pin`] | SPKI pins (`sha256/BASE64`) |
 //! | [`identity`] | the peer's certificate as typed facts |
+//! | [`keylog`] | connection secrets to a key-log file, for Wireshark (`--keylog`) |
 //! | [`policy`] | which client certificates are admitted (`--allow-*`) |
 //! | [`report`] | what a handshake negotiated |
 //! | [`failure`] | a handshake error turned into a cause in words |
@@ -18,6 +19,7 @@ pub mod config;
 pub mod failure;
 pub mod files;
 pub mod identity;
+pub mod keylog;
 pub mod pin;
 pub mod policy;
 pub mod report;
@@ -34,6 +36,7 @@ pub use files::{
     certs_from_pem, crls_from_bytes, key_from_pem, load_certs, load_crls, load_key, Identity,
 };
 pub use identity::PeerIdentity;
+pub use keylog::{KeyLogTarget, KeyLogWriter};
 pub use pin::SpkiPin;
 pub use policy::{AccessPolicy, Pattern, Rule};
 pub use report::HandshakeReport;

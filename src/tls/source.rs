@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rustls::ServerConfig;
+use rustls::{KeyLog, ServerConfig};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -39,6 +39,9 @@ pub struct ServerTlsSource {
     pub tls12: bool,
     /// Which client certificates are admitted.
     pub policy: AccessPolicy,
+    /// Where connection secrets are written (see [`super::keylog`]); every configuration
+    /// built from this source, reloads included, writes to it.
+    pub key_log: Option<Arc<dyn KeyLog>>,
 }
 
 impl ServerTlsSource {
@@ -104,6 +107,7 @@ impl ServerTlsSource {
             alpn: Vec::new(),
             crls,
             policy: self.policy.clone(),
+            key_log: self.key_log.clone(),
         })
     }
 

@@ -170,7 +170,9 @@ impl ServeProcess {
         Self::start_serve(dir, command, args)
     }
 
-    fn start_serve(dir: &Path, mut command: Command, args: &[&str]) -> Self {
+    /// Like [`ServeProcess::start`] with `command` (e.g. [`tlsnet_cmd`] with more environment)
+    /// as the `tlsnet` to run.
+    pub fn start_serve(dir: &Path, mut command: Command, args: &[&str]) -> Self {
         let port = free_port();
         command
             .arg("serve")

@@ -21,11 +21,14 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 mod binary;
+mod capture;
 mod chains;
 mod process;
 // Not every test crate spawns processes or needs certificate chains.
 #[allow(unused_imports)]
 pub use binary::*;
+#[allow(unused_imports)]
+pub use capture::*;
 #[allow(unused_imports)]
 pub use chains::*;
 #[allow(unused_imports)]

@@ -13,6 +13,7 @@ use tlsnet::tls::{
     load_certs, load_crls, server_name, ClientTlsOptions, Identity, ServerTrust, SpkiPin,
 };
 
+use crate::keylog::KeyLogArgs;
 use crate::{parse_duration, UsageError};
 
 #[derive(Args, Debug)]
@@ -75,6 +76,9 @@ pub struct ConnectArgs {
     /// Development PKI used for local hosts when no --ca is given [default: as for serve].
     #[arg(long, value_name = "DIR", env = "TLSNET_PKI_DIR")]
     pki_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    keylog: KeyLogArgs,
 }
 
 pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
@@ -149,6 +153,7 @@ fn client_options(args: &ConnectArgs, host: &str) -> Result<ClientTlsOptions> {
             Some(path) => load_crls(path)?,
             None => Vec::new(),
         },
+        key_log: args.keylog.open()?,
     })
 }
 

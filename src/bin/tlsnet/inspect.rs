@@ -11,6 +11,7 @@ use tlsnet::inspect::starttls::StartTls;
 use tlsnet::inspect::{self, file, remote, text};
 use tlsnet::tls::{load_certs, Identity};
 
+use crate::keylog::KeyLogArgs;
 use crate::{parse_duration, UsageError};
 
 #[derive(Args, Debug)]
@@ -71,6 +72,10 @@ pub struct InspectArgs {
     /// Server: deadline for connecting, for STARTTLS and for the handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+
+    // Server only. Lets Wireshark decrypt the handshake (TLS 1.3 encrypts the certificates).
+    #[command(flatten)]
+    keylog: KeyLogArgs,
 }
 
 pub async fn run(args: InspectArgs) -> Result<ExitCode> {
@@ -99,6 +104,7 @@ fn inspect_file(
         (args.cert.is_some(), "--cert"),
         (args.starttls.is_some(), "--starttls"),
         (!args.alpn.is_empty(), "--alpn"),
+        (args.keylog.is_set(), "--keylog"),
     ];
     if let Some((_, flag)) = server_only.iter().find(|(set, _)| *set) {
         return Err(UsageError(format!(
@@ -159,6 +165,7 @@ async fn inspect_server(
         starttls: args.starttls,
         alpn: args.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
         timeout: args.timeout,
+        key_log: args.keylog.open()?,
     };
     let inspection = remote::fetch(&args.target, &options).await?;
     if args.pem {

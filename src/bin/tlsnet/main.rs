@@ -5,6 +5,7 @@
 
 mod connect;
 mod inspect;
+mod keylog;
 mod logging;
 mod pki;
 mod serve;

@@ -19,6 +19,7 @@ use tlsnet::tls::{
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::keylog::KeyLogArgs;
 use crate::logging::{self, LogFormat};
 use crate::{parse_duration, UsageError};
 
@@ -128,6 +129,9 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    keylog: KeyLogArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -177,8 +181,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         Some(spec) => Some((metrics_listener(spec).await?, telemetry::install()?)),
         None => None,
     };
-    let (source, dev_pki) = tls_source(&args)?;
+    let (mut source, dev_pki) = tls_source(&args)?;
     source.validate().map_err(|e| UsageError(e.to_string()))?;
+    source.key_log = args.keylog.open()?;
     let tls = {
         let source = source.clone();
         tokio::task::spawn_blocking(move || source.build()).await??
@@ -203,6 +208,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         allow = %if source.policy.is_empty() { "any client the CA signed".to_owned() } else { source.policy.describe() },
         tls12 = args.tls12,
         hardware_rng = tlsnet::tls::cpu_has_hardware_rng(),
+        keylog = args.keylog.is_set(),
         "tlsnet serving"
     );
     if let Some(pki) = &dev_pki {
@@ -309,6 +315,7 @@ fn tls_source(args: &ServeArgs) -> Result<(ServerTlsSource, Option<DevPki>)> {
         client_auth,
         tls12: args.tls12,
         policy: policy(args),
+        key_log: None,
     };
     Ok((source, dev_pki))
 }
