@@ -8,7 +8,9 @@ mod inspect;
 mod logging;
 mod pki;
 mod serve;
+mod tls_args;
 mod tooling;
+mod tunnel;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Show the X.509 details of certificates in a file or presented by a server.
     Inspect(inspect::InspectArgs),
+    /// Put (mutual) TLS in front of a plain TCP service, or carry a local port to a TLS server.
+    Tunnel(tunnel::TunnelArgs),
     /// Run a private certificate authority: init, issue, list, renew, revoke, crl.
     Pki(pki::PkiArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
+            Command::Tunnel(args) => tunnel::run(args).await,
             Command::Pki(args) => pki::run(args).await,
             Command::Completions(args) => tooling::completions(args),
             Command::Man(args) => tooling::man(args),
