@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use tlsnet::net::client::{split_host_port, Connector};
 use tlsnet::net::{bind, ServerOptions};
-use tlsnet::service::Router;
+use tlsnet::service::{Router, Service};
 use tlsnet::telemetry;
 use tlsnet::tls::{server_name, AccessPolicy, ClientAuth, Pattern, Rule, SpkiPin};
 use tlsnet::tunnel::target::is_loopback_listen;
@@ -64,6 +64,11 @@ struct ServerArgs {
     /// TLS version and cipher, and the client certificate's CN and DER (see docs/PROTOCOL.md).
     #[arg(long)]
     proxy_protocol: bool,
+
+    /// An ALPN id to offer for the tunnel (repeatable): the backend sees the one a client
+    /// chose in the PROXY header. Clients that offer none are tunnelled too.
+    #[arg(long, value_name = "PROTOCOL")]
+    alpn: Vec<String>,
 
     /// The backend must accept a connection within this time; else the client's connection
     /// is closed (with close_notify) and the cause logged.
@@ -231,10 +236,15 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
         proxy_protocol = args.proxy_protocol,
         "tlsnet tunnel serving"
     );
+    let tunnel: Arc<dyn Service> = Arc::new(tunnel);
+    let mut router = Router::new(tunnel.clone());
+    for id in &args.alpn {
+        router = router.route(id.as_bytes(), tunnel.clone());
+    }
     let running = Running {
         source,
         tls,
-        router: Router::new(Arc::new(tunnel)),
+        router,
         options: ServerOptions {
             max_connections: args.max_connections,
             handshake_timeout: args.handshake_timeout,
