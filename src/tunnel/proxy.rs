@@ -333,39 +333,26 @@ mod tests {
 
     #[test]
     fn a_huge_certificate_is_an_error_not_a_panic() {
-        let der = vec![0u8; 70_000];
-        let header = ProxyHeader {
-            source: addr("127.0.0.1:1"),
-            destination: addr("127.0.0.1:2"),
-            alpn: None,
-            authority: None,
-            tls: Some(TlsFacts {
-                version: "TLSv1.3",
-                cipher: "x",
-                client_cert: Some(ClientCert {
-                    common_name: None,
-                    der: &der,
+        // Too long for its sub-TLV; then short enough for that, too long for the header.
+        for size in [70_000, 65_500] {
+            let der = vec![0u8; size];
+            let header = ProxyHeader {
+                source: addr("127.0.0.1:1"),
+                destination: addr("127.0.0.1:2"),
+                alpn: None,
+                authority: None,
+                tls: Some(TlsFacts {
+                    version: "TLSv1.3",
+                    cipher: "x",
+                    client_cert: Some(ClientCert {
+                        common_name: None,
+                        der: &der,
+                    }),
                 }),
-            }),
-        };
-        let err = header.encode().unwrap_err();
-        assert!(matches!(err, ProxyError::TooLong { .. }), "{err}");
-        let der = vec![0u8; 65_500];
-        let header = ProxyHeader {
-            tls: Some(TlsFacts {
-                version: "TLSv1.3",
-                cipher: "x",
-                client_cert: Some(ClientCert {
-                    common_name: None,
-                    der: &der,
-                }),
-            }),
-            ..header
-        };
-        assert!(matches!(
-            header.encode().unwrap_err(),
-            ProxyError::TooLong { .. }
-        ));
+            };
+            let err = header.encode().unwrap_err();
+            assert!(matches!(err, ProxyError::TooLong { .. }), "{size}: {err}");
+        }
     }
 
     #[test]

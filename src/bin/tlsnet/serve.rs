@@ -17,8 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::logging::{self, LogFormat};
-use crate::tls_args::{shutdown_signal, spawn_sighup_listener, ServerTlsArgs};
-use crate::{parse_duration, UsageError};
+use crate::tls_args::{shutdown_signal, spawn_sighup_listener, ServerLimitArgs, ServerTlsArgs};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -40,23 +39,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PROTOCOL")]
     alpn: Vec<String>,
 
-    /// Connections served at once; more are refused (and logged).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_connections: usize,
-
-    /// A client must complete the TLS handshake within this time, or is dropped.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    handshake_timeout: Duration,
-
-    /// Close a connection after this long without traffic (0 disables).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-    idle_timeout: Duration,
-
-    /// On SIGINT/SIGTERM, how long open connections may take to finish before they are closed.
-    /// Services with sessions (not echo) are told to say goodbye at once; the server exits as
-    /// soon as the last connection has ended.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    shutdown_timeout: Duration,
+    #[command(flatten)]
+    limits: ServerLimitArgs,
 
     /// Serve Prometheus metrics on GET /metrics and a health check on GET /health at this
     /// address. A bare port (`9090`) binds to localhost; give an address to bind elsewhere.
@@ -78,12 +62,7 @@ enum ServiceArg {
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     logging::init(args.log_format);
-    if args.max_connections == 0 {
-        return Err(UsageError("--max-connections must be at least 1".into()).into());
-    }
-    if args.handshake_timeout.is_zero() {
-        return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
-    }
+    let options = args.limits.options()?;
 
     // The recorder first, so that the expiry gauges of the first build are kept.
     let metrics = match &args.metrics {
@@ -120,12 +99,6 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         print_how_to_connect(pki, &addrs);
     }
 
-    let options = ServerOptions {
-        max_connections: args.max_connections,
-        handshake_timeout: args.handshake_timeout,
-        idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
-        shutdown_timeout: args.shutdown_timeout,
-    };
     let running = Running {
         source,
         tls,

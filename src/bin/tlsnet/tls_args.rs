@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use tlsnet::net::ServerOptions;
 use tlsnet::pki::dev::{is_local_host, DevPki, DevPkiState};
 use tlsnet::tls::{
     load_certs, load_crls, AccessPolicy, ClientAuth, ClientTlsOptions, Identity, Pattern, Rule,
@@ -175,6 +176,46 @@ impl ServerTlsArgs {
         };
         source.validate().map_err(|e| UsageError(e.to_string()))?;
         Ok((source, dev_pki))
+    }
+}
+
+/// A server's limits and deadlines.
+#[derive(Args, Debug)]
+pub struct ServerLimitArgs {
+    /// Connections served at once; more are refused (and logged).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A client must complete the TLS handshake within this time, or is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Close a connection after this long without traffic (0 disables).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long open connections may take to finish before they are closed.
+    /// Services with sessions (not echo, not the tunnel) are told to say goodbye at once; the
+    /// server exits as soon as the last connection has ended.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerLimitArgs {
+    /// The server options, checked.
+    pub fn options(&self) -> Result<ServerOptions> {
+        if self.max_connections == 0 {
+            return Err(UsageError("--max-connections must be at least 1".into()).into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
+        }
+        Ok(ServerOptions {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            shutdown_timeout: self.shutdown_timeout,
+        })
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use tlsnet::net::bind;
 use tlsnet::net::client::{split_host_port, Connector};
-use tlsnet::net::{bind, ServerOptions};
 use tlsnet::service::{Router, Service};
 use tlsnet::telemetry;
 use tlsnet::tls::{server_name, AccessPolicy, ClientAuth, Pattern, Rule, SpkiPin};
@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::logging::{self, LogFormat};
 use crate::serve::{metrics_listener, Running};
-use crate::tls_args::{shutdown_signal, ClientTlsArgs, ServerTlsArgs};
+use crate::tls_args::{shutdown_signal, ClientTlsArgs, ServerLimitArgs, ServerTlsArgs};
 use crate::{parse_duration, UsageError};
 
 #[derive(Args, Debug)]
@@ -75,25 +75,12 @@ struct ServerArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
 
-    /// Close a connection after this long without traffic (0 disables).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-    idle_timeout: Duration,
-
     /// Close a connection this long after it opened, busy or not (0: no limit).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     max_lifetime: Duration,
 
-    /// Connections served at once; more are refused (and logged).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_connections: usize,
-
-    /// A client must complete the TLS handshake within this time, or is dropped.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    handshake_timeout: Duration,
-
-    /// On SIGINT/SIGTERM, how long open connections may take to finish before they are closed.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    shutdown_timeout: Duration,
+    #[command(flatten)]
+    limits: ServerLimitArgs,
 
     /// Serve Prometheus metrics on GET /metrics and a health check on GET /health at this
     /// address (a bare port binds to localhost).
@@ -186,14 +173,9 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    if args.max_connections == 0 {
-        return Err(UsageError("--max-connections must be at least 1".into()).into());
-    }
-    if args.handshake_timeout.is_zero() || args.connect_timeout.is_zero() {
-        return Err(UsageError(
-            "--handshake-timeout and --connect-timeout must be more than 0".into(),
-        )
-        .into());
+    let options = args.limits.options()?;
+    if args.connect_timeout.is_zero() {
+        return Err(UsageError("--connect-timeout must be more than 0".into()).into());
     }
     let metrics = match &args.metrics {
         Some(spec) => Some((metrics_listener(spec).await?, telemetry::install()?)),
@@ -245,12 +227,7 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
         source,
         tls,
         router,
-        options: ServerOptions {
-            max_connections: args.max_connections,
-            handshake_timeout: args.handshake_timeout,
-            idle_timeout: nonzero(args.idle_timeout),
-            shutdown_timeout: args.shutdown_timeout,
-        },
+        options,
         reload_every: args.tls.reload_every(),
         metrics,
     };
