@@ -12,6 +12,7 @@
 //! | [`tls`] | configuration, verification, pins, identity, access policy, reload, reports, failure causes (no sockets) |
 //! | [`net`] | listening, the accept loop, the server's connection pipeline, the client, the relay |
 //! | [`service`] | the interface services implement, ALPN routing, echo and discard |
+//! | [`tunnel`] | TLS in front of plain TCP services, local ports to TLS servers, PROXY v2 |
 //! | [`x509`] | certificate summaries and name formatting, for people |
 //! | [`inspect`] | certificates from files and remote servers |
 //! | [`pki`] | certificate authority and the first-run development PKI |
@@ -33,6 +34,7 @@ pub mod pki;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
+pub mod tunnel;
 pub mod x509;
 
 pub use error::{Error, Result};

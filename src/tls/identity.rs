@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use x509_parser::extensions::GeneralName;
@@ -50,6 +51,9 @@ pub struct PeerIdentity {
     /// End of validity, seconds since the Unix epoch.
     #[serde(serialize_with = "as_rfc3339")]
     pub not_after: i64,
+    /// The certificate itself (DER), for services that pass it on (a tunnel's PROXY header).
+    #[serde(skip)]
+    der: Arc<[u8]>,
 }
 
 impl PeerIdentity {
@@ -80,6 +84,7 @@ impl PeerIdentity {
             spki: SpkiPin::of_spki(cert.public_key().raw),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
+            der: Arc::from(der),
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
@@ -107,6 +112,11 @@ impl PeerIdentity {
         out.extend(self.emails.iter().map(|e| format!("email:{e}")));
         out.extend(self.ips.iter().map(|i| format!("IP:{i}")));
         out
+    }
+
+    /// The certificate, DER-encoded, as the peer sent it.
+    pub fn der(&self) -> &[u8] {
+        &self.der
     }
 
     /// The certificate's SHA-256 in lowercase hex.
@@ -188,6 +198,7 @@ mod tests {
         assert_eq!(id.ips, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
         assert_eq!(id.spki, SpkiPin::of_certificate(cert.der()).unwrap());
         assert!(id.not_after > id.not_before);
+        assert_eq!(id.der(), cert.der().as_ref());
         assert!(PeerIdentity::from_der(b"junk").is_err());
     }
 }

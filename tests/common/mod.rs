@@ -24,6 +24,7 @@ mod binary;
 mod capture;
 mod chains;
 mod process;
+mod tunnel;
 // Not every test crate spawns processes or needs certificate chains.
 #[allow(unused_imports)]
 pub use binary::*;
@@ -33,6 +34,8 @@ pub use capture::*;
 pub use chains::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use tunnel::*;
 
 /// Files of a test PKI in a temporary directory: a CA, a server certificate for localhost /
 /// 127.0.0.1 / ::1, and a client certificate. `other_ca` is a second, unrelated CA.
@@ -71,6 +74,28 @@ impl TestPki {
         let issued = ca.issue(spec).expect("issue");
         std::fs::write(self.path(&format!("{name}.pem")), &issued.chain_pem).unwrap();
         std::fs::write(self.path(&format!("{name}-key.pem")), &issued.key_pem).unwrap();
+        self.path(&format!("{name}.pem"))
+    }
+
+    /// A client certificate `NAME.pem` + `NAME-key.pem` from the test CA with a common name and
+    /// an organizational unit (which [`LeafSpec`] has no field for).
+    pub fn issue_with_ou(&self, name: &str, cn: &str, ou: &str) -> PathBuf {
+        let ca_key = rcgen::KeyPair::from_pem(&self.ca.key_pem()).expect("CA key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(self.ca.cert_pem(), ca_key).expect("issuer");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, ou);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}-key.pem")), key.serialize_pem()).unwrap();
         self.path(&format!("{name}.pem"))
     }
 

@@ -80,6 +80,11 @@ impl Proc {
         }
     }
 
+    /// The process id, for /proc (`None` once it has been waited for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// What the process wrote on stdout so far.
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().unwrap().stdout).into_owned()

@@ -1,19 +1,15 @@
 //! `tlsnet connect`: verify the server, report the handshake, relay stdin and stdout.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use tlsnet::net::client::{read_error_cause, split_host_port, Connector};
 use tlsnet::net::relay::{relay, Direction, RelayError, RelayOptions, Until};
-use tlsnet::pki::dev::{is_local_host, DevPki};
-use tlsnet::tls::{
-    load_certs, load_crls, server_name, ClientTlsOptions, Identity, ServerTrust, SpkiPin,
-};
+use tlsnet::tls::server_name;
 
-use crate::keylog::KeyLogArgs;
+use crate::tls_args::ClientTlsArgs;
 use crate::{parse_duration, UsageError};
 
 #[derive(Args, Debug)]
@@ -22,40 +18,17 @@ pub struct ConnectArgs {
     #[arg(value_name = "HOST:PORT")]
     addr: String,
 
-    /// Trust the CA certificates in this PEM file instead of the system's trust store.
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-
     /// Name to send as SNI and to check the certificate against [default: the HOST].
     #[arg(long, value_name = "NAME")]
     servername: Option<String>,
 
-    /// Require the server's public key to match this pin (sha256/BASE64, as the report
-    /// prints). Without --ca, the pin replaces the CA check; the name and dates are still checked.
-    #[arg(long, value_name = "sha256/BASE64")]
-    pin: Option<SpkiPin>,
-
-    /// Client certificate chain (PEM), for servers that require one.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    cert: Option<PathBuf>,
-
-    /// Private key of --cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
-
-    /// CRL file (PEM or DER): a server certificate listed there is refused. Needs a CA
-    /// (system roots or --ca).
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
-    crl: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 
     /// DANGEROUS: do not verify the server at all. Anyone on the path can read and change the
     /// traffic. A warning is printed on every use.
-    #[arg(long, conflicts_with_all = ["ca", "pin"])]
+    #[arg(long, conflicts_with_all = ["ca", "pin", "crl"])]
     insecure: bool,
-
-    /// Also offer TLS 1.2.
-    #[arg(long)]
-    tls12: bool,
 
     /// ALPN protocol to offer (repeatable).
     #[arg(long, value_name = "PROTOCOL")]
@@ -72,20 +45,15 @@ pub struct ConnectArgs {
     /// Deadline for connecting and for the handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
-
-    /// Development PKI used for local hosts when no --ca is given [default: as for serve].
-    #[arg(long, value_name = "DIR", env = "TLSNET_PKI_DIR")]
-    pki_dir: Option<PathBuf>,
-
-    #[command(flatten)]
-    keylog: KeyLogArgs,
 }
 
 pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
     let (host, _port) = split_host_port(&args.addr).map_err(|e| UsageError(e.to_string()))?;
     let name = args.servername.clone().unwrap_or_else(|| host.clone());
     let name = server_name(&name).map_err(|e| UsageError(format!("--servername: {e}")))?;
-    let options = client_options(&args, &host)?;
+    let options = args
+        .tls
+        .options(&host, args.insecure, args.quiet, &args.alpn)?;
     // Building may read the system trust store: not on the runtime's workers.
     let config = tokio::task::spawn_blocking(move || options.build()).await??;
     let mut connector = Connector::new(config);
@@ -102,68 +70,6 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
         .await
         .map_err(|cause| anyhow!("connection to {} failed: {cause}", args.addr))?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn client_options(args: &ConnectArgs, host: &str) -> Result<ClientTlsOptions> {
-    let mut identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Some(Identity::from_files(cert, key)?),
-        _ => None,
-    };
-    let trust = if args.insecure {
-        eprintln!(
-            "tlsnet: WARNING: --insecure: the server's certificate is NOT verified; anyone on the \
-             network path can read and change this connection"
-        );
-        ServerTrust::Insecure
-    } else if let Some(ca) = &args.ca {
-        ServerTrust::Roots(load_certs(ca)?)
-    } else if args.pin.is_some() {
-        if args.crl.is_some() {
-            return Err(UsageError(
-                "--crl needs a CA to check against (--ca FILE); with --pin alone there is none"
-                    .into(),
-            )
-            .into());
-        }
-        ServerTrust::PinOnly
-    } else if let Some(pki) = local_dev_pki(args, host) {
-        if !args.quiet {
-            eprintln!(
-                "tlsnet: local host and no --ca: using the development PKI in {}",
-                pki.dir().display()
-            );
-        }
-        if identity.is_none() {
-            identity = Some(
-                Identity::from_files(&pki.client_cert(), &pki.client_key())
-                    .context("development client certificate")?,
-            );
-        }
-        ServerTrust::Roots(load_certs(&pki.ca_cert())?)
-    } else {
-        ServerTrust::System
-    };
-    Ok(ClientTlsOptions {
-        trust,
-        pin: args.pin,
-        identity,
-        allow_tls12: args.tls12,
-        alpn: args.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
-        crls: match &args.crl {
-            Some(path) => load_crls(path)?,
-            None => Vec::new(),
-        },
-        key_log: args.keylog.open()?,
-    })
-}
-
-fn local_dev_pki(args: &ConnectArgs, host: &str) -> Option<DevPki> {
-    if !is_local_host(host) {
-        return None;
-    }
-    let dir = args.pki_dir.clone().or_else(DevPki::default_dir)?;
-    let pki = DevPki::at(dir);
-    pki.exists().then_some(pki)
 }
 
 /// stdin → server and server → stdout. On stdin EOF, sends close_notify and keeps reading

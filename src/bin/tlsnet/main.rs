@@ -9,7 +9,9 @@ mod keylog;
 mod logging;
 mod pki;
 mod serve;
+mod tls_args;
 mod tooling;
+mod tunnel;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Show the X.509 details of certificates in a file or presented by a server.
     Inspect(inspect::InspectArgs),
+    /// Put (mutual) TLS in front of a plain TCP service, or carry a local port to a TLS server.
+    Tunnel(tunnel::TunnelArgs),
     /// Run a private certificate authority: init, issue, list, renew, revoke, crl.
     Pki(pki::PkiArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
+            Command::Tunnel(args) => tunnel::run(args).await,
             Command::Pki(args) => pki::run(args).await,
             Command::Completions(args) => tooling::completions(args),
             Command::Man(args) => tooling::man(args),

@@ -1,0 +1,379 @@
+//! Flags shared by the commands: a server's TLS material and access policy (`serve`,
+//! `tunnel server`), a client's trust (`connect`, `tunnel client`), and the signals a
+//! long-running command answers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use tlsnet::net::ServerOptions;
+use tlsnet::pki::dev::{is_local_host, DevPki, DevPkiState};
+use tlsnet::tls::{
+    load_certs, load_crls, AccessPolicy, ClientAuth, ClientTlsOptions, Identity, Pattern, Rule,
+    ServerTlsSource, ServerTrust, SpkiPin,
+};
+use tracing::info;
+
+use crate::keylog::KeyLogArgs;
+use crate::{parse_duration, UsageError};
+
+/// A server's certificates, client authentication and `--allow-*` rules.
+#[derive(Args, Debug)]
+pub struct ServerTlsArgs {
+    /// Server certificate chain (PEM, leaf first). Repeat with --key for several: each client
+    /// gets the one whose names cover the name it asked for (SNI), the first one otherwise.
+    /// Without it, a development PKI is used.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Vec<PathBuf>,
+
+    /// Private key of the --cert at the same position (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Vec<PathBuf>,
+
+    /// CA certificates (PEM) that sign acceptable client certificates; makes client
+    /// certificates required unless --client-auth says otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Whether clients must present a certificate. Default: required with --client-ca or the
+    /// development PKI, none otherwise.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub client_auth: Option<ClientAuthArg>,
+
+    /// CRL file (PEM or DER, e.g. from `tlsnet pki crl`): client certificates listed there are
+    /// refused. Re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub crl: Option<PathBuf>,
+
+    /// Admit clients whose certificate's common name is NAME (repeatable). With any --allow-*
+    /// rule, a client must match one of them; the others get the alert access_denied.
+    #[arg(long, value_name = "NAME")]
+    pub allow_cn: Vec<String>,
+
+    /// Admit clients with this organizational unit (OU) in their subject (repeatable).
+    #[arg(long, value_name = "OU")]
+    pub allow_ou: Vec<String>,
+
+    /// Admit clients with a DNS name matching this pattern (repeatable; `*` is one label,
+    /// `**` one or more: `*.acme.internal`).
+    #[arg(long, value_name = "PATTERN", value_parser = Pattern::dns)]
+    pub allow_dns: Vec<Pattern>,
+
+    /// Admit clients with a URI matching this pattern (repeatable; `*` is one path segment,
+    /// `**` one or more: `spiffe://acme/**`).
+    #[arg(long, value_name = "PATTERN", value_parser = Pattern::uri)]
+    pub allow_uri: Vec<Pattern>,
+
+    /// Admit clients whose public key has this pin (repeatable; sha256/BASE64, as `tlsnet
+    /// connect` and `tlsnet inspect` print it).
+    #[arg(long, value_name = "sha256/BASE64")]
+    pub allow_spki_pin: Vec<SpkiPin>,
+
+    /// How often certificate, key, client CA and CRL files are checked for changes (0: only
+    /// on SIGHUP). A changed file that does not load is refused and the old material kept.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+
+    /// Also accept TLS 1.2 (ECDHE key exchange with AEAD ciphers only). Default: TLS 1.3 only.
+    #[arg(long)]
+    pub tls12: bool,
+
+    /// Directory of the development PKI [default: $XDG_STATE_HOME/tlsnet/dev-pki or
+    /// ~/.local/state/tlsnet/dev-pki].
+    #[arg(long, value_name = "DIR", env = "TLSNET_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub keylog: KeyLogArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ClientAuthArg {
+    Required,
+    Optional,
+    None,
+}
+
+impl From<ClientAuthArg> for ClientAuth {
+    fn from(arg: ClientAuthArg) -> Self {
+        match arg {
+            ClientAuthArg::Required => ClientAuth::Required,
+            ClientAuthArg::Optional => ClientAuth::Optional,
+            ClientAuthArg::None => ClientAuth::None,
+        }
+    }
+}
+
+impl ServerTlsArgs {
+    /// The `--allow-*` rules.
+    pub fn policy(&self) -> AccessPolicy {
+        let mut rules = Vec::new();
+        rules.extend(self.allow_cn.iter().cloned().map(Rule::CommonName));
+        rules.extend(self.allow_ou.iter().cloned().map(Rule::OrganizationalUnit));
+        rules.extend(self.allow_dns.iter().cloned().map(Rule::Dns));
+        rules.extend(self.allow_uri.iter().cloned().map(Rule::Uri));
+        rules.extend(self.allow_spki_pin.iter().copied().map(Rule::SpkiPin));
+        AccessPolicy::new(rules)
+    }
+
+    /// The reload interval, `None` for "only on SIGHUP".
+    pub fn reload_every(&self) -> Option<Duration> {
+        (!self.reload_interval.is_zero()).then_some(self.reload_interval)
+    }
+
+    /// Where the TLS material comes from (the development PKI, made or renewed here, when no
+    /// --cert is given), checked for usage errors.
+    pub fn source(&self) -> Result<(ServerTlsSource, Option<DevPki>)> {
+        if self.cert.len() != self.key.len() {
+            return Err(UsageError(format!(
+                "--cert and --key come in pairs: {} --cert and {} --key given",
+                self.cert.len(),
+                self.key.len()
+            ))
+            .into());
+        }
+        let (certs, client_ca, dev_pki) = if self.cert.is_empty() {
+            let pki = DevPki::at(match &self.pki_dir {
+                Some(dir) => dir.clone(),
+                None => DevPki::default_dir().ok_or_else(|| {
+                    UsageError(
+                        "cannot find a home for the development PKI: set --pki-dir DIR (or HOME)"
+                            .into(),
+                    )
+                })?,
+            });
+            let state = pki
+                .ensure()
+                .with_context(|| format!("development PKI in {}", pki.dir().display()))?;
+            let dir = pki.dir().display();
+            match state {
+                DevPkiState::Created => {
+                    info!(dir = %dir, "created a development PKI (CA, server and client certificates)")
+                }
+                DevPkiState::Renewed => {
+                    info!(dir = %dir, "re-issued development certificates close to expiry")
+                }
+                DevPkiState::Existing => info!(dir = %dir, "using the development PKI"),
+            }
+            let ca = self.client_ca.clone().unwrap_or_else(|| pki.ca_cert());
+            (
+                vec![(pki.server_cert(), pki.server_key())],
+                Some(ca),
+                Some(pki),
+            )
+        } else {
+            let pairs = self.cert.iter().cloned().zip(self.key.iter().cloned());
+            (pairs.collect(), self.client_ca.clone(), None)
+        };
+        let client_auth =
+            ClientAuth::resolve(self.client_auth.map(Into::into), client_ca.is_some())
+                .map_err(|e| UsageError(e.to_string()))?;
+        let source = ServerTlsSource {
+            certs,
+            client_ca,
+            crl: self.crl.clone(),
+            client_auth,
+            tls12: self.tls12,
+            policy: self.policy(),
+            key_log: None,
+        };
+        source.validate().map_err(|e| UsageError(e.to_string()))?;
+        let source = ServerTlsSource {
+            key_log: self.keylog.open()?,
+            ..source
+        };
+        Ok((source, dev_pki))
+    }
+}
+
+/// A server's limits and deadlines.
+#[derive(Args, Debug)]
+pub struct ServerLimitArgs {
+    /// Connections served at once; more are refused (and logged).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A client must complete the TLS handshake within this time, or is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Close a connection after this long without traffic (0 disables).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long open connections may take to finish before they are closed.
+    /// Services with sessions (not echo, not the tunnel) are told to say goodbye at once; the
+    /// server exits as soon as the last connection has ended.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerLimitArgs {
+    /// The server options, checked.
+    pub fn options(&self) -> Result<ServerOptions> {
+        if self.max_connections == 0 {
+            return Err(UsageError("--max-connections must be at least 1".into()).into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
+        }
+        Ok(ServerOptions {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+/// How a client trusts the server, and its own certificate.
+#[derive(Args, Debug)]
+pub struct ClientTlsArgs {
+    /// Trust the CA certificates in this PEM file instead of the system's trust store.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Require the server's public key to match this pin (sha256/BASE64, as the report
+    /// prints). Without --ca, the pin replaces the CA check; the name and dates are still checked.
+    #[arg(long, value_name = "sha256/BASE64")]
+    pub pin: Option<SpkiPin>,
+
+    /// Client certificate chain (PEM), for servers that require one.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// CRL file (PEM or DER): a server certificate listed there is refused. Needs a CA
+    /// (system roots or --ca).
+    #[arg(long, value_name = "FILE")]
+    pub crl: Option<PathBuf>,
+
+    /// Also offer TLS 1.2.
+    #[arg(long)]
+    pub tls12: bool,
+
+    /// Development PKI used for local hosts when no --ca is given [default: as for serve].
+    #[arg(long, value_name = "DIR", env = "TLSNET_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub keylog: KeyLogArgs,
+}
+
+impl ClientTlsArgs {
+    /// The client's TLS options for a server on `host`. `insecure` skips verification
+    /// (`connect --insecure` only); `quiet` leaves out the note about the development PKI.
+    pub fn options(
+        &self,
+        host: &str,
+        insecure: bool,
+        quiet: bool,
+        alpn: &[String],
+    ) -> Result<ClientTlsOptions> {
+        let mut identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(Identity::from_files(cert, key)?),
+            _ => None,
+        };
+        let trust = if insecure {
+            eprintln!(
+                "tlsnet: WARNING: --insecure: the server's certificate is NOT verified; anyone on the \
+                 network path can read and change this connection"
+            );
+            ServerTrust::Insecure
+        } else if let Some(ca) = &self.ca {
+            ServerTrust::Roots(load_certs(ca)?)
+        } else if self.pin.is_some() {
+            if self.crl.is_some() {
+                return Err(UsageError(
+                    "--crl needs a CA to check against (--ca FILE); with --pin alone there is none"
+                        .into(),
+                )
+                .into());
+            }
+            ServerTrust::PinOnly
+        } else if let Some(pki) = self.local_dev_pki(host) {
+            if !quiet {
+                eprintln!(
+                    "tlsnet: local host and no --ca: using the development PKI in {}",
+                    pki.dir().display()
+                );
+            }
+            if identity.is_none() {
+                identity = Some(
+                    Identity::from_files(&pki.client_cert(), &pki.client_key())
+                        .context("development client certificate")?,
+                );
+            }
+            ServerTrust::Roots(load_certs(&pki.ca_cert())?)
+        } else {
+            ServerTrust::System
+        };
+        Ok(ClientTlsOptions {
+            trust,
+            pin: self.pin,
+            identity,
+            allow_tls12: self.tls12,
+            alpn: alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            crls: match &self.crl {
+                Some(path) => load_crls(path)?,
+                None => Vec::new(),
+            },
+            key_log: self.keylog.open()?,
+        })
+    }
+
+    fn local_dev_pki(&self, host: &str) -> Option<DevPki> {
+        if !is_local_host(host) {
+            return None;
+        }
+        let dir = self.pki_dir.clone().or_else(DevPki::default_dir)?;
+        let pki = DevPki::at(dir);
+        pki.exists().then_some(pki)
+    }
+}
+
+/// Reloads the TLS material on SIGHUP.
+pub fn spawn_sighup_listener(trigger: Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP received: reloading TLS material");
+                    trigger.notify_one();
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = trigger;
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
