@@ -13,9 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::stats::ServerStats;
+use crate::error::{Error, Result};
+use crate::service::Shutdown;
 
 /// What every accept loop of one server shares: the connection limit, the counters and the
 /// set of running connection tasks.
@@ -100,6 +102,62 @@ pub async fn accept_loop<H, F>(
             }
         }
     }
+}
+
+/// Runs an [`accept_loop`] on every listener until `shutdown` completes; then stops accepting,
+/// tells the connections to drain (`signal`), returns as soon as the last has ended, or after
+/// `grace`, when the rest are forced to close (and given two more seconds to do so).
+pub async fn serve_listeners<H, F>(
+    listeners: Vec<TcpListener>,
+    gate: Gate,
+    handle: H,
+    shutdown: impl Future<Output = ()>,
+    signal: &Shutdown,
+    grace: Duration,
+) -> Result<()>
+where
+    H: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if listeners.is_empty() {
+        return Err(Error::InvalidInput("no address to listen on".into()));
+    }
+    let stop_accepting = CancellationToken::new();
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                gate.clone(),
+                stop_accepting.clone(),
+                handle.clone(),
+            ))
+        })
+        .collect();
+    shutdown.await;
+    stop_accepting.cancel();
+    for task in loops {
+        let _ = task.await;
+    }
+    let connections = gate.tasks();
+    connections.close();
+    signal.start_draining();
+    let open = connections.len();
+    if open > 0 {
+        info!(open, grace = %crate::duration::format(grace), "stopped accepting; draining open connections");
+    }
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = connections.len(),
+            "shutdown grace period over; closing the remaining connections"
+        );
+        signal.force();
+        let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
+    }
+    Ok(())
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

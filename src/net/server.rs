@@ -28,14 +28,13 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::accept::{accept_loop, Gate};
+use super::accept::{serve_listeners, Gate};
 use super::metered::{Meter, Metered};
 use super::sniff::{classify_first_bytes, client_hello_version, SNIFF_LEN};
 use super::stats::ServerStats;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::service::{BoxStream, Context, End, Router, Service, Shutdown};
 use crate::tls::{FailureCause, HandshakeReport, Side, TlsHandle};
 
@@ -124,46 +123,21 @@ impl Server {
         listeners: Vec<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        if listeners.is_empty() {
-            return Err(Error::InvalidInput("no address to listen on".into()));
-        }
         let shared = self.shared;
         let gate = Gate::new(shared.options.max_connections, shared.stats.clone());
-        let stop_accepting = CancellationToken::new();
-        let mut accept_loops = Vec::new();
-        for listener in listeners {
+        let handler = {
             let shared = shared.clone();
-            accept_loops.push(tokio::spawn(accept_loop(
-                listener,
-                gate.clone(),
-                stop_accepting.clone(),
-                move |tcp, peer, slot| connection(tcp, peer, shared.clone(), slot),
-            )));
-        }
-        shutdown.await;
-        stop_accepting.cancel();
-        for task in accept_loops {
-            let _ = task.await;
-        }
-        let connections = gate.tasks();
-        connections.close();
-        shared.shutdown.start_draining();
-        let open = connections.len();
-        let grace = shared.options.shutdown_timeout;
-        if open > 0 {
-            info!(open, grace = %crate::duration::format(grace), "stopped accepting; draining open connections");
-        }
-        if tokio::time::timeout(grace, connections.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                open = connections.len(),
-                "shutdown grace period over; closing the remaining connections"
-            );
-            shared.shutdown.force();
-            let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
-        }
+            move |tcp, peer, slot| connection(tcp, peer, shared.clone(), slot)
+        };
+        serve_listeners(
+            listeners,
+            gate,
+            handler,
+            shutdown,
+            &shared.shutdown,
+            shared.options.shutdown_timeout,
+        )
+        .await?;
         info!("server stopped");
         Ok(())
     }
@@ -176,6 +150,9 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
+    let local = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     // The handshake's state lives in this block only, so that it takes no room in this task
     // while the service runs (the service future holds the stream).
     let (service, ctx, meter, serving) = {
@@ -207,7 +184,7 @@ async fn connection(
         };
         let meter = Meter::new(shared.stats.clone());
         let stream: BoxStream = Box::new(Metered::new(stream, meter.clone()));
-        let ctx = Context::new(peer, report, shared.shutdown.for_connection());
+        let ctx = Context::new(peer, local, report, shared.shutdown.for_connection());
         (service, ctx, meter, stream)
     };
     shared.stats.open.fetch_add(1, Ordering::Relaxed);

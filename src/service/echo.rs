@@ -129,6 +129,7 @@ mod tests {
     fn context() -> Context {
         Context::new(
             "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:8443".parse().unwrap(),
             Arc::new(HandshakeReport::in_memory(None)),
             Shutdown::new(),
         )

@@ -78,6 +78,8 @@ pub trait Service: Send + Sync + 'static {
 pub struct Context {
     /// The peer's address.
     pub peer: SocketAddr,
+    /// Our address on this connection (the one the peer connected to).
+    pub local: SocketAddr,
     /// What the handshake negotiated, with the peer's identity.
     pub handshake: Arc<HandshakeReport>,
     /// When to stop.
@@ -86,9 +88,15 @@ pub struct Context {
 
 impl Context {
     /// A context for a connection.
-    pub fn new(peer: SocketAddr, handshake: Arc<HandshakeReport>, shutdown: Shutdown) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        handshake: Arc<HandshakeReport>,
+        shutdown: Shutdown,
+    ) -> Self {
         Context {
             peer,
+            local,
             handshake,
             shutdown,
         }

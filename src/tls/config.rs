@@ -19,7 +19,7 @@ use rustls::{
 
 use super::files::Identity;
 use super::pin::SpkiPin;
-use super::policy::{AccessPolicy, PolicyVerifier};
+use super::policy::{AccessPolicy, PolicyVerifier, ServerPolicyVerifier};
 use super::sni::SniResolver;
 use super::verify;
 use crate::danger;
@@ -277,6 +277,10 @@ pub struct ClientTlsOptions {
     /// Where the secrets of each connection are written, for decrypting a capture (see
     /// [`super::keylog`]). `None`: nowhere (and `SSLKEYLOGFILE` is ignored).
     pub key_log: Option<Arc<dyn KeyLog>>,
+    /// Rules the server's (verified) certificate must also satisfy, one at least (empty: no
+    /// rule beyond the trust settings). A server that matches none is refused in the
+    /// handshake, before a byte is sent.
+    pub server_policy: AccessPolicy,
 }
 
 impl ClientTlsOptions {
@@ -290,6 +294,7 @@ impl ClientTlsOptions {
             alpn: Vec::new(),
             crls: Vec::new(),
             key_log: None,
+            server_policy: AccessPolicy::default(),
         }
     }
 
@@ -334,6 +339,7 @@ impl ClientTlsOptions {
             }
             ServerTrust::Insecure => Arc::new(danger::NoVerification::new(provider.clone())),
         };
+        let verifier = ServerPolicyVerifier::wrap(verifier, self.server_policy.clone());
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);

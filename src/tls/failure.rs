@@ -104,11 +104,15 @@ pub enum FailureCause {
         /// TLS 1.1): see [`crate::net::sniff`].
         client_max: Option<u16>,
     },
-    /// The client's certificate is valid but matches no rule of the access policy.
+    /// The client's certificate is valid but matches no rule of the access policy (on the
+    /// server: ours; on the client: the server's, told by the alert access_denied).
     AccessDenied {
         /// Which side we are.
         side: Side,
     },
+    /// We are the client: the server's certificate is valid but matches none of our
+    /// `--verify-*` rules.
+    ServerNotAdmitted,
     /// No cipher suite, key-exchange group or signature scheme in common.
     NothingInCommon(PeerIncompatible),
     /// The client offered ALPN ids, and none is a service of this server.
@@ -242,7 +246,10 @@ impl FailureCause {
                 presented: presented.clone(),
             },
             CertificateError::Revoked => FailureCause::Revoked { side },
-            CertificateError::ApplicationVerificationFailure => FailureCause::AccessDenied { side },
+            CertificateError::ApplicationVerificationFailure => match side {
+                Side::Server => FailureCause::AccessDenied { side },
+                Side::Client => FailureCause::ServerNotAdmitted,
+            },
             CertificateError::Other(other) => {
                 if let Some(pin) = other.0.downcast_ref::<PinMismatchError>() {
                     FailureCause::PinMismatch {
@@ -274,6 +281,7 @@ impl FailureCause {
             FailureCause::Revoked { .. } => "certificate_revoked",
             FailureCause::ProtocolVersion { .. } => "protocol_version",
             FailureCause::AccessDenied { .. } => "access_denied",
+            FailureCause::ServerNotAdmitted => "server_not_admitted",
             FailureCause::NothingInCommon(_) => "nothing_in_common",
             FailureCause::NoApplicationProtocol { .. } => "no_application_protocol",
             FailureCause::AlertReceived { .. } => "alert_received",
@@ -383,6 +391,10 @@ impl fmt::Display for FailureCause {
             FailureCause::AccessDenied { side: Side::Client } => write!(
                 f,
                 "server refused our client certificate: its access policy does not admit it (alert access_denied)"
+            ),
+            FailureCause::ServerNotAdmitted => write!(
+                f,
+                "server certificate is valid but matches no --verify-* rule"
             ),
             FailureCause::NoApplicationProtocol { side: Side::Server } => write!(
                 f,

@@ -6,6 +6,9 @@
 //! `*.acme.internal` admits `web.acme.internal` but not `a.b.acme.internal`, and
 //! `spiffe://acme/**` admits `spiffe://acme/ns/web`. DNS names compare without regard to case.
 //!
+//! The same rules check a server's certificate on the client side ([`ServerPolicyVerifier`],
+//! `tunnel client --verify-*`).
+//!
 //! The policy runs inside the client-certificate verifier, after the chain, dates and CRL have
 //! been checked: a refused client gets the TLS alert `access_denied` and never reaches a
 //! service. The refusal is logged with the client's identity and the rules.
@@ -13,8 +16,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
@@ -271,6 +274,90 @@ impl ClientCertVerifier for PolicyVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// A server-certificate verifier that applies an [`AccessPolicy`] to the server's identity
+/// after another verifier (webpki or a pin) has accepted it: `tunnel client --verify-*`.
+#[derive(Debug)]
+pub struct ServerPolicyVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    policy: AccessPolicy,
+}
+
+impl ServerPolicyVerifier {
+    /// `inner` itself when the policy is empty, else `inner` followed by the policy.
+    pub fn wrap(
+        inner: Arc<dyn ServerCertVerifier>,
+        policy: AccessPolicy,
+    ) -> Arc<dyn ServerCertVerifier> {
+        if policy.is_empty() {
+            inner
+        } else {
+            Arc::new(ServerPolicyVerifier { inner, policy })
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerPolicyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let identity = PeerIdentity::from_der(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self.policy.admitting_rule(&identity).is_some() {
+            return Ok(verified);
+        }
+        tracing::warn!(
+            server = %identity,
+            rules = %self.policy.describe(),
+            "the server's certificate matches no --verify-* rule"
+        );
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        self.inner.root_hint_subjects()
     }
 }
 

@@ -2,10 +2,10 @@
 //! mutual TLS) to an upstream server, such as a tunnel server.
 //!
 //! Accepting is the shared [`accept_loop`] (connection limit, backoff, task tracking); the
-//! upstream connection is a [`Connector`]'s, verified with the client's trust settings, and
-//! then the server's certificate is checked against the `--verify-*` rules (an
-//! [`AccessPolicy`], the same rules a server applies to its clients) before a byte of the
-//! local client is sent. The bytes go both ways through [`relay`] with half-close.
+//! upstream connection is a [`Connector`]'s, verified with the client's trust settings and
+//! the `--verify-*` rules (`ClientTlsOptions::server_policy`, checked in the handshake, the
+//! same rules a server applies to its clients), so no byte of the local client reaches a
+//! server that fails them. The bytes go both ways through [`relay`] with half-close.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,15 +16,14 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::error::{Error, Result};
-use crate::net::accept::{accept_loop, Gate};
+use crate::error::Result;
+use crate::net::accept::{serve_listeners, Gate};
 use crate::net::client::{read_error_cause, Connector};
 use crate::net::relay::{relay, Direction, RelayError, RelayOptions, Until};
 use crate::net::ServerStats;
-use crate::tls::AccessPolicy;
+use crate::service::Shutdown;
 
 /// Limits of a tunnel client.
 #[derive(Clone, Debug)]
@@ -56,9 +55,11 @@ struct Shared {
     connector: Connector,
     upstream: String,
     server_name: ServerName<'static>,
-    verify: AccessPolicy,
     options: TunnelClientOptions,
     stats: Arc<ServerStats>,
+    /// Byte streams have nothing to say at draining: connections end when their peers close
+    /// them, or are forced at the end of the grace period.
+    shutdown: Shutdown,
 }
 
 impl TunnelClient {
@@ -72,18 +73,15 @@ impl TunnelClient {
             connector,
             upstream,
             server_name,
-            AccessPolicy::default(),
             TunnelClientOptions::default(),
         )
     }
 
-    /// Like [`TunnelClient::new`]; the server's certificate must also satisfy `verify` (empty:
-    /// no rule beyond the trust settings).
+    /// Like [`TunnelClient::new`], with limits.
     pub fn with_options(
         connector: Connector,
         upstream: impl Into<String>,
         server_name: ServerName<'static>,
-        verify: AccessPolicy,
         options: TunnelClientOptions,
     ) -> Self {
         TunnelClient {
@@ -91,9 +89,9 @@ impl TunnelClient {
                 connector,
                 upstream: upstream.into(),
                 server_name,
-                verify,
                 options,
                 stats: Arc::default(),
+                shutdown: Shutdown::new(),
             }),
         }
     }
@@ -110,43 +108,21 @@ impl TunnelClient {
         listeners: Vec<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        if listeners.is_empty() {
-            return Err(Error::InvalidInput("no address to listen on".into()));
-        }
         let shared = self.shared;
         let gate = Gate::new(shared.options.max_connections, shared.stats.clone());
-        let stop_accepting = CancellationToken::new();
-        let forced = CancellationToken::new();
-        let mut loops = Vec::new();
-        for listener in listeners {
+        let handler = {
             let shared = shared.clone();
-            let forced = forced.clone();
-            loops.push(tokio::spawn(accept_loop(
-                listener,
-                gate.clone(),
-                stop_accepting.clone(),
-                move |tcp, peer, slot| connection(tcp, peer, shared.clone(), slot, forced.clone()),
-            )));
-        }
-        shutdown.await;
-        stop_accepting.cancel();
-        for task in loops {
-            let _ = task.await;
-        }
-        let connections = gate.tasks();
-        connections.close();
-        let grace = shared.options.shutdown_timeout;
-        if tokio::time::timeout(grace, connections.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                open = connections.len(),
-                "shutdown grace period over; closing the remaining tunnel connections"
-            );
-            forced.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
-        }
+            move |tcp, peer, slot| connection(tcp, peer, shared.clone(), slot)
+        };
+        serve_listeners(
+            listeners,
+            gate,
+            handler,
+            shutdown,
+            &shared.shutdown,
+            shared.options.shutdown_timeout,
+        )
+        .await?;
         info!("tunnel client stopped");
         Ok(())
     }
@@ -157,8 +133,8 @@ async fn connection(
     _peer: SocketAddr,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
-    forced: CancellationToken,
 ) {
+    let forced = &shared.shutdown;
     let started = Instant::now();
     let upstream = &shared.upstream;
     let connecting = shared
@@ -166,31 +142,15 @@ async fn connection(
         .connect(upstream, shared.server_name.clone());
     let connected = tokio::select! {
         connected = connecting => connected,
-        _ = forced.cancelled() => return,
+        _ = forced.forced() => return,
     };
-    let (mut tls, report) = match connected {
+    let (mut tls, _report) = match connected {
         Ok(connected) => connected,
         Err(e) => {
             warn!(%upstream, error = %e.describe(), "tunnel client: cannot reach the upstream; closing the local connection");
             return;
         }
     };
-    if !shared.verify.is_empty() {
-        let admitted = report
-            .peer
-            .as_ref()
-            .and_then(|id| shared.verify.admitting_rule(id));
-        if admitted.is_none() {
-            warn!(
-                %upstream,
-                server = %report.peer.as_ref().map_or_else(|| "no certificate".to_owned(), |p| p.to_string()),
-                rules = %shared.verify.describe(),
-                "tunnel client: the upstream's certificate matches no --verify-* rule; closing"
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
-            return;
-        }
-    }
     ServerStats::count(&shared.stats.handshakes);
     let options = RelayOptions {
         idle_timeout: shared.options.idle_timeout,
@@ -198,7 +158,7 @@ async fn connection(
     };
     let result = tokio::select! {
         result = relay(local, &mut tls, options) => Some(result),
-        _ = forced.cancelled() => None,
+        _ = forced.forced() => None,
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {

@@ -10,7 +10,6 @@
 //! why; nothing is retried.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -82,39 +81,17 @@ pub enum TunnelError {
 pub struct TunnelService {
     target: Target,
     options: TunnelOptions,
-    local: Vec<SocketAddr>,
 }
 
 impl TunnelService {
     /// A tunnel to `target`.
     pub fn new(target: Target, options: TunnelOptions) -> Self {
-        TunnelService {
-            target,
-            options,
-            local: Vec::new(),
-        }
-    }
-
-    /// The addresses the server listens on: the PROXY header's destination is the one of the
-    /// client's address family (the service is not told which one a client connected to).
-    pub fn with_local_addrs(mut self, local: Vec<SocketAddr>) -> Self {
-        self.local = local;
-        self
+        TunnelService { target, options }
     }
 
     /// The backend.
     pub fn target(&self) -> &Target {
         &self.target
-    }
-
-    fn destination_for(&self, peer: SocketAddr) -> SocketAddr {
-        let v4 = |a: &SocketAddr| a.ip().to_canonical().is_ipv4();
-        self.local
-            .iter()
-            .find(|a| v4(a) == v4(&peer))
-            .or(self.local.first())
-            .copied()
-            .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
     }
 
     /// The PROXY v2 header for this connection.
@@ -123,7 +100,7 @@ impl TunnelService {
         let cipher = openssl_cipher_name(&report.cipher_suite);
         ProxyHeader {
             source: ctx.peer,
-            destination: self.destination_for(ctx.peer),
+            destination: ctx.local,
             alpn: ctx.alpn().map(str::as_bytes),
             authority: ctx.sni(),
             tls: Some(TlsFacts {
@@ -296,6 +273,7 @@ mod tests {
     fn ctx() -> Context {
         Context::new(
             "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:8443".parse().unwrap(),
             Arc::new(HandshakeReport::in_memory(None)),
             Shutdown::new(),
         )
@@ -353,22 +331,5 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-    }
-
-    #[test]
-    fn the_destination_is_of_the_clients_family() {
-        let tunnel = TunnelService::new("127.0.0.1:1".parse().unwrap(), TunnelOptions::default())
-            .with_local_addrs(vec![
-                "[::1]:8443".parse().unwrap(),
-                "127.0.0.1:8443".parse().unwrap(),
-            ]);
-        assert_eq!(
-            tunnel.destination_for("127.0.0.1:5".parse().unwrap()),
-            "127.0.0.1:8443".parse().unwrap()
-        );
-        assert_eq!(
-            tunnel.destination_for("[::1]:5".parse().unwrap()),
-            "[::1]:8443".parse().unwrap()
-        );
     }
 }

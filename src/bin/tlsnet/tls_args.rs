@@ -324,6 +324,7 @@ impl ClientTlsArgs {
                 None => Vec::new(),
             },
             key_log: self.keylog.open()?,
+            server_policy: AccessPolicy::default(),
         })
     }
 

@@ -208,8 +208,7 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
             max_lifetime: nonzero(args.max_lifetime),
             proxy_protocol: args.proxy_protocol,
         },
-    )
-    .with_local_addrs(local.clone());
+    );
     info!(
         listen = %local.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         target = %args.target,
@@ -252,17 +251,19 @@ async fn client(args: ClientArgs) -> Result<ExitCode> {
         split_host_port(&args.target).map_err(|e| UsageError(format!("--target: {e}")))?;
     let name = args.servername.clone().unwrap_or_else(|| host.clone());
     let name = server_name(&name).map_err(|e| UsageError(format!("--servername: {e}")))?;
-    let options = args.tls.options(&host, false, false, &[])?;
-    let config = tokio::task::spawn_blocking(move || options.build()).await??;
-    let mut connector = Connector::new(config);
-    connector.connect_timeout = args.connect_timeout;
-    connector.handshake_timeout = args.connect_timeout;
     let mut rules = Vec::new();
     rules.extend(args.verify_cn.iter().cloned().map(Rule::CommonName));
     rules.extend(args.verify_dns.iter().cloned().map(Rule::Dns));
     rules.extend(args.verify_uri.iter().cloned().map(Rule::Uri));
     rules.extend(args.verify_spki_pin.iter().copied().map(Rule::SpkiPin));
     let verify = AccessPolicy::new(rules);
+    let mut options = args.tls.options(&host, false, false, &[])?;
+    // Checked in the handshake: a server that matches no rule never gets a byte.
+    options.server_policy = verify.clone();
+    let config = tokio::task::spawn_blocking(move || options.build()).await??;
+    let mut connector = Connector::new(config);
+    connector.connect_timeout = args.connect_timeout;
+    connector.handshake_timeout = args.connect_timeout;
 
     let mut listeners = Vec::new();
     for spec in &args.listen {
@@ -278,7 +279,6 @@ async fn client(args: ClientArgs) -> Result<ExitCode> {
         connector,
         args.target.clone(),
         name,
-        verify,
         TunnelClientOptions {
             max_connections: args.max_connections,
             idle_timeout: nonzero(args.idle_timeout),
