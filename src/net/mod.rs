@@ -11,6 +11,7 @@
 //! | [`stats`] | a server's counters |
 //! | [`client`] | connect, verify, report |
 //! | [`relay`] | copy both ways with half-close and an idle deadline |
+//! | [`systemd`] | socket activation and readiness notification |
 
 pub mod accept;
 pub mod bind;
@@ -20,6 +21,7 @@ pub mod relay;
 pub mod server;
 pub mod sniff;
 pub mod stats;
+pub mod systemd;
 
 pub use bind::bind;
 pub use client::{ClientStream, Connector};

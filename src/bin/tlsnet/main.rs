@@ -6,6 +6,7 @@
 mod connect;
 mod inspect;
 mod keylog;
+mod listen;
 mod logging;
 mod pki;
 mod serve;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use tlsnet::net::{bind, Server, ServerOptions};
+use tlsnet::net::systemd::Notice;
+use tlsnet::net::{Server, ServerOptions};
 use tlsnet::pki::dev::DevPki;
 use tlsnet::service::echo::{DISCARD_ALPN, ECHO_ALPN};
 use tlsnet::service::{Discard, Echo, Router, Service};
@@ -75,10 +76,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         tokio::task::spawn_blocking(move || source.build()).await??
     };
 
-    let mut listeners = Vec::new();
-    for spec in &args.listen {
-        listeners.extend(bind(spec).await?);
-    }
+    let listeners = crate::listen::listeners(&args.listen).await?;
     let addrs: Vec<String> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -147,6 +145,7 @@ impl Running {
                 stop_reloading.clone(),
             ));
         }
+        crate::listen::notify(Notice::Ready);
         server.run(listeners, shutdown_signal()).await?;
         stop_reloading.cancel();
         let _ = reload_task.await;

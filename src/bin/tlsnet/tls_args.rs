@@ -367,6 +367,7 @@ pub async fn shutdown_signal() {
                     _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
                     _ = term.recv() => info!("SIGTERM received"),
                 }
+                crate::listen::notify(tlsnet::net::systemd::Notice::Stopping);
             }
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;

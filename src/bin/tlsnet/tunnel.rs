@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use tlsnet::net::bind;
 use tlsnet::net::client::{split_host_port, Connector};
 use tlsnet::service::{Router, Service};
 use tlsnet::telemetry;
@@ -193,10 +192,7 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
         let source = source.clone();
         tokio::task::spawn_blocking(move || source.build()).await??
     };
-    let mut listeners = Vec::new();
-    for spec in &args.listen {
-        listeners.extend(bind(spec).await?);
-    }
+    let listeners = crate::listen::listeners(&args.listen).await?;
     let local: Vec<_> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -265,10 +261,7 @@ async fn client(args: ClientArgs) -> Result<ExitCode> {
     connector.connect_timeout = args.connect_timeout;
     connector.handshake_timeout = args.connect_timeout;
 
-    let mut listeners = Vec::new();
-    for spec in &args.listen {
-        listeners.extend(bind(spec).await?);
-    }
+    let listeners = crate::listen::listeners(&args.listen).await?;
     info!(
         listen = %listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         target = %args.target,
@@ -286,6 +279,7 @@ async fn client(args: ClientArgs) -> Result<ExitCode> {
         },
     );
     telemetry::register("", client.stats());
+    crate::listen::notify(tlsnet::net::systemd::Notice::Ready);
     client.run(listeners, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
