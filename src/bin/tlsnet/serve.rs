@@ -95,6 +95,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         keylog = args.tls.keylog.is_set(),
         "tlsnet serving"
     );
+    if !tlsnet::tls::cpu_has_hardware_rng() {
+        tracing::warn!("this CPU has no hardware random generator: aws-lc seeds from the kernel alone (see docs/SECURITY.md, \"Randomness\")");
+    }
     if let Some(pki) = &dev_pki {
         print_how_to_connect(pki, &addrs);
     }
