@@ -88,94 +88,72 @@ fn two_tunnels(
     )
 }
 
+/// How the changed file is noticed.
+#[derive(Clone, Copy, PartialEq)]
+enum Reload {
+    /// Its content, checked every 100 ms.
+    FileChange,
+    /// SIGHUP (the file is not checked on its own).
+    Sighup,
+}
+
+/// Two tunnels; a long transfer on `steady` while `moving` gets a new target by `how`. The
+/// transfer comes back byte for byte on its one connection; `moving` serves on the same port
+/// with the new target.
+async fn restart_during_a_transfer(how: Reload) {
+    let pki = TestPki::new();
+    let (one, two, three) = (
+        TestBackend::echo().await,
+        TestBackend::echo().await,
+        TestBackend::echo().await,
+    );
+    let (steady, moving) = (loopback(), loopback());
+    let file = config_path(&pki);
+    let head = match how {
+        Reload::FileChange => "reload_interval = \"100ms\"",
+        Reload::Sighup => "reload_interval = \"0s\"",
+    };
+    let config = |target: &str| two_tunnels(&pki, head, &steady, &moving, target, &one.target());
+    write(&file, &config(&two.target()));
+    let mut tunnels = start_tunnel_config(&file).await;
+    echoes(&pki, &moving).await;
+    assert_eq!(two.accepts(), 1);
+
+    let applied = tunnels.stderr_count("tunnels file applied");
+    transfer_survives(&pki, &steady, async {
+        replace_file(&file, &config(&three.target()));
+        if how == Reload::Sighup {
+            // Not read until asked.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            echoes(&pki, &moving).await;
+            assert_eq!((two.accepts(), three.accepts()), (2, 0));
+            tunnels.signal("HUP");
+        }
+        let log = tunnels
+            .wait_for_stderr_after("tunnels file applied", applied)
+            .await;
+        assert!(log.contains("changed=moving unchanged=steady"), "{log}");
+    })
+    .await;
+    // The same port, the new target: the listener was handed over.
+    echoes(&pki, &moving).await;
+    assert_eq!(three.accepts(), 1);
+    // The transfer was one connection, never reopened.
+    assert_eq!(one.accepts(), 1);
+    // The old `moving` drained (its connections had ended) and stopped.
+    tunnels
+        .wait_for_stderr("tunnel{tunnel=moving}: tunnel stopped")
+        .await;
+}
+
 #[tokio::test]
 async fn a_file_change_restarts_only_the_changed_tunnel_during_a_transfer_on_the_other() {
-    bounded(async {
-        let pki = TestPki::new();
-        let (one, two, three) = (
-            TestBackend::echo().await,
-            TestBackend::echo().await,
-            TestBackend::echo().await,
-        );
-        let (steady, moving) = (loopback(), loopback());
-        let file = config_path(&pki);
-        let head = "reload_interval = \"100ms\"";
-        write(
-            &file,
-            &two_tunnels(&pki, head, &steady, &moving, &two.target(), &one.target()),
-        );
-        let mut tunnels = start_tunnel_config(&file).await;
-        echoes(&pki, &moving).await;
-        assert_eq!(two.accepts(), 1);
-
-        let applied = tunnels.stderr_count("tunnels file applied");
-        transfer_survives(&pki, &steady, async {
-            replace_file(
-                &file,
-                &two_tunnels(&pki, head, &steady, &moving, &three.target(), &one.target()),
-            );
-            let log = tunnels
-                .wait_for_stderr_after("tunnels file applied", applied)
-                .await;
-            assert!(log.contains("changed=moving unchanged=steady"), "{log}");
-        })
-        .await;
-        // The same port, the new target: the listener was handed over.
-        echoes(&pki, &moving).await;
-        assert_eq!((two.accepts(), three.accepts()), (1, 1));
-        // The transfer was one connection, never reopened.
-        assert_eq!(one.accepts(), 1);
-        assert!(
-            tunnels
-                .stderr()
-                .contains("tunnel{tunnel=moving}: tunnel stopped"),
-            "{}",
-            tunnels.describe()
-        );
-    })
-    .await
+    bounded(restart_during_a_transfer(Reload::FileChange)).await
 }
 
 #[tokio::test]
 async fn sighup_restarts_only_the_changed_tunnel_during_a_transfer_on_the_other() {
-    bounded(async {
-        let pki = TestPki::new();
-        let (one, two, three) = (
-            TestBackend::echo().await,
-            TestBackend::echo().await,
-            TestBackend::echo().await,
-        );
-        let (steady, moving) = (loopback(), loopback());
-        let file = config_path(&pki);
-        // The file is read again on SIGHUP only.
-        let head = "reload_interval = \"0s\"";
-        write(
-            &file,
-            &two_tunnels(&pki, head, &steady, &moving, &two.target(), &one.target()),
-        );
-        let mut tunnels = start_tunnel_config(&file).await;
-
-        let applied = tunnels.stderr_count("tunnels file applied");
-        transfer_survives(&pki, &steady, async {
-            replace_file(
-                &file,
-                &two_tunnels(&pki, head, &steady, &moving, &three.target(), &one.target()),
-            );
-            // Not read until asked.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            echoes(&pki, &moving).await;
-            assert_eq!(two.accepts(), 1);
-            tunnels.signal("HUP");
-            let log = tunnels
-                .wait_for_stderr_after("tunnels file applied", applied)
-                .await;
-            assert!(log.contains("changed=moving unchanged=steady"), "{log}");
-        })
-        .await;
-        echoes(&pki, &moving).await;
-        assert_eq!((two.accepts(), three.accepts(), one.accepts()), (1, 1, 1));
-    })
-    .await
+    bounded(restart_during_a_transfer(Reload::Sighup)).await
 }
 
 #[tokio::test]

@@ -133,7 +133,8 @@ impl ServerTlsSettings {
             return Err(SettingError::new(
                 self.first_allow_key(),
                 format!(
-                    "admits clients by their certificate: client certificates must be required ({}, no {} optional|none)",
+                    "{} rules admit clients by their certificate: they need client certificates to be required ({}, no {} optional|none)",
+                    naming.name("allow_*"),
                     naming.name("client_ca"),
                     naming.name("client_auth")
                 ),
