@@ -324,6 +324,33 @@ async fn metrics_and_log_lines_carry_the_tunnel_names() {
     .await
 }
 
+#[tokio::test]
+async fn json_log_lines_carry_the_tunnel_name() {
+    bounded(async {
+        let pki = TestPki::new();
+        let backend = TestBackend::echo().await;
+        let a = loopback();
+        let file = config_path(&pki);
+        let table = server_tunnel_table(&pki, "alpha", &a, &backend.target(), "allow_all = true");
+        write(&file, &format!("log_format = \"json\"\n{table}"));
+        let mut tunnels = start_tunnel_config(&file).await;
+        echoes(&pki, &a).await;
+        tunnels.wait_for_stderr("\"handshake ok\"").await;
+        let stderr = tunnels.stderr();
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("\"handshake ok\""))
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        let spans = event["spans"].as_array().expect("the span list");
+        assert!(
+            spans.iter().any(|s| s["tunnel"] == "alpha"),
+            "no tunnel name in {line}"
+        );
+    })
+    .await
+}
+
 fn tlsnet_tunnel_config(file: &Path) -> Run {
     tlsnet(&["tunnel", "--config", file.to_str().unwrap()])
 }

@@ -37,6 +37,8 @@ pub fn init(format: LogFormat) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            // Every enclosing span too: a tunnel's name is on its connections' lines.
+            .with_span_list(true)
             .try_init(),
     };
 }
