@@ -129,6 +129,11 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A setting (a flag, a key of a configuration file) is wrong or does not go with the
+    /// others; [`crate::config::SettingError::describe`] names it.
+    #[error(transparent)]
+    Setting(#[from] crate::config::SettingError),
+
     /// Making a key or a certificate failed.
     #[error("{context}")]
     Pki {

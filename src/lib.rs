@@ -16,6 +16,7 @@
 //! | [`x509`] | certificate summaries and name formatting, for people |
 //! | [`inspect`] | certificates from files and remote servers |
 //! | [`pki`] | certificate authority and the first-run development PKI |
+//! | [`config`] | configuration files (TOML) and the settings flags and files share |
 //! | [`telemetry`] | Prometheus metrics and health endpoint |
 //! | [`danger`] | everything that weakens verification, in one place |
 //!
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod danger;
 pub mod duration;
 pub mod error;
@@ -35,6 +37,7 @@ pub mod service;
 pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
+mod watch;
 pub mod x509;
 
 pub use error::{Error, Result};

@@ -68,6 +68,12 @@ pub fn register(name: &str, stats: Arc<ServerStats>) {
     sources.push((name.to_owned(), stats));
 }
 
+/// Stops showing the counters registered as `name` (a tunnel that was removed).
+pub fn unregister(name: &str) {
+    let mut sources = SOURCES.lock().unwrap_or_else(|p| p.into_inner());
+    sources.retain(|(n, _)| n != name);
+}
+
 /// Copies every registered server's counters into the exporter (at each scrape: the counters
 /// are kept in one place, [`ServerStats`]).
 fn export_stats() {

@@ -181,18 +181,6 @@ fn allow_flags_on_the_command_line() {
     assert!(text.contains("tlsnet_bytes_received_total 10"), "{text}");
 }
 
-/// A plain HTTP/1.1 GET, bounded; returns the whole response.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).unwrap();
-    text
-}
-
 #[test]
 fn allow_rules_need_required_client_certificates() {
     let pki = TestPki::new();

@@ -126,12 +126,16 @@ where
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            tokio::spawn(accept_loop(
-                listener,
-                gate.clone(),
-                stop_accepting.clone(),
-                handle.clone(),
-            ))
+            // In the caller's span (a tunnel's `tunnel=NAME`), as its connections are.
+            tokio::spawn(
+                accept_loop(
+                    listener,
+                    gate.clone(),
+                    stop_accepting.clone(),
+                    handle.clone(),
+                )
+                .in_current_span(),
+            )
         })
         .collect();
     shutdown.await;

@@ -94,9 +94,13 @@ where
     let both = async {
         match options.until {
             Until::BothClosed => {
-                let (f, b) = tokio::join!(forward, backward);
-                f.map_err(wrap(Direction::AToB))?;
-                b.map_err(wrap(Direction::BToA))?;
+                // A failure one way ends both: a client that vanished (a reset, no
+                // close_notify) must not keep its backend connection open until the idle
+                // deadline, waiting for an end of input that will never come.
+                tokio::try_join!(
+                    async { forward.await.map_err(wrap(Direction::AToB)) },
+                    async { backward.await.map_err(wrap(Direction::BToA)) },
+                )?;
             }
             Until::AClosed => {
                 tokio::pin!(forward);
@@ -199,6 +203,61 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream whose reads fail (a peer that reset the connection).
+    struct Reset;
+
+    impl AsyncRead for Reset {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+    }
+
+    impl AsyncWrite for Reset {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_one_way_ends_both_ways() {
+        // `b` stays open and silent: the relay must not wait for it.
+        let (b, _b_peer) = tokio::io::duplex(1024);
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            relay(Reset, b, RelayOptions::default()),
+        )
+        .await
+        .expect("the relay ends when one direction fails");
+        assert!(matches!(
+            result,
+            Err(RelayError::Io {
+                direction: Direction::AToB,
+                action: "read",
+                ..
+            })
+        ));
+    }
 
     #[tokio::test]
     async fn half_close_lets_the_other_direction_finish() {

@@ -255,36 +255,14 @@ impl Reloader {
         }
     }
 
-    async fn snapshot(&self) -> Vec<Option<Vec<u8>>> {
-        let files = self.source.files();
-        tokio::task::spawn_blocking(move || files.iter().map(|f| std::fs::read(f).ok()).collect())
-            .await
-            .unwrap_or_default()
-    }
-
     /// Runs until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
-        let mut last = self.snapshot().await;
-        loop {
-            let requested = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.trigger.notified() => true,
-                _ = sleep_or_forever(self.interval) => false,
-            };
-            let now = self.snapshot().await;
-            if requested || now != last {
-                // A file may still be being written; a refused reload is retried on the next
-                // change.
-                self.reload().await;
-                last = now;
-            }
+        let mut watch =
+            crate::watch::Watch::new(self.source.files(), self.interval, self.trigger.clone())
+                .await;
+        // A file may still be being written; a refused reload is retried on the next change.
+        while watch.changed(&stop).await.is_some() {
+            self.reload().await;
         }
-    }
-}
-
-async fn sleep_or_forever(interval: Option<Duration>) {
-    match interval {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
     }
 }

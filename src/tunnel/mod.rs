@@ -26,8 +26,10 @@
 pub mod client;
 pub mod proxy;
 pub mod server;
+pub mod set;
 pub mod target;
 
 pub use client::{TunnelClient, TunnelClientOptions};
 pub use server::{TunnelError, TunnelOptions, TunnelService};
+pub use set::{Applied, TunnelSet};
 pub use target::{Backend, Target};

@@ -302,6 +302,17 @@ pub async fn wait_for_port(addr: &str) {
     panic!("nothing listens on {addr} after 10 s");
 }
 
+/// A plain HTTP/1.1 GET (a metrics endpoint), bounded; returns the whole response.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    text
+}
+
 pub fn write(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap();
 }

@@ -213,6 +213,30 @@ impl Proc {
         self.wait_exit(limit).await
     }
 
+    /// Sends the signal `name` (`HUP`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("a running process");
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} {pid}");
+    }
+
+    /// How many times `needle` is on stderr so far.
+    pub fn stderr_count(&self, needle: &str) -> usize {
+        self.stderr().matches(needle).count()
+    }
+
+    /// Waits until `needle` is on stderr more than `seen` times; returns the stderr.
+    pub async fn wait_for_stderr_after(&mut self, needle: &str, seen: usize) -> String {
+        let what = format!("{needle:?} on stderr a {}th time", seen + 1);
+        self.wait_until(&what, STEP, |_, err| err.matches(needle).count() > seen)
+            .await;
+        self.stderr()
+    }
+
     /// Kills the process and waits for it.
     pub async fn kill(&mut self) {
         if self.exited().is_none() {

@@ -3,13 +3,15 @@
 //! (doc/proxy-protocol.txt, section 2.2), and a process's resident memory.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{start_listening_peer, tlsnet_command, Proc, TestPki};
+use super::{start_listening_peer, tlsnet_command, Proc, TestPki, STEP};
 
 /// `tlsnet tunnel server` with this PKI's server certificate, client certificates from its CA
 /// required, to `target`, with `extra` flags (an `--allow-*` rule or `--allow-all`), on a
@@ -60,6 +62,98 @@ pub async fn start_tunnel_client(pki: &TestPki, upstream: &str, extra: &[&str]) 
     )
     .await;
     (client, format!("127.0.0.1:{port}"))
+}
+
+/// A `[[tunnel]]` table (TOML) of a server tunnel named `name` on `listen` to `target`, with
+/// this PKI's server certificate and client certificates from its CA required, and `extra`
+/// lines (an `allow_*` rule or `allow_all = true`).
+pub fn server_tunnel_table(
+    pki: &TestPki,
+    name: &str,
+    listen: &str,
+    target: &str,
+    extra: &str,
+) -> String {
+    let path = |n: &str| pki.path(n).display().to_string();
+    format!(
+        "[[tunnel]]\nname = \"{name}\"\nmode = \"server\"\nlisten = [\"{listen}\"]\ntarget = \"{target}\"\n\
+         cert = [\"{}\"]\nkey = [\"{}\"]\nclient_ca = \"{}\"\n{extra}\n",
+        path("server.pem"),
+        path("server-key.pem"),
+        path("ca.pem"),
+    )
+}
+
+/// A `[[tunnel]]` table of a client tunnel named `name` on `listen` to the TLS server
+/// `upstream`, trusting this PKI's CA for `localhost` and presenting its `client`
+/// certificate, with `extra` lines.
+pub fn client_tunnel_table(
+    pki: &TestPki,
+    name: &str,
+    listen: &str,
+    upstream: &str,
+    extra: &str,
+) -> String {
+    let path = |n: &str| pki.path(n).display().to_string();
+    format!(
+        "[[tunnel]]\nname = \"{name}\"\nmode = \"client\"\nlisten = [\"{listen}\"]\ntarget = \"{upstream}\"\n\
+         servername = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client-key.pem"),
+    )
+}
+
+/// `tlsnet tunnel --config FILE`, once all its tunnels run.
+pub async fn start_tunnel_config(file: &Path) -> Proc {
+    let mut command = tlsnet_command();
+    command.args(["tunnel", "--config"]).arg(file);
+    let mut tunnels = Proc::spawn("tlsnet tunnel --config", command);
+    tunnels.wait_for_stderr("tunnels file applied").await;
+    tunnels
+}
+
+/// Replaces `path` at once (a new file renamed over it), as editors and deployment tools do.
+pub fn replace_file(path: &Path, contents: &str) {
+    let new = path.with_extension("new");
+    std::fs::write(&new, contents).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
+/// `total` bytes of a pattern that shows a lost, repeated or reordered chunk.
+pub fn pattern(total: usize) -> Vec<u8> {
+    (0..total)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
+        .collect()
+}
+
+/// Writes `data` to `stream` in `chunk`-sized pieces with `pause` after each while reading
+/// what comes back; then closes the write side and returns everything read until the end.
+pub async fn paced_round_trip<S>(stream: S, data: &[u8], chunk: usize, pause: Duration) -> Vec<u8>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let writing = async {
+        for piece in data.chunks(chunk) {
+            writer.write_all(piece).await.expect("paced write");
+            tokio::time::sleep(pause).await;
+        }
+        writer
+            .shutdown()
+            .await
+            .expect("shutdown after the paced writes");
+    };
+    let reading = async {
+        let mut got = Vec::with_capacity(data.len());
+        reader.read_to_end(&mut got).await.expect("paced read");
+        got
+    };
+    let limit = STEP + pause * (data.len() / chunk.max(1)) as u32;
+    let ((), got) = tokio::time::timeout(limit, async { tokio::join!(writing, reading) })
+        .await
+        .expect("paced round trip in time");
+    got
 }
 
 /// A plain TCP backend in this process that runs `handle` on every connection and counts

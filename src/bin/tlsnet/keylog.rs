@@ -39,6 +39,11 @@ impl KeyLogArgs {
         Ok(Some(writer))
     }
 
+    /// Uses `target` (a key of a configuration file).
+    pub fn set(&mut self, target: KeyLogTarget) {
+        self.keylog = Some(target);
+    }
+
     /// Whether `--keylog` was given.
     pub fn is_set(&self) -> bool {
         self.keylog.is_some()

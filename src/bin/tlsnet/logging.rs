@@ -14,6 +14,15 @@ pub enum LogFormat {
     Json,
 }
 
+impl From<tlsnet::config::LogFormat> for LogFormat {
+    fn from(format: tlsnet::config::LogFormat) -> Self {
+        match format {
+            tlsnet::config::LogFormat::Human => LogFormat::Human,
+            tlsnet::config::LogFormat::Json => LogFormat::Json,
+        }
+    }
+}
+
 /// Logs to stderr at `info` (or what `RUST_LOG` says).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -28,6 +37,8 @@ pub fn init(format: LogFormat) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            // Every enclosing span too: a tunnel's name is on its connections' lines.
+            .with_span_list(true)
             .try_init(),
     };
 }

@@ -16,7 +16,7 @@ mod tunnel;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A secure network on TLS 1.3 and mutual TLS: server, client and certificates.
 #[derive(Parser, Debug)]
@@ -62,7 +62,10 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches too: `serve --config` asks them which flags were given on the command line.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let serve_matches = matches.subcommand_matches("serve").cloned();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,7 +78,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(args, serve_matches).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Tunnel(args) => tunnel::run(args).await,

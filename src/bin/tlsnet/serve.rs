@@ -5,23 +5,37 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, ValueEnum};
+use tlsnet::config::serve::{ServeFile, ServiceKind};
 use tlsnet::net::systemd::Notice;
 use tlsnet::net::{Server, ServerOptions};
 use tlsnet::pki::dev::DevPki;
 use tlsnet::service::echo::{DISCARD_ALPN, ECHO_ALPN};
 use tlsnet::service::{Discard, Echo, Router, Service};
 use tlsnet::telemetry;
+use tlsnet::tls::ClientAuth;
 use tlsnet::tls::{Reloader, ServerTlsSource, TlsHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::logging::{self, LogFormat};
 use crate::tls_args::{shutdown_signal, spawn_sighup_listener, ServerLimitArgs, ServerTlsArgs};
+use crate::UsageError;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: each key is a flag below without its `--` and with
+    /// `_` for `-` (`client_ca = "ca.pem"`); a repeatable flag is an array (`listen =
+    /// ["[::]:8443"]`). A flag given on the command line wins over the file's key; the file
+    /// wins over the environment ($TLSNET_PKI_DIR) and the defaults. An unknown key or a bad
+    /// value is refused (exit code 2) with the line and the key. See /etc/tlsnet/serve.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Address to listen on; repeat for several. A name listens on every address it resolves
     /// to (`localhost` gives 127.0.0.1 and ::1); `[::]:8443` and `0.0.0.0:8443` listen on all.
     #[arg(long, value_name = "ADDR", default_value = "localhost:8443")]
@@ -61,8 +75,22 @@ enum ServiceArg {
     Discard,
 }
 
-pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+pub async fn run(mut args: ServeArgs, matches: Option<ArgMatches>) -> Result<ExitCode> {
+    if let Some(path) = args.config.clone() {
+        let file = tokio::task::spawn_blocking(move || ServeFile::load(&path))
+            .await?
+            .map_err(|e| UsageError(e.describe()))?;
+        let given = |id: &str| {
+            matches
+                .as_ref()
+                .is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+        };
+        merge(&mut args, file, given);
+    }
     logging::init(args.log_format);
+    if let Some(path) = &args.config {
+        info!(file = %path.display(), "settings from the config file (flags on the command line win)");
+    }
     let options = args.limits.options()?;
 
     // The recorder first, so that the expiry gauges of the first build are kept.
@@ -112,6 +140,56 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     running.run(listeners).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Puts the file's keys into the arguments, except where `given(id)` says the flag was
+/// given on the command line.
+fn merge(args: &mut ServeArgs, file: ServeFile, given: impl Fn(&str) -> bool) {
+    // `take!(place, key, convert)`: the key's value (converted) unless the flag was given.
+    macro_rules! take {
+        ($place:expr, $key:ident, $convert:expr) => {
+            if let Some(value) = file.$key {
+                if !given(stringify!($key)) {
+                    $place = $convert(value);
+                }
+            }
+        };
+        ($place:expr, $key:ident) => {
+            take!($place, $key, |v| v)
+        };
+    }
+    let tls = &mut args.tls;
+    take!(args.listen, listen);
+    take!(tls.cert, cert);
+    take!(tls.key, key);
+    take!(tls.client_ca, client_ca, Some);
+    take!(tls.client_auth, client_auth, |v: ClientAuth| Some(v.into()));
+    take!(tls.crl, crl, Some);
+    take!(tls.allow_cn, allow_cn);
+    take!(tls.allow_ou, allow_ou);
+    take!(tls.allow_dns, allow_dns);
+    take!(tls.allow_uri, allow_uri);
+    take!(tls.allow_spki_pin, allow_spki_pin);
+    take!(tls.reload_interval, reload_interval);
+    take!(tls.tls12, tls12);
+    take!(tls.pki_dir, pki_dir, Some);
+    if let Some(target) = file.keylog {
+        if !given("keylog") {
+            tls.keylog.set(target);
+        }
+    }
+    take!(args.service, service, |v| match v {
+        ServiceKind::Echo => ServiceArg::Echo,
+        ServiceKind::Discard => ServiceArg::Discard,
+    });
+    take!(args.alpn, alpn);
+    let limits = &mut args.limits;
+    take!(limits.max_connections, max_connections);
+    take!(limits.handshake_timeout, handshake_timeout);
+    take!(limits.idle_timeout, idle_timeout);
+    take!(limits.shutdown_timeout, shutdown_timeout);
+    take!(args.metrics, metrics, Some);
+    take!(args.log_format, log_format, Into::into);
 }
 
 /// A server ready to run, with its reloader and metrics endpoint: what `serve` and `tunnel

@@ -6,14 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
+use tlsnet::config::{ClientTlsSettings, Naming, ServerLimits, ServerTlsSettings, SettingError};
 use tlsnet::net::ServerOptions;
-use tlsnet::pki::dev::{is_local_host, DevPki, DevPkiState};
-use tlsnet::tls::{
-    load_certs, load_crls, AccessPolicy, ClientAuth, ClientTlsOptions, Identity, Pattern, Rule,
-    ServerTlsSource, ServerTrust, SpkiPin,
-};
+use tlsnet::pki::dev::DevPki;
+use tlsnet::tls::{ClientAuth, ClientTlsOptions, Pattern, ServerTlsSource, SpkiPin};
 use tracing::info;
 
 use crate::keylog::KeyLogArgs;
@@ -96,6 +94,16 @@ pub enum ClientAuthArg {
     None,
 }
 
+impl From<ClientAuth> for ClientAuthArg {
+    fn from(mode: ClientAuth) -> Self {
+        match mode {
+            ClientAuth::Required => ClientAuthArg::Required,
+            ClientAuth::Optional => ClientAuthArg::Optional,
+            ClientAuth::None => ClientAuthArg::None,
+        }
+    }
+}
+
 impl From<ClientAuthArg> for ClientAuth {
     fn from(arg: ClientAuthArg) -> Self {
         match arg {
@@ -107,15 +115,24 @@ impl From<ClientAuthArg> for ClientAuth {
 }
 
 impl ServerTlsArgs {
-    /// The `--allow-*` rules.
-    pub fn policy(&self) -> AccessPolicy {
-        let mut rules = Vec::new();
-        rules.extend(self.allow_cn.iter().cloned().map(Rule::CommonName));
-        rules.extend(self.allow_ou.iter().cloned().map(Rule::OrganizationalUnit));
-        rules.extend(self.allow_dns.iter().cloned().map(Rule::Dns));
-        rules.extend(self.allow_uri.iter().cloned().map(Rule::Uri));
-        rules.extend(self.allow_spki_pin.iter().copied().map(Rule::SpkiPin));
-        AccessPolicy::new(rules)
+    /// The settings these flags give (the key log is opened by [`ServerTlsArgs::source`],
+    /// with the warning on stderr).
+    pub fn settings(&self) -> ServerTlsSettings {
+        ServerTlsSettings {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+            client_auth: self.client_auth.map(Into::into),
+            crl: self.crl.clone(),
+            allow_cn: self.allow_cn.clone(),
+            allow_ou: self.allow_ou.clone(),
+            allow_dns: self.allow_dns.clone(),
+            allow_uri: self.allow_uri.clone(),
+            allow_spki_pin: self.allow_spki_pin.clone(),
+            tls12: self.tls12,
+            pki_dir: self.pki_dir.clone(),
+            keylog: None,
+        }
     }
 
     /// The reload interval, `None` for "only on SIGHUP".
@@ -126,66 +143,28 @@ impl ServerTlsArgs {
     /// Where the TLS material comes from (the development PKI, made or renewed here, when no
     /// --cert is given), checked for usage errors.
     pub fn source(&self) -> Result<(ServerTlsSource, Option<DevPki>)> {
-        if self.cert.len() != self.key.len() {
-            return Err(UsageError(format!(
-                "--cert and --key come in pairs: {} --cert and {} --key given",
-                self.cert.len(),
-                self.key.len()
-            ))
-            .into());
-        }
-        let (certs, client_ca, dev_pki) = if self.cert.is_empty() {
-            let pki = DevPki::at(match &self.pki_dir {
-                Some(dir) => dir.clone(),
-                None => DevPki::default_dir().ok_or_else(|| {
-                    UsageError(
-                        "cannot find a home for the development PKI: set --pki-dir DIR (or HOME)"
-                            .into(),
-                    )
-                })?,
-            });
-            let state = pki
-                .ensure()
-                .with_context(|| format!("development PKI in {}", pki.dir().display()))?;
-            let dir = pki.dir().display();
-            match state {
-                DevPkiState::Created => {
-                    info!(dir = %dir, "created a development PKI (CA, server and client certificates)")
-                }
-                DevPkiState::Renewed => {
-                    info!(dir = %dir, "re-issued development certificates close to expiry")
-                }
-                DevPkiState::Existing => info!(dir = %dir, "using the development PKI"),
-            }
-            let ca = self.client_ca.clone().unwrap_or_else(|| pki.ca_cert());
-            (
-                vec![(pki.server_cert(), pki.server_key())],
-                Some(ca),
-                Some(pki),
-            )
-        } else {
-            let pairs = self.cert.iter().cloned().zip(self.key.iter().cloned());
-            (pairs.collect(), self.client_ca.clone(), None)
-        };
-        let client_auth =
-            ClientAuth::resolve(self.client_auth.map(Into::into), client_ca.is_some())
-                .map_err(|e| UsageError(e.to_string()))?;
-        let source = ServerTlsSource {
-            certs,
-            client_ca,
-            crl: self.crl.clone(),
-            client_auth,
-            tls12: self.tls12,
-            policy: self.policy(),
-            key_log: None,
-        };
-        source.validate().map_err(|e| UsageError(e.to_string()))?;
+        let (source, dev_pki) = self.settings().source(Naming::Flags).map_err(usage)?;
         let source = ServerTlsSource {
             key_log: self.keylog.open()?,
             ..source
         };
         Ok((source, dev_pki))
     }
+}
+
+/// A library error as the command reports it: a wrong setting (named as a flag) or a wrong
+/// value is a usage error (exit code 2).
+pub fn usage(error: tlsnet::Error) -> anyhow::Error {
+    match error {
+        tlsnet::Error::Setting(e) => UsageError(e.describe(Naming::Flags)).into(),
+        tlsnet::Error::InvalidInput(why) => UsageError(why).into(),
+        other => other.into(),
+    }
+}
+
+/// A wrong setting, named as a flag: a usage error.
+pub fn setting(error: SettingError) -> anyhow::Error {
+    UsageError(error.describe(Naming::Flags)).into()
 }
 
 /// A server's limits and deadlines.
@@ -211,20 +190,19 @@ pub struct ServerLimitArgs {
 }
 
 impl ServerLimitArgs {
-    /// The server options, checked.
-    pub fn options(&self) -> Result<ServerOptions> {
-        if self.max_connections == 0 {
-            return Err(UsageError("--max-connections must be at least 1".into()).into());
-        }
-        if self.handshake_timeout.is_zero() {
-            return Err(UsageError("--handshake-timeout must be more than 0".into()).into());
-        }
-        Ok(ServerOptions {
+    /// The limits as given.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
             max_connections: self.max_connections,
             handshake_timeout: self.handshake_timeout,
-            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            idle_timeout: self.idle_timeout,
             shutdown_timeout: self.shutdown_timeout,
-        })
+        }
+    }
+
+    /// The server options, checked.
+    pub fn options(&self) -> Result<ServerOptions> {
+        self.limits().options().map_err(setting)
     }
 }
 
@@ -266,6 +244,20 @@ pub struct ClientTlsArgs {
 }
 
 impl ClientTlsArgs {
+    /// The settings these flags give (the key log is opened by [`ClientTlsArgs::options`]).
+    pub fn settings(&self) -> ClientTlsSettings {
+        ClientTlsSettings {
+            ca: self.ca.clone(),
+            pin: self.pin,
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            crl: self.crl.clone(),
+            tls12: self.tls12,
+            pki_dir: self.pki_dir.clone(),
+            keylog: None,
+        }
+    }
+
     /// The client's TLS options for a server on `host`. `insecure` skips verification
     /// (`connect --insecure` only); `quiet` leaves out the note about the development PKI.
     pub fn options(
@@ -275,70 +267,29 @@ impl ClientTlsArgs {
         quiet: bool,
         alpn: &[String],
     ) -> Result<ClientTlsOptions> {
-        let mut identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some(Identity::from_files(cert, key)?),
-            _ => None,
-        };
-        let trust = if insecure {
+        if insecure {
             eprintln!(
                 "tlsnet: WARNING: --insecure: the server's certificate is NOT verified; anyone on the \
                  network path can read and change this connection"
             );
-            ServerTrust::Insecure
-        } else if let Some(ca) = &self.ca {
-            ServerTrust::Roots(load_certs(ca)?)
-        } else if self.pin.is_some() {
-            if self.crl.is_some() {
-                return Err(UsageError(
-                    "--crl needs a CA to check against (--ca FILE); with --pin alone there is none"
-                        .into(),
-                )
-                .into());
-            }
-            ServerTrust::PinOnly
-        } else if let Some(pki) = self.local_dev_pki(host) {
-            if !quiet {
-                eprintln!(
-                    "tlsnet: local host and no --ca: using the development PKI in {}",
-                    pki.dir().display()
-                );
-            }
-            if identity.is_none() {
-                identity = Some(
-                    Identity::from_files(&pki.client_cert(), &pki.client_key())
-                        .context("development client certificate")?,
-                );
-            }
-            ServerTrust::Roots(load_certs(&pki.ca_cert())?)
-        } else {
-            ServerTrust::System
-        };
-        Ok(ClientTlsOptions {
-            trust,
-            pin: self.pin,
-            identity,
-            allow_tls12: self.tls12,
-            alpn: alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
-            crls: match &self.crl {
-                Some(path) => load_crls(path)?,
-                None => Vec::new(),
-            },
-            key_log: self.keylog.open()?,
-            server_policy: AccessPolicy::default(),
-        })
-    }
-
-    fn local_dev_pki(&self, host: &str) -> Option<DevPki> {
-        if !is_local_host(host) {
-            return None;
         }
-        let dir = self.pki_dir.clone().or_else(DevPki::default_dir)?;
-        let pki = DevPki::at(dir);
-        pki.exists().then_some(pki)
+        let (mut options, dev_pki) = self
+            .settings()
+            .options(host, insecure, Naming::Flags)
+            .map_err(usage)?;
+        if let (Some(pki), false) = (dev_pki, quiet) {
+            eprintln!(
+                "tlsnet: local host and no --ca: using the development PKI in {}",
+                pki.dir().display()
+            );
+        }
+        options.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        options.key_log = self.keylog.open()?;
+        Ok(options)
     }
 }
 
-/// Reloads the TLS material on SIGHUP.
+/// Reloads on SIGHUP (the TLS material; a tunnels file).
 pub fn spawn_sighup_listener(trigger: Arc<tokio::sync::Notify>) {
     #[cfg(unix)]
     {
@@ -346,7 +297,7 @@ pub fn spawn_sighup_listener(trigger: Arc<tokio::sync::Notify>) {
         if let Ok(mut hup) = signal(SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    info!("SIGHUP received: reloading TLS material");
+                    info!("SIGHUP received: reloading");
                     trigger.notify_one();
                 }
             });

@@ -1,29 +1,41 @@
 //! `tlsnet tunnel server|client`: flags, then the library's [`tlsnet::tunnel`] in the
 //! ordinary server (server side) or on a plain local listener (client side).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use tlsnet::net::client::{split_host_port, Connector};
-use tlsnet::service::{Router, Service};
+use tlsnet::config::tunnel::{ClientTunnel, ServerTunnel, TunnelsConfig};
+use tlsnet::config::Naming;
 use tlsnet::telemetry;
-use tlsnet::tls::{server_name, AccessPolicy, ClientAuth, Pattern, Rule, SpkiPin};
-use tlsnet::tunnel::target::is_loopback_listen;
-use tlsnet::tunnel::{Target, TunnelClient, TunnelClientOptions, TunnelOptions, TunnelService};
+use tlsnet::tls::{Pattern, SpkiPin};
+use tlsnet::tunnel::{Target, TunnelSet};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::logging::{self, LogFormat};
 use crate::serve::{metrics_listener, Running};
-use crate::tls_args::{shutdown_signal, ClientTlsArgs, ServerLimitArgs, ServerTlsArgs};
+use crate::tls_args::{
+    setting, shutdown_signal, spawn_sighup_listener, ClientTlsArgs, ServerLimitArgs, ServerTlsArgs,
+};
 use crate::{parse_duration, UsageError};
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 pub struct TunnelArgs {
+    /// Run every tunnel of this TOML file: `[[tunnel]]` tables with a `name`, a `mode`
+    /// ("server" or "client") and that mode's flags as keys (`_` for `-`). SIGHUP, or a change
+    /// of the file, adds, removes and restarts tunnels; the unchanged ones are left alone. See
+    /// docs/OPERATIONS.md, "Config files".
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     #[command(subcommand)]
-    command: TunnelCommand,
+    command: Option<TunnelCommand>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,41 +165,39 @@ struct ClientArgs {
 }
 
 pub async fn run(args: TunnelArgs) -> Result<ExitCode> {
-    match args.command {
-        TunnelCommand::Server(args) => server(args).await,
-        TunnelCommand::Client(args) => client(args).await,
+    match (args.command, args.config) {
+        (Some(TunnelCommand::Server(args)), _) => server(args).await,
+        (Some(TunnelCommand::Client(args)), _) => client(args).await,
+        (None, Some(path)) => from_config(path).await,
+        (None, None) => Err(UsageError(
+            "give `tlsnet tunnel server ...`, `tlsnet tunnel client ...` or `tlsnet tunnel --config FILE`".into(),
+        )
+        .into()),
     }
-}
-
-fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
 }
 
 async fn server(args: ServerArgs) -> Result<ExitCode> {
     logging::init(args.log_format);
-    if !args.target.is_local() && !args.unsafe_target {
-        return Err(UsageError(format!(
-            "--target {} is not on this machine: the bytes behind the tunnel would cross the network in plain text; give --unsafe-target if that is what you want",
-            args.target
-        ))
-        .into());
-    }
+    let spec = ServerTunnel {
+        listen: args.listen.clone(),
+        target: args.target.clone(),
+        unsafe_target: args.unsafe_target,
+        tls: args.tls.settings(),
+        reload_interval: args.tls.reload_interval,
+        allow_all: args.allow_all,
+        proxy_protocol: args.proxy_protocol,
+        alpn: args.alpn.clone(),
+        connect_timeout: args.connect_timeout,
+        max_lifetime: args.max_lifetime,
+        limits: args.limits.limits(),
+    };
+    spec.check(Naming::Flags).map_err(setting)?;
     let options = args.limits.options()?;
-    if args.connect_timeout.is_zero() {
-        return Err(UsageError("--connect-timeout must be more than 0".into()).into());
-    }
     let metrics = match &args.metrics {
         Some(spec) => Some((metrics_listener(spec).await?, telemetry::install()?)),
         None => None,
     };
     let (source, _dev_pki) = args.tls.source()?;
-    if source.client_auth == ClientAuth::Required && source.policy.is_empty() && !args.allow_all {
-        return Err(UsageError(
-            "who may use the tunnel? give --allow-cn, --allow-ou, --allow-dns, --allow-uri or --allow-spki-pin, or --allow-all for every client the CA signed"
-                .into(),
-        )
-        .into());
-    }
     let tls = {
         let source = source.clone();
         tokio::task::spawn_blocking(move || source.build()).await??
@@ -197,14 +207,6 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    let tunnel = TunnelService::new(
-        args.target.clone(),
-        TunnelOptions {
-            connect_timeout: args.connect_timeout,
-            max_lifetime: nonzero(args.max_lifetime),
-            proxy_protocol: args.proxy_protocol,
-        },
-    );
     info!(
         listen = %local.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         target = %args.target,
@@ -213,17 +215,12 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
         proxy_protocol = args.proxy_protocol,
         "tlsnet tunnel serving"
     );
-    let tunnel: Arc<dyn Service> = Arc::new(tunnel);
-    let mut router = Router::new(tunnel.clone());
-    for id in &args.alpn {
-        router = router.route(id.as_bytes(), tunnel.clone());
-    }
     let running = Running {
         source,
         tls,
-        router,
+        router: spec.router(),
         options,
-        reload_every: args.tls.reload_every(),
+        reload_every: spec.reload_every(),
         metrics,
     };
     running.run(listeners).await?;
@@ -232,35 +229,28 @@ async fn server(args: ServerArgs) -> Result<ExitCode> {
 
 async fn client(args: ClientArgs) -> Result<ExitCode> {
     logging::init(args.log_format);
-    for spec in &args.listen {
-        if !is_loopback_listen(spec) && !args.unsafe_listen {
-            return Err(UsageError(format!(
-                "--listen {spec} is not a loopback address: other machines could use this client's identity; give --unsafe-listen if that is what you want"
-            ))
-            .into());
-        }
-    }
-    if args.max_connections == 0 {
-        return Err(UsageError("--max-connections must be at least 1".into()).into());
-    }
-    let (host, _) =
-        split_host_port(&args.target).map_err(|e| UsageError(format!("--target: {e}")))?;
-    let name = args.servername.clone().unwrap_or_else(|| host.clone());
-    let name = server_name(&name).map_err(|e| UsageError(format!("--servername: {e}")))?;
-    let mut rules = Vec::new();
-    rules.extend(args.verify_cn.iter().cloned().map(Rule::CommonName));
-    rules.extend(args.verify_dns.iter().cloned().map(Rule::Dns));
-    rules.extend(args.verify_uri.iter().cloned().map(Rule::Uri));
-    rules.extend(args.verify_spki_pin.iter().copied().map(Rule::SpkiPin));
-    let verify = AccessPolicy::new(rules);
-    let mut options = args.tls.options(&host, false, false, &[])?;
-    // Checked in the handshake: a server that matches no rule never gets a byte.
-    options.server_policy = verify.clone();
-    let config = tokio::task::spawn_blocking(move || options.build()).await??;
-    let mut connector = Connector::new(config);
-    connector.connect_timeout = args.connect_timeout;
-    connector.handshake_timeout = args.connect_timeout;
-
+    let spec = ClientTunnel {
+        listen: args.listen.clone(),
+        target: args.target.clone(),
+        unsafe_listen: args.unsafe_listen,
+        servername: args.servername.clone(),
+        tls: args.tls.settings(),
+        verify_cn: args.verify_cn.clone(),
+        verify_dns: args.verify_dns.clone(),
+        verify_uri: args.verify_uri.clone(),
+        verify_spki_pin: args.verify_spki_pin.clone(),
+        connect_timeout: args.connect_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let (host, name) = spec.check(Naming::Flags).map_err(setting)?;
+    let options = args.tls.options(&host, false, false, &[])?;
+    let verify = spec.policy();
+    let client = {
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || spec.client(options, name)).await??
+    };
     let listeners = crate::listen::listeners(&args.listen).await?;
     info!(
         listen = %listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
@@ -268,18 +258,41 @@ async fn client(args: ClientArgs) -> Result<ExitCode> {
         verify = %if verify.is_empty() { "-".to_owned() } else { verify.describe() },
         "tlsnet tunnel client listening"
     );
-    let client = TunnelClient::with_options(
-        connector,
-        args.target.clone(),
-        name,
-        TunnelClientOptions {
-            max_connections: args.max_connections,
-            idle_timeout: nonzero(args.idle_timeout),
-            shutdown_timeout: args.shutdown_timeout,
-        },
-    );
     telemetry::register("", client.stats());
     crate::listen::notify(tlsnet::net::systemd::Notice::Ready);
     client.run(listeners, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tlsnet tunnel --config FILE`: every tunnel of the file, changed on SIGHUP and when the
+/// file changes.
+async fn from_config(path: PathBuf) -> Result<ExitCode> {
+    let config = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || TunnelsConfig::load(&path)).await?
+    }
+    .map_err(|e| UsageError(e.describe()))?;
+    logging::init(config.log_format.map_or(LogFormat::Human, Into::into));
+    let stop_metrics = CancellationToken::new();
+    if let Some(spec) = &config.metrics {
+        let listener = metrics_listener(spec).await?;
+        let handle = telemetry::install()?;
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "metrics on http://{addr}/metrics, health on /health");
+        }
+        tokio::spawn(telemetry::serve_http(
+            listener,
+            handle,
+            stop_metrics.clone(),
+        ));
+    }
+    let mut set = TunnelSet::new();
+    let applied = set.apply(&config).await?;
+    info!(file = %path.display(), tunnels = config.tunnels.len(), "tlsnet tunnels running");
+    applied.log();
+    let trigger = Arc::new(Notify::new());
+    spawn_sighup_listener(trigger.clone());
+    set.run(config, trigger, shutdown_signal()).await;
+    stop_metrics.cancel();
     Ok(ExitCode::SUCCESS)
 }
