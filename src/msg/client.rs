@@ -1,0 +1,1 @@
+//! A client of `tlsnet-msg/1`.
