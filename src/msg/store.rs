@@ -489,6 +489,16 @@ impl Store {
     }
 }
 
+/// The default store directory: `msg` next to the development PKI,
+/// `$XDG_STATE_HOME/tlsnet/msg` or `~/.local/state/tlsnet/msg`.
+pub fn default_dir() -> Option<PathBuf> {
+    Some(
+        crate::pki::dev::DevPki::default_dir()?
+            .parent()?
+            .join("msg"),
+    )
+}
+
 fn create_private_dir(dir: &Path) -> crate::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -502,20 +512,24 @@ fn create_private_dir(dir: &Path) -> crate::Result<()> {
         .map_err(|e| crate::Error::file(dir, "create directory", e))
 }
 
-fn init_tables(db: &Database) -> Result<(), redb::Error> {
-    let tx = db.begin_write()?;
-    tx.open_table(META)?;
-    tx.open_table(MESSAGES)?;
-    tx.open_table(SEQS)?;
-    tx.open_table(HISTORY)?;
-    tx.open_table(QUEUE)?;
-    tx.open_table(QUEUE_LEN)?;
-    tx.open_table(ROOMS)?;
-    tx.open_table(MEMBERS)?;
-    tx.open_table(MEMBER_OF)?;
-    tx.open_table(CONTACTS)?;
-    tx.open_table(SEEN)?;
-    tx.commit()?;
+fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
+    Box::new(e.into())
+}
+
+fn init_tables(db: &Database) -> Result<(), Box<redb::Error>> {
+    let tx = db.begin_write().map_err(boxed)?;
+    tx.open_table(META).map_err(boxed)?;
+    tx.open_table(MESSAGES).map_err(boxed)?;
+    tx.open_table(SEQS).map_err(boxed)?;
+    tx.open_table(HISTORY).map_err(boxed)?;
+    tx.open_table(QUEUE).map_err(boxed)?;
+    tx.open_table(QUEUE_LEN).map_err(boxed)?;
+    tx.open_table(ROOMS).map_err(boxed)?;
+    tx.open_table(MEMBERS).map_err(boxed)?;
+    tx.open_table(MEMBER_OF).map_err(boxed)?;
+    tx.open_table(CONTACTS).map_err(boxed)?;
+    tx.open_table(SEEN).map_err(boxed)?;
+    tx.commit().map_err(boxed)?;
     Ok(())
 }
 
