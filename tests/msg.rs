@@ -654,3 +654,46 @@ async fn tlsnet_chat_sends_receives_and_reads_history() {
     })
     .await;
 }
+
+/// The README's two-terminal chat: a server on the development PKI, alice and bob with --as
+/// (their certificates issued in that PKI on first use).
+#[tokio::test]
+async fn chat_as_alice_and_bob_on_the_development_pki() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pki_dir = dir.path().join("dev-pki");
+        let store = dir.path().join("store");
+        let (_server, addr) = start_tlsnet_serve([
+            "--pki-dir".as_ref(),
+            pki_dir.as_os_str(),
+            "--store".as_ref(),
+            store.as_os_str(),
+        ])
+        .await;
+        let port = addr.rsplit_once(':').unwrap().1;
+        let local = format!("localhost:{port}");
+        let chat = |args: &[&str]| {
+            let mut command = tlsnet_cmd();
+            command
+                .arg("chat")
+                .arg(&local)
+                .arg("--pki-dir")
+                .arg(&pki_dir)
+                .args(args);
+            run(command, None, RUN_LIMIT)
+        };
+        let sent = chat(&["--as", "alice", "--to", "bob", "--send", "hi bob"]).ok();
+        assert!(sent.stdout.trim().parse::<u64>().is_ok(), "{}", sent.stdout);
+        assert!(pki_dir.join("user-alice.pem").is_file());
+        let got = chat(&["--as", "bob", "--receive", "--count", "1"]).ok();
+        assert!(got.stdout.contains("alice: hi bob"), "{}", got.stdout);
+        let refused = chat(&["--as", "../evil", "--to", "bob", "--send", "x"]);
+        assert_eq!(refused.code, 1, "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("cannot be a certificate name"),
+            "{}",
+            refused.stderr
+        );
+    })
+    .await;
+}
