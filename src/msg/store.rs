@@ -289,6 +289,10 @@ impl Store {
         &self.path
     }
 
+    async fn done(&self, op: Op) -> Result<(), StoreError> {
+        self.submit(op).await.map(|_| ())
+    }
+
     async fn submit(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let jobs = self.inner.jobs.clone().ok_or(StoreError::Closed)?;
@@ -338,43 +342,39 @@ impl Store {
 
     /// Creates a room with `user` as its first member.
     pub async fn create_room(&self, user: &str, room: &str, time: u64) -> Result<(), StoreError> {
-        self.submit(Op::Create {
+        self.done(Op::Create {
             user: user.to_owned(),
             room: room.to_owned(),
             time,
         })
         .await
-        .map(|_| ())
     }
 
     /// Adds `user` to a room (nothing changes when they are in it).
     pub async fn join(&self, user: &str, room: &str) -> Result<(), StoreError> {
-        self.submit(Op::Join {
+        self.done(Op::Join {
             user: user.to_owned(),
             room: room.to_owned(),
         })
         .await
-        .map(|_| ())
     }
 
     /// Removes `user` from a room.
     pub async fn leave(&self, user: &str, room: &str) -> Result<(), StoreError> {
-        self.submit(Op::Leave {
+        self.done(Op::Leave {
             user: user.to_owned(),
             room: room.to_owned(),
         })
         .await
-        .map(|_| ())
     }
 
     /// Records when `user` was last seen.
     pub async fn seen(&self, user: &str, time: u64) -> Result<(), StoreError> {
-        self.submit(Op::Seen {
+        self.done(Op::Seen {
             user: user.to_owned(),
             time,
         })
         .await
-        .map(|_| ())
     }
 
     /// Up to `limit` queued messages for `user` with ids over `after`, in id order (which is

@@ -9,6 +9,39 @@ use std::time::{Duration, Instant};
 const VALUE: usize = 256;
 const BATCH: usize = 64;
 
+/// The same measurement for each redb version (each its own crate, with its own types).
+macro_rules! redb_bench {
+    ($redb:ident, $name:expr, $file:expr, $dir:expr, $n:expr, $value:expr) => {{
+        let (dir, n, value) = ($dir, $n, $value);
+        const M: $redb::TableDefinition<&[u8], &[u8]> = $redb::TableDefinition::new("m");
+        const Q: $redb::TableDefinition<&[u8], &[u8]> = $redb::TableDefinition::new("q");
+        let db = $redb::Database::create(dir.join($file)).unwrap();
+        let (lat, single) = measure(n, |i| {
+            let tx = db.begin_write().unwrap();
+            {
+                let mut m = tx.open_table(M).unwrap();
+                m.insert(&key(i)[..], &value[..]).unwrap();
+                let mut q = tx.open_table(Q).unwrap();
+                q.insert(&key(i)[..], &b""[..]).unwrap();
+            }
+            tx.commit().unwrap();
+        });
+        let batch = measure_batches(n, |start, len| {
+            let tx = db.begin_write().unwrap();
+            {
+                let mut m = tx.open_table(M).unwrap();
+                let mut q = tx.open_table(Q).unwrap();
+                for i in start..start + len {
+                    m.insert(&key(n + i)[..], &value[..]).unwrap();
+                    q.insert(&key(n + i)[..], &b""[..]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        });
+        row($name, &lat, single, batch);
+    }};
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "store-compare.tmp".into()));
@@ -49,64 +82,9 @@ fn main() {
         row("fjall 3", &lat, single, batch);
     }
 
-    // redb 2: copy-on-write B-trees; Durability::Immediate fsyncs on commit.
-    {
-        const M: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("m");
-        const Q: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("q");
-        let db = redb::Database::create(dir.join("redb")).unwrap();
-        let (lat, single) = measure(n, |i| {
-            let tx = db.begin_write().unwrap();
-            {
-                let mut m = tx.open_table(M).unwrap();
-                m.insert(&key(i)[..], &value[..]).unwrap();
-                let mut q = tx.open_table(Q).unwrap();
-                q.insert(&key(i)[..], &b""[..]).unwrap();
-            }
-            tx.commit().unwrap();
-        });
-        let batch = measure_batches(n, |start, len| {
-            let tx = db.begin_write().unwrap();
-            {
-                let mut m = tx.open_table(M).unwrap();
-                let mut q = tx.open_table(Q).unwrap();
-                for i in start..start + len {
-                    m.insert(&key(n + i)[..], &value[..]).unwrap();
-                    q.insert(&key(n + i)[..], &b""[..]).unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        });
-        row("redb 2", &lat, single, batch);
-    }
-    // redb 4: copy-on-write B-trees; Durability::Immediate fsyncs on commit.
-    {
-        const M: redb4::TableDefinition<&[u8], &[u8]> = redb4::TableDefinition::new("m");
-        const Q: redb4::TableDefinition<&[u8], &[u8]> = redb4::TableDefinition::new("q");
-        let db = redb4::Database::create(dir.join("redb4")).unwrap();
-        let (lat, single) = measure(n, |i| {
-            let tx = db.begin_write().unwrap();
-            {
-                let mut m = tx.open_table(M).unwrap();
-                m.insert(&key(i)[..], &value[..]).unwrap();
-                let mut q = tx.open_table(Q).unwrap();
-                q.insert(&key(i)[..], &b""[..]).unwrap();
-            }
-            tx.commit().unwrap();
-        });
-        let batch = measure_batches(n, |start, len| {
-            let tx = db.begin_write().unwrap();
-            {
-                let mut m = tx.open_table(M).unwrap();
-                let mut q = tx.open_table(Q).unwrap();
-                for i in start..start + len {
-                    m.insert(&key(n + i)[..], &value[..]).unwrap();
-                    q.insert(&key(n + i)[..], &b""[..]).unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        });
-        row("redb 4", &lat, single, batch);
-    }
+    // redb: copy-on-write B-trees; Durability::Immediate fsyncs on commit.
+    redb_bench!(redb, "redb 2", "redb", &dir, n, &value);
+    redb_bench!(redb4, "redb 4", "redb4", &dir, n, &value);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
