@@ -712,12 +712,7 @@ impl<'t> Tables<'t> {
             } => self.send(from, target, text, time, options),
             Op::Ack { user, ids } => self.ack(&user, &ids),
             Op::Create { user, room, time } => {
-                if self
-                    .rooms
-                    .get(room.as_str())
-                    .map_err(db_err("read rooms"))?
-                    .is_some()
-                {
+                if self.room_known(&room)? {
                     return Err(Refusal::RoomExists(room).into());
                 }
                 self.rooms
@@ -727,26 +722,12 @@ impl<'t> Tables<'t> {
                 Ok(Done::Ok)
             }
             Op::Join { user, room } => {
-                if self
-                    .rooms
-                    .get(room.as_str())
-                    .map_err(db_err("read rooms"))?
-                    .is_none()
-                {
-                    return Err(Refusal::NoSuchRoom(room).into());
-                }
+                self.room_must_exist(&room)?;
                 self.add_member(&user, &room)?;
                 Ok(Done::Ok)
             }
             Op::Leave { user, room } => {
-                if self
-                    .rooms
-                    .get(room.as_str())
-                    .map_err(db_err("read rooms"))?
-                    .is_none()
-                {
-                    return Err(Refusal::NoSuchRoom(room).into());
-                }
+                self.room_must_exist(&room)?;
                 let was = self
                     .members
                     .remove((room.as_str(), user.as_str()))
@@ -766,6 +747,22 @@ impl<'t> Tables<'t> {
                     .map_err(db_err("record presence"))?;
                 Ok(Done::Ok)
             }
+        }
+    }
+
+    fn room_known(&self, room: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .rooms
+            .get(room)
+            .map_err(db_err("read rooms"))?
+            .is_some())
+    }
+
+    fn room_must_exist(&self, room: &str) -> Result<(), StoreError> {
+        if self.room_known(room)? {
+            Ok(())
+        } else {
+            Err(Refusal::NoSuchRoom(room.to_owned()).into())
         }
     }
 
@@ -796,14 +793,7 @@ impl<'t> Tables<'t> {
                 }
             }
             Target::Room(room) => {
-                if self
-                    .rooms
-                    .get(room.as_str())
-                    .map_err(db_err("read rooms"))?
-                    .is_none()
-                {
-                    return Err(Refusal::NoSuchRoom(room.clone()).into());
-                }
+                self.room_must_exist(room)?;
                 let members = pairs(&self.members, room)?;
                 if !members.contains(&from) {
                     return Err(Refusal::NotAMember(room.clone()).into());
