@@ -94,6 +94,20 @@ impl DevPki {
         self.ca_cert().is_file() && self.client_cert().is_file() && self.client_key().is_file()
     }
 
+    /// The certificate and key of the messaging user `name` (`user-NAME.pem`,
+    /// `user-NAME-key.pem`, common name NAME), issued by the development CA on first use.
+    pub fn ensure_user(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let store = PkiDir::at(&self.dir);
+        let stem = format!("user-{name}");
+        let (cert, key) = (store.cert_path(&stem), store.key_path(&stem));
+        if !(cert.is_file() && key.is_file()) {
+            let mut spec = LeafSpec::new(Purpose::Client, name);
+            spec.validity = LEAF_VALIDITY;
+            store.issue(&stem, &spec)?;
+        }
+        Ok((cert, key))
+    }
+
     /// Creates the PKI if it is missing, re-issues leaf certificates that are missing or
     /// expire within 7 days, and leaves everything else alone.
     pub fn ensure(&self) -> Result<DevPkiState> {

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 connection, verification or runtime failure (a one-line cause is
 //! printed); 2 usage error.
 
+mod chat;
 mod connect;
 mod inspect;
 mod keylog;
@@ -36,6 +37,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Connect to a TLS server: verify it, report the handshake, then relay stdin/stdout.
     Connect(connect::ConnectArgs),
+    /// Send and receive messages through a server's msg service (users are certificates).
+    Chat(chat::ChatArgs),
     /// Show the X.509 details of certificates in a file or presented by a server.
     Inspect(inspect::InspectArgs),
     /// Put (mutual) TLS in front of a plain TCP service, or carry a local port to a TLS server.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args, serve_matches).await,
             Command::Connect(args) => connect::run(args).await,
+            Command::Chat(args) => chat::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Tunnel(args) => tunnel::run(args).await,
             Command::Pki(args) => pki::run(args).await,

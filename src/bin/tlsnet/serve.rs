@@ -45,7 +45,7 @@ pub struct ServeArgs {
     tls: ServerTlsArgs,
 
     /// The service for clients that ask for none by ALPN (the seeds' clients, openssl
-    /// s_client). Every service is also reachable by its ALPN id: tlsnet-echo, tlsnet-discard.
+    /// s_client). Every service is also reachable by its ALPN id: tlsnet-echo, tlsnet-discard, tlsnet-msg/1.
     #[arg(long, value_enum, default_value = "echo")]
     service: ServiceArg,
 
@@ -56,6 +56,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     limits: ServerLimitArgs,
+
+    #[command(flatten)]
+    msg: crate::chat::MsgServeArgs,
 
     /// Serve Prometheus metrics on GET /metrics and a health check on GET /health at this
     /// address. A bare port (`9090`) binds to localhost; give an address to bind elsewhere.
@@ -111,7 +114,7 @@ pub async fn run(mut args: ServeArgs, matches: Option<ArgMatches>) -> Result<Exi
         .map(|a| a.to_string())
         .collect();
 
-    let router = router(&args);
+    let router = router(&args)?;
     info!(
         listen = %addrs.join(", "),
         service = router.default_name(),
@@ -235,7 +238,7 @@ impl Running {
 }
 
 /// Every service under its ALPN id; the chosen one (and any --alpn) also as the default.
-fn router(args: &ServeArgs) -> Router {
+fn router(args: &ServeArgs) -> Result<Router> {
     let echo: Arc<dyn Service> = Arc::new(Echo);
     let discard: Arc<dyn Service> = Arc::new(Discard);
     let default = match args.service {
@@ -245,10 +248,13 @@ fn router(args: &ServeArgs) -> Router {
     let mut router = Router::new(default.clone())
         .route(ECHO_ALPN, echo)
         .route(DISCARD_ALPN, discard);
+    if let Some(msg) = args.msg.service()? {
+        router = router.route(tlsnet::msg::ALPN, Arc::new(msg));
+    }
     for id in &args.alpn {
         router = router.route(id.as_bytes(), default.clone());
     }
-    router
+    Ok(router)
 }
 
 fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {

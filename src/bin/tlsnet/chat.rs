@@ -1,0 +1,460 @@
+//! `tlsnet chat`: a client of the msg service, scriptable (`--send`, `--receive`) or
+//! interactive; and the msg flags of `tlsnet serve`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, ValueEnum};
+use tlsnet::msg::client::{MsgClient, To};
+use tlsnet::msg::codec::{Frame, Message};
+use tlsnet::msg::service::{MsgOptions, MsgService, UserIdField};
+use tlsnet::msg::store::{StoreOptions, SyncMode};
+use tlsnet::net::client::{split_host_port, ClientStream, Connector};
+use tlsnet::pki::dev::{is_local_host, DevPki};
+use tlsnet::tls::{server_name, Identity};
+use tokio::io::AsyncBufReadExt;
+
+use crate::tls_args::ClientTlsArgs;
+use crate::{parse_duration, UsageError};
+
+/// The msg service's flags on `tlsnet serve`.
+#[derive(Args, Debug)]
+pub struct MsgServeArgs {
+    /// Do not run the msg service (ALPN tlsnet-msg/1).
+    #[arg(long)]
+    no_msg: bool,
+
+    /// Directory of the message store [default: $XDG_STATE_HOME/tlsnet/msg or
+    /// ~/.local/state/tlsnet/msg]. Opened by the first messaging client; one server at a time.
+    #[arg(long, value_name = "DIR", env = "TLSNET_MSG_STORE")]
+    store: Option<PathBuf>,
+
+    /// When a message is on disk before it is acknowledged: always (fsync every batch; no
+    /// acknowledged message is lost, even on power loss) or batch (fsync once a second; a
+    /// kill -9 loses nothing, a power loss up to a second).
+    #[arg(long, value_enum, default_value = "always")]
+    sync: SyncArg,
+
+    /// Which field of the client certificate is the user id.
+    #[arg(long, value_enum, default_value = "cn")]
+    user_id: UserIdArg,
+
+    /// Largest message text, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    max_message_size: u32,
+
+    /// Messages a user may send per second (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 50.0)]
+    rate_limit: f64,
+
+    /// Messages a user may send at once before --rate-limit applies.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    rate_burst: u32,
+
+    /// Messages that may wait for one recipient; more are refused with queue_full.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_queue: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SyncArg {
+    Always,
+    Batch,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum UserIdArg {
+    Cn,
+    Email,
+    Dns,
+    Uri,
+}
+
+impl MsgServeArgs {
+    /// The service, unless --no-msg.
+    pub fn service(&self) -> Result<Option<MsgService>> {
+        if self.no_msg {
+            return Ok(None);
+        }
+        if self.max_message_size == 0 || self.max_message_size > 16 * 1024 * 1024 {
+            return Err(UsageError("--max-message-size must be 1 to 16777216 bytes".into()).into());
+        }
+        if self.max_queue == 0 {
+            return Err(UsageError("--max-queue must be at least 1".into()).into());
+        }
+        if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
+            return Err(UsageError("--rate-limit must be 0 or more".into()).into());
+        }
+        let dir = match &self.store {
+            Some(d) => d.clone(),
+            None => tlsnet::msg::store::default_dir().ok_or_else(|| {
+                UsageError(
+                    "cannot find a home for the message store: set --store DIR (or HOME)".into(),
+                )
+            })?,
+        };
+        let store = StoreOptions {
+            sync: match self.sync {
+                SyncArg::Always => SyncMode::Always,
+                SyncArg::Batch => SyncMode::Batch,
+            },
+            max_queue: self.max_queue,
+        };
+        let options = MsgOptions {
+            user_id: match self.user_id {
+                UserIdArg::Cn => UserIdField::Cn,
+                UserIdArg::Email => UserIdField::Email,
+                UserIdArg::Dns => UserIdField::Dns,
+                UserIdArg::Uri => UserIdField::Uri,
+            },
+            max_message_size: self.max_message_size,
+            rate_per_sec: self.rate_limit,
+            burst: self.rate_burst,
+            ..MsgOptions::default()
+        };
+        tracing::info!(store = %dir.display(), sync = ?self.sync, user_id = ?self.user_id, "msg service on tlsnet-msg/1");
+        Ok(Some(MsgService::lazy(dir, store, options)))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// Server address: HOST:PORT, or [IPv6]:PORT.
+    #[arg(value_name = "HOST:PORT")]
+    addr: String,
+
+    /// Name to send as SNI and to check the certificate against [default: the HOST].
+    #[arg(long, value_name = "NAME")]
+    servername: Option<String>,
+
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+
+    /// Be the user NAME of a local server's development PKI: its certificate is issued there
+    /// on first use (user-NAME.pem).
+    #[arg(long = "as", value_name = "NAME", conflicts_with_all = ["cert", "key"])]
+    as_user: Option<String>,
+
+    /// The user to send to (--send), or whose conversation --history reads.
+    #[arg(long, value_name = "USER", conflicts_with = "room")]
+    to: Option<String>,
+
+    /// The room to send to (--send), or whose history --history reads.
+    #[arg(long, value_name = "ROOM")]
+    room: Option<String>,
+
+    /// Create ROOM (and join it) first; repeatable.
+    #[arg(long, value_name = "ROOM")]
+    create: Vec<String>,
+
+    /// Join ROOM first; repeatable.
+    #[arg(long, value_name = "ROOM")]
+    join: Vec<String>,
+
+    /// Send TEXT to --to or --room; exits 0 once the server has stored it, printing its id.
+    #[arg(long, value_name = "TEXT")]
+    send: Option<String>,
+
+    /// Print pending and new messages, acknowledging each once printed.
+    #[arg(long)]
+    receive: bool,
+
+    /// Print the last N messages of --to's or --room's conversation.
+    #[arg(long, value_name = "N")]
+    history: Option<u32>,
+
+    /// With --receive and --history: one JSON object per message.
+    #[arg(long)]
+    json: bool,
+
+    /// With --receive: exit after N messages.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+
+    /// With --receive: exit when nothing arrives for this long.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    wait: Duration,
+
+    /// Deadline for connecting, the handshake, and each answer.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+pub async fn run(args: ChatArgs) -> Result<ExitCode> {
+    let (host, _) = split_host_port(&args.addr).map_err(|e| UsageError(e.to_string()))?;
+    if args.send.is_some() && args.to.is_none() && args.room.is_none() {
+        return Err(UsageError("--send needs --to USER or --room ROOM".into()).into());
+    }
+    if args.history.is_some() && args.to.is_none() && args.room.is_none() {
+        return Err(UsageError("--history needs --to USER or --room ROOM".into()).into());
+    }
+    let name = args.servername.clone().unwrap_or_else(|| host.clone());
+    let name = server_name(&name).map_err(|e| UsageError(format!("--servername: {e}")))?;
+    let alpn = vec![String::from_utf8_lossy(tlsnet::msg::ALPN).into_owned()];
+    let mut options = args.tls.options(&host, false, true, &alpn)?;
+    if let Some(user) = &args.as_user {
+        if !is_local_host(&host) {
+            return Err(
+                UsageError("--as works with a local server's development PKI only".into()).into(),
+            );
+        }
+        let dir = args
+            .tls
+            .pki_dir
+            .clone()
+            .or_else(DevPki::default_dir)
+            .ok_or_else(|| UsageError("--as: no development PKI: set --pki-dir DIR".into()))?;
+        let pki = DevPki::at(dir);
+        if !pki.exists() {
+            return Err(anyhow!(
+                "--as: no development PKI in {} (run `tlsnet serve` once, or give --pki-dir)",
+                pki.dir().display()
+            ));
+        }
+        let (cert, key) = pki
+            .ensure_user(user)
+            .with_context(|| format!("--as {user}: a certificate in {}", pki.dir().display()))?;
+        options.identity = Some(Identity::from_files(&cert, &key)?);
+    }
+    let config = tokio::task::spawn_blocking(move || options.build()).await??;
+    let mut connector = Connector::new(config);
+    connector.connect_timeout = args.timeout;
+    connector.handshake_timeout = args.timeout;
+    let (stream, _) = connector.connect(&args.addr, name).await?;
+    let mut client = MsgClient::start(stream, args.timeout)
+        .await
+        .with_context(|| format!("{}: no messaging session", args.addr))?;
+
+    for room in &args.create {
+        client
+            .create(room)
+            .await
+            .with_context(|| format!("--create {room}"))?;
+    }
+    for room in &args.join {
+        client
+            .join(room)
+            .await
+            .with_context(|| format!("--join {room}"))?;
+    }
+    let target = match (&args.to, &args.room) {
+        (Some(u), _) => Some(To::User(u.clone())),
+        (_, Some(r)) => Some(To::Room(r.clone())),
+        _ => None,
+    };
+    let scripted = args.send.is_some() || args.receive || args.history.is_some();
+    if let (Some(text), Some(to)) = (&args.send, &target) {
+        let accepted = client.send(to.clone(), text).await.context("--send")?;
+        println!("{}", accepted.id);
+    }
+    if let (Some(n), Some(to)) = (args.history, &target) {
+        let (messages, _) = client
+            .history(to.clone(), None, n)
+            .await
+            .context("--history")?;
+        for m in &messages {
+            print_message(m, args.json)?;
+        }
+    }
+    if args.receive {
+        receive(&mut client, args.json, args.count, args.wait).await?;
+    }
+    if !scripted && args.create.is_empty() && args.join.is_empty() {
+        interactive(&mut client, target).await?;
+    }
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn print_message(m: &Message, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut v = serde_json::json!({
+            "id": m.id, "seq": m.seq, "from": m.from, "time": rfc3339(m.time), "text": m.text,
+        });
+        if let Some(to) = &m.to {
+            v["to"] = to.clone().into();
+        }
+        if let Some(room) = &m.room {
+            v["room"] = room.clone().into();
+        }
+        writeln!(out, "{v}")?;
+    } else {
+        let place = match (&m.room, &m.to) {
+            (Some(r), _) => format!("[{r}] "),
+            _ => String::new(),
+        };
+        writeln!(out, "{} {place}{}: {}", rfc3339(m.time), m.from, m.text)?;
+    }
+    out.flush().context("cannot write to stdout")?;
+    Ok(())
+}
+
+async fn receive(
+    client: &mut MsgClient<ClientStream>,
+    json: bool,
+    count: Option<usize>,
+    wait: Duration,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    let mut printed = 0;
+    while count.is_none_or(|n| printed < n) {
+        let Some(frame) = client.next_event(wait).await? else {
+            break;
+        };
+        if let Frame::Deliver(m) = frame {
+            // A message delivered again (we died before our ack reached the server) is
+            // printed once.
+            if seen.insert(m.id) {
+                print_message(&m, json)?;
+                printed += 1;
+            }
+            client.ack(&[m.id]).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn interactive(client: &mut MsgClient<ClientStream>, mut target: Option<To>) -> Result<()> {
+    eprintln!(
+        "tlsnet chat: you are {}. A line goes to the current conversation; /msg USER TEXT, /join ROOM, /leave, /who, /history [N], /quit",
+        client.user()
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut seen = HashSet::new();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line.context("cannot read stdin")? else { break };
+                if !command(client, &mut target, line.trim()).await? {
+                    break;
+                }
+            }
+            event = client.next_event(Duration::from_secs(3600)) => match event? {
+                Some(Frame::Deliver(m)) => {
+                    if seen.insert(m.id) {
+                        print_message(&m, false)?;
+                    }
+                    client.ack(&[m.id]).await?;
+                }
+                Some(Frame::Presence(p)) => eprintln!("* {} is {}", p.user, if p.online { "online" } else { "offline" }),
+                Some(Frame::Error(e)) => eprintln!("! {} ({})", e.message, e.code),
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+/// One line of interactive mode; false to quit.
+async fn command(
+    client: &mut MsgClient<ClientStream>,
+    target: &mut Option<To>,
+    line: &str,
+) -> Result<bool> {
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    let outcome: Result<(), tlsnet::msg::client::ClientError> = match word {
+        "" => Ok(()),
+        "/quit" => return Ok(false),
+        "/msg" => match rest.split_once(' ') {
+            Some((user, text)) => {
+                *target = Some(To::User(user.to_owned()));
+                client
+                    .send(To::User(user.to_owned()), text)
+                    .await
+                    .map(|_| ())
+            }
+            None => {
+                eprintln!("! /msg USER TEXT");
+                Ok(())
+            }
+        },
+        "/join" => {
+            let r = match client.join(rest).await {
+                Err(e) if e.code() == Some("no_such_room") => client.create(rest).await,
+                other => other,
+            };
+            if r.is_ok() {
+                *target = Some(To::Room(rest.to_owned()));
+            }
+            r
+        }
+        "/leave" => match target.clone() {
+            Some(To::Room(r)) => {
+                *target = None;
+                client.leave(&r).await
+            }
+            _ => {
+                eprintln!("! not in a room");
+                Ok(())
+            }
+        },
+        "/who" => match target.clone() {
+            Some(To::Room(r)) => client.members(&r).await.map(|members| {
+                for m in members {
+                    eprintln!(
+                        "* {} {}",
+                        m.user,
+                        if m.online { "online" } else { "offline" }
+                    );
+                }
+            }),
+            _ => {
+                eprintln!("! /who lists a room's members: /join one first");
+                Ok(())
+            }
+        },
+        "/history" => match target.clone() {
+            Some(to) => {
+                let n = rest.parse().unwrap_or(20);
+                match client.history(to, None, n).await {
+                    Ok((messages, _)) => {
+                        for m in &messages {
+                            print_message(m, false)?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                eprintln!("! no conversation yet: /msg USER TEXT or /join ROOM");
+                Ok(())
+            }
+        },
+        w if w.starts_with('/') => {
+            eprintln!("! unknown command {w}");
+            Ok(())
+        }
+        _ => match target.clone() {
+            Some(to) => client.send(to, line).await.map(|_| ()),
+            None => {
+                eprintln!("! no conversation yet: /msg USER TEXT or /join ROOM");
+                Ok(())
+            }
+        },
+    };
+    match outcome {
+        Ok(()) => Ok(true),
+        Err(e @ tlsnet::msg::client::ClientError::Refused(_)) => {
+            eprintln!("! {e}");
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,927 @@
+//! The server side of `tlsnet-msg/1`: a [`Service`] on the server's port.
+//!
+//! A connection is one user's session. The user is the identity in the client certificate
+//! (the field [`UserIdField`] picks). The session reads frames and answers them in order;
+//! messages for the user are sent from the store's queue, at most [`MsgOptions::window`] of
+//! them unacknowledged at a time, so a client that never acknowledges holds a bounded number
+//! of messages and nothing more is read for it; what it has not acknowledged stays queued
+//! and is sent again on its next connection. A client that does not read stops its own
+//! session (its writes block, then its reads stop) and no one else's.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec::{
+    self, Accepted, CodecError, Decoded, Decoder, ErrorFrame, Frame, Goodbye, Message, Outcome,
+    Presence, Receipt, Welcome,
+};
+use super::store::{conversation, Refusal, Store, StoreError, StoreOptions, Target};
+use crate::error::BoxError;
+use crate::service::{BoxFuture, BoxStream, Context, End, Service};
+use crate::tls::PeerIdentity;
+
+/// Which certificate field is the user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserIdField {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first email address (rfc822Name) of the subject alternative names.
+    Email,
+    /// The first DNS name of the subject alternative names.
+    Dns,
+    /// The first URI of the subject alternative names.
+    Uri,
+}
+
+impl UserIdField {
+    /// The field in words, for errors.
+    pub fn describe(self) -> &'static str {
+        match self {
+            UserIdField::Cn => "common name (CN)",
+            UserIdField::Email => "email address (rfc822Name SAN)",
+            UserIdField::Dns => "DNS name (SAN)",
+            UserIdField::Uri => "URI (SAN)",
+        }
+    }
+}
+
+/// Longest user id or room name, in bytes.
+pub const MAX_NAME: usize = 256;
+/// Most messages in one history page.
+pub const MAX_PAGE: u32 = 500;
+/// Most receipts waiting for a client that does not read; older ones are dropped, logged.
+pub const MAX_PENDING_RECEIPTS: usize = 1024;
+
+/// Why a client has no usable user id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserIdError {
+    /// No client certificate.
+    #[error("no client certificate: messaging needs one, its {0} is the user id")]
+    NoCertificate(&'static str),
+    /// The certificate lacks the field.
+    #[error(
+        "the client certificate has no {0}, which this server takes as the user id (--user-id)"
+    )]
+    Missing(&'static str),
+    /// The field's value is not a usable name.
+    #[error("invalid user id {0:?}: {1}")]
+    Invalid(String, &'static str),
+}
+
+impl UserIdError {
+    /// A stable label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UserIdError::NoCertificate(_) => "no_certificate",
+            UserIdError::Missing(_) => "no_user_id",
+            UserIdError::Invalid(..) => "invalid_user_id",
+        }
+    }
+}
+
+/// The user id of a peer.
+pub fn user_id(identity: Option<&PeerIdentity>, field: UserIdField) -> Result<String, UserIdError> {
+    let id = identity.ok_or(UserIdError::NoCertificate(field.describe()))?;
+    let value = match field {
+        UserIdField::Cn => id.common_name.clone(),
+        UserIdField::Email => id.emails.first().cloned(),
+        UserIdField::Dns => id.dns_names.first().cloned(),
+        UserIdField::Uri => id.uris.first().cloned(),
+    }
+    .ok_or(UserIdError::Missing(field.describe()))?;
+    check_name(&value).map_err(|why| UserIdError::Invalid(value.clone(), why))?;
+    Ok(value)
+}
+
+/// Whether a user or room name is usable: 1 to 256 bytes, no control characters.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return Err("it is longer than 256 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("it holds control characters");
+    }
+    Ok(())
+}
+
+/// The service's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct MsgOptions {
+    /// Which certificate field is the user id.
+    pub user_id: UserIdField,
+    /// Largest text, in bytes.
+    pub max_message_size: u32,
+    /// Messages a user may send per second, on average (0: no limit).
+    pub rate_per_sec: f64,
+    /// Messages a user may send at once before the rate applies.
+    pub burst: u32,
+    /// Messages sent to a client and not yet acknowledged, at most.
+    pub window: usize,
+}
+
+impl Default for MsgOptions {
+    fn default() -> Self {
+        MsgOptions {
+            user_id: UserIdField::Cn,
+            max_message_size: 64 * 1024,
+            rate_per_sec: 50.0,
+            burst: 100,
+            window: 256,
+        }
+    }
+}
+
+impl MsgOptions {
+    /// The largest frame payload accepted: room for the text with every byte escaped in
+    /// JSON (`\u00XX`, six bytes), and for the other fields.
+    pub fn max_frame(&self) -> u32 {
+        self.max_message_size.saturating_mul(6).saturating_add(4096)
+    }
+}
+
+/// The messaging service.
+pub struct MsgService {
+    hub: tokio::sync::OnceCell<Arc<Hub>>,
+    open: Option<(PathBuf, StoreOptions)>,
+    options: MsgOptions,
+}
+
+impl std::fmt::Debug for MsgService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgService")
+            .field("store", &self.open)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl MsgService {
+    /// The service over an open store.
+    pub fn new(store: Store, options: MsgOptions) -> Self {
+        MsgService {
+            hub: tokio::sync::OnceCell::new_with(Some(Hub::new(store, options))),
+            open: None,
+            options,
+        }
+    }
+
+    /// The service with the store in `dir`, opened by the first messaging client: a server
+    /// that no one messages makes no files, and several servers can share a home until one
+    /// of them is messaged (a store is one process's).
+    pub fn lazy(dir: PathBuf, store: StoreOptions, options: MsgOptions) -> Self {
+        MsgService {
+            hub: tokio::sync::OnceCell::new(),
+            open: Some((dir, store)),
+            options,
+        }
+    }
+
+    async fn hub(&self) -> crate::Result<Arc<Hub>> {
+        self.hub
+            .get_or_try_init(|| async {
+                let Some((dir, store_options)) = self.open.clone() else {
+                    return Err(crate::Error::InvalidInput("message store missing".into()));
+                };
+                let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_options))
+                    .await
+                    .map_err(|e| crate::Error::unusable("message store", e))??;
+                info!(path = %store.path().display(), "msg: store opened");
+                Ok(Hub::new(store, self.options))
+            })
+            .await
+            .cloned()
+    }
+}
+
+impl Service for MsgService {
+    fn name(&self) -> &'static str {
+        "msg"
+    }
+
+    fn serve<'a>(&'a self, mut stream: BoxStream, ctx: &'a Context) -> BoxFuture<'a, End> {
+        Box::pin(async move {
+            match self.hub().await {
+                Ok(hub) => serve(hub, stream, ctx).await,
+                Err(e) => {
+                    let text = e.describe();
+                    warn!(peer = %ctx.peer, error = %text, "msg: the store cannot be opened");
+                    let frame = error_frame(None, "store_unavailable", text, true);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        let _ = write_frame(&mut stream, &frame).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
+                    End::Failed(Box::new(e))
+                }
+            }
+        })
+    }
+}
+
+struct Hub {
+    store: Store,
+    options: MsgOptions,
+    sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// What other sessions leave for a session: wake-ups, presence changes, receipts.
+#[derive(Default)]
+struct Session {
+    wake: Notify,
+    events: Mutex<Events>,
+}
+
+#[derive(Default)]
+struct Events {
+    presence: BTreeMap<String, Presence>,
+    receipts: VecDeque<Receipt>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a store read off the runtime's workers.
+async fn read<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|_| StoreError::Closed)?
+}
+
+impl Hub {
+    fn new(store: Store, options: MsgOptions) -> Arc<Hub> {
+        Arc::new(Hub {
+            store,
+            options,
+            sessions: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn wake(&self, user: &str) {
+        if let Some(list) = lock(&self.sessions).get(user) {
+            for s in list {
+                s.wake.notify_one();
+            }
+        }
+    }
+
+    fn is_online(&self, user: &str) -> bool {
+        lock(&self.sessions)
+            .get(user)
+            .is_some_and(|l| !l.is_empty())
+    }
+
+    /// Registers a session; true when it is the user's first.
+    fn join(&self, user: &str, session: Arc<Session>) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let list = sessions.entry(user.to_owned()).or_default();
+        list.push(session);
+        list.len() == 1
+    }
+
+    /// Unregisters a session; true when it was the user's last.
+    fn part(&self, user: &str, session: &Arc<Session>) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let Some(list) = sessions.get_mut(user) else {
+            return false;
+        };
+        list.retain(|s| !Arc::ptr_eq(s, session));
+        if list.is_empty() {
+            sessions.remove(user);
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn announce(&self, user: &str, online: bool, time: u64) {
+        if let Err(e) = self.store.seen(user, time).await {
+            warn!(user, error = %crate::error::chain(&e), "msg: cannot record last seen");
+        }
+        let who = user.to_owned();
+        let peers = match read(&self.store, move |s| s.peers(&who)).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(user, error = %crate::error::chain(&e), "msg: cannot find whom to tell of a presence change");
+                return;
+            }
+        };
+        let presence = Presence {
+            user: user.to_owned(),
+            online,
+            last_seen: time,
+        };
+        let sessions = lock(&self.sessions);
+        for peer in peers {
+            for s in sessions.get(&peer).into_iter().flatten() {
+                lock(&s.events)
+                    .presence
+                    .insert(user.to_owned(), presence.clone());
+                s.wake.notify_one();
+            }
+        }
+    }
+
+    fn receipt(&self, to: &str, receipt: Receipt) {
+        let sessions = lock(&self.sessions);
+        for s in sessions.get(to).into_iter().flatten() {
+            let mut events = lock(&s.events);
+            if events.receipts.len() >= MAX_PENDING_RECEIPTS {
+                if let Some(old) = events.receipts.pop_front() {
+                    warn!(user = to, id = old.id, by = %old.by, "msg: the client does not read; an old delivery receipt was dropped");
+                }
+            }
+            events.receipts.push_back(receipt.clone());
+            s.wake.notify_one();
+        }
+    }
+
+    /// Takes a token from the user's bucket; the wait until the next one when it is empty.
+    fn rate(&self, user: &str) -> Result<(), Duration> {
+        let rate = self.options.rate_per_sec;
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.options.burst.max(1));
+        let mut buckets = lock(&self.buckets);
+        let b = buckets.entry(user.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: Instant::now(),
+        });
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("msg: refused client {peer}")]
+    UserId {
+        peer: String,
+        #[source]
+        source: UserIdError,
+    },
+    #[error("msg: {user} broke the protocol")]
+    Codec {
+        user: String,
+        #[source]
+        source: CodecError,
+    },
+}
+
+fn error_frame(req: Option<u64>, code: &str, message: impl Into<String>, fatal: bool) -> Frame {
+    Frame::Error(ErrorFrame {
+        req,
+        code: code.to_owned(),
+        message: message.into(),
+        fatal,
+    })
+}
+
+async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> std::io::Result<()> {
+    w.write_all(&frame.encode()).await
+}
+
+async fn serve(hub: Arc<Hub>, mut stream: BoxStream, ctx: &Context) -> End {
+    let user = match user_id(ctx.identity(), hub.options.user_id) {
+        Ok(u) => u,
+        Err(e) => {
+            let frame = error_frame(None, e.code(), e.to_string(), true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = write_frame(&mut stream, &frame).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+            let err = SessionError::UserId {
+                peer: ctx.peer.to_string(),
+                source: e,
+            };
+            return End::Failed(Box::new(err));
+        }
+    };
+    let session = Arc::new(Session::default());
+    if hub.join(&user, session.clone()) {
+        hub.announce(&user, true, now_ms()).await;
+    }
+    info!(peer = %ctx.peer, user, "msg: session started");
+    let end = run_session(&hub, &user, &session, stream, ctx).await;
+    if hub.part(&user, &session) {
+        hub.announce(&user, false, now_ms()).await;
+    }
+    info!(peer = %ctx.peer, user, end = %end, "msg: session ended");
+    end
+}
+
+async fn run_session(
+    hub: &Hub,
+    user: &str,
+    session: &Session,
+    stream: BoxStream,
+    ctx: &Context,
+) -> End {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Frame>(64);
+    let in_flight: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+    let stop = CancellationToken::new();
+    let reader_done = CancellationToken::new();
+    let welcome = Frame::Welcome(Welcome {
+        version: codec::VERSION,
+        user: user.to_owned(),
+        max_message_size: hub.options.max_message_size,
+        max_frame: hub.options.max_frame(),
+    });
+
+    let reader = async {
+        let mut decoder = Decoder::new(hub.options.max_frame());
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = rd.read(&mut buf) => match r {
+                    Ok(0) if decoder.is_mid_frame() => return Some(End::Truncated),
+                    Ok(0) => return Some(End::Closed),
+                    Ok(n) => n,
+                    Err(e) => return Some(End::from_io(e)),
+                },
+            };
+            let mut data = &buf[..n];
+            while !data.is_empty() {
+                let (used, decoded) = match decoder.feed(data) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        warn!(peer = %ctx.peer, user, error = %e, "msg: closing a connection that broke the framing");
+                        let _ = tx
+                            .send(error_frame(None, e.code(), e.to_string(), true))
+                            .await;
+                        return Some(End::Failed(Box::new(SessionError::Codec {
+                            user: user.to_owned(),
+                            source: e,
+                        }) as BoxError));
+                    }
+                };
+                data = &data[used..];
+                let reply = match decoded {
+                    None => continue,
+                    Some(Decoded::Invalid(e)) => {
+                        warn!(peer = %ctx.peer, user, error = %crate::error::chain(&e), "msg: skipped a frame");
+                        Some(error_frame(
+                            None,
+                            e.code(),
+                            crate::error::chain(&e).to_string(),
+                            false,
+                        ))
+                    }
+                    Some(Decoded::Frame(frame)) => {
+                        handle(hub, user, session, &in_flight, frame).await
+                    }
+                };
+                if let Some(reply) = reply {
+                    if tx.send(reply).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    };
+
+    let writer = async {
+        let end = deliver(
+            hub,
+            user,
+            session,
+            &in_flight,
+            &mut wr,
+            (&mut rx, &reader_done),
+            welcome,
+            ctx,
+        )
+        .await;
+        stop.cancel();
+        end
+    };
+
+    let (read_end, write_end) = tokio::join!(
+        async {
+            let end = reader.await;
+            reader_done.cancel();
+            end
+        },
+        writer
+    );
+    let mut stream = rd.unsplit(wr);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    match (read_end, write_end) {
+        (Some(End::Failed(e)), _) => End::Failed(e),
+        (_, Some(end)) => end,
+        (Some(end), None) => end,
+        (None, None) => End::Closed,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    hub: &Hub,
+    user: &str,
+    session: &Session,
+    in_flight: &Mutex<BTreeSet<u64>>,
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    (rx, reader_done): (&mut mpsc::Receiver<Frame>, &CancellationToken),
+    welcome: Frame,
+    ctx: &Context,
+) -> Option<End> {
+    let io = |e: std::io::Error| Some(End::from_io(e));
+    if let Err(e) = write_frame(wr, &welcome).await {
+        return io(e);
+    }
+    let mut cursor = 0u64;
+    let window = hub.options.window.max(1);
+    loop {
+        // Queued messages, up to the window.
+        let room = window.saturating_sub(lock(in_flight).len());
+        if room > 0 {
+            let who = user.to_owned();
+            match read(&hub.store, move |s| s.pending(&who, cursor, room)).await {
+                Ok(messages) => {
+                    for m in messages {
+                        cursor = cursor.max(m.id);
+                        lock(in_flight).insert(m.id);
+                        if let Err(e) = write_frame(wr, &Frame::Deliver(m)).await {
+                            return io(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(user, error = %crate::error::chain(&e), "msg: cannot read the queue");
+                }
+            }
+        }
+        let (presence, receipts) = {
+            let mut ev = lock(&session.events);
+            (
+                std::mem::take(&mut ev.presence),
+                std::mem::take(&mut ev.receipts),
+            )
+        };
+        for p in presence.into_values() {
+            if let Err(e) = write_frame(wr, &Frame::Presence(p)).await {
+                return io(e);
+            }
+        }
+        for r in receipts {
+            if let Err(e) = write_frame(wr, &Frame::Receipt(r)).await {
+                return io(e);
+            }
+        }
+        if let Err(e) = wr.flush().await {
+            return io(e);
+        }
+        tokio::select! {
+            _ = ctx.shutdown.forced() => return Some(End::Shutdown),
+            _ = ctx.shutdown.draining() => {
+                let bye = Frame::Goodbye(Goodbye { reason: "server shutting down".into() });
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = write_frame(wr, &bye).await;
+                    let _ = wr.flush().await;
+                }).await;
+                return Some(End::Drained);
+            }
+            frame = rx.recv() => match frame {
+                Some(frame) => {
+                    let fatal = matches!(&frame, Frame::Error(e) if e.fatal);
+                    if let Err(e) = write_frame(wr, &frame).await {
+                        return io(e);
+                    }
+                    // Everything the reader had to say, in one flush.
+                    while let Ok(more) = rx.try_recv() {
+                        if let Err(e) = write_frame(wr, &more).await {
+                            return io(e);
+                        }
+                    }
+                    if fatal {
+                        let _ = wr.flush().await;
+                        return None;
+                    }
+                }
+                None => {
+                    let _ = wr.flush().await;
+                    return None;
+                }
+            },
+            _ = reader_done.cancelled() => {
+                while let Ok(more) = rx.try_recv() {
+                    if let Err(e) = write_frame(wr, &more).await {
+                        return io(e);
+                    }
+                }
+                let _ = wr.flush().await;
+                return None;
+            }
+            _ = session.wake.notified() => {}
+        }
+    }
+}
+
+fn refused(req: u64, e: StoreError, user: &str, what: &str) -> Frame {
+    match e {
+        StoreError::Refused(r) => error_frame(Some(req), r.code(), r.to_string(), false),
+        other => {
+            let text = crate::error::chain(&other).to_string();
+            warn!(user, error = %text, "msg: {what} failed");
+            error_frame(Some(req), "store_failed", text, false)
+        }
+    }
+}
+
+async fn handle(
+    hub: &Hub,
+    user: &str,
+    session: &Session,
+    in_flight: &Mutex<BTreeSet<u64>>,
+    frame: Frame,
+) -> Option<Frame> {
+    match frame {
+        Frame::Send(send) => Some(send_message(hub, user, send).await),
+        Frame::Ack(ack) => match hub.store.ack(user, ack.ids.clone()).await {
+            Ok(acked) => {
+                let time = now_ms();
+                for a in acked {
+                    hub.receipt(
+                        &a.from,
+                        Receipt {
+                            id: a.id,
+                            by: user.to_owned(),
+                            time,
+                        },
+                    );
+                }
+                {
+                    let mut f = lock(in_flight);
+                    for id in &ack.ids {
+                        f.remove(id);
+                    }
+                }
+                session.wake.notify_one();
+                None
+            }
+            Err(e) => Some(refused(0, e, user, "an acknowledgement")),
+        },
+        Frame::Create(r) | Frame::Join(r) | Frame::Leave(r) | Frame::Members(r)
+            if check_name(&r.room).is_err() =>
+        {
+            let why = check_name(&r.room).err().unwrap_or("");
+            Some(error_frame(
+                Some(r.req),
+                "invalid_room",
+                format!("invalid room name {:?}: {why}", r.room),
+                false,
+            ))
+        }
+        Frame::Create(r) => Some(match hub.store.create_room(user, &r.room, now_ms()).await {
+            Ok(()) => ok(r.req),
+            Err(e) => refused(r.req, e, user, "creating a room"),
+        }),
+        Frame::Join(r) => Some(match hub.store.join(user, &r.room).await {
+            Ok(()) => ok(r.req),
+            Err(e) => refused(r.req, e, user, "joining a room"),
+        }),
+        Frame::Leave(r) => Some(match hub.store.leave(user, &r.room).await {
+            Ok(()) => ok(r.req),
+            Err(e) => refused(r.req, e, user, "leaving a room"),
+        }),
+        Frame::Members(r) => Some(members(hub, user, r.req, r.room).await),
+        Frame::History(h) => Some(history(hub, user, h).await),
+        other => Some(error_frame(
+            None,
+            "unexpected_frame",
+            format!(
+                "{} is a server frame; a client does not send it",
+                other.name()
+            ),
+            false,
+        )),
+    }
+}
+
+fn ok(req: u64) -> Frame {
+    Frame::Result(Outcome {
+        req,
+        ..Outcome::default()
+    })
+}
+
+async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
+    let req = send.req;
+    let max = hub.options.max_message_size as usize;
+    if send.text.len() > max {
+        return error_frame(
+            Some(req),
+            "message_too_large",
+            format!(
+                "the text is {} bytes; this server takes at most {max} (--max-message-size)",
+                send.text.len()
+            ),
+            false,
+        );
+    }
+    let target = match (send.to, send.room) {
+        (Some(to), None) => match check_name(&to) {
+            Ok(()) => Target::User(to),
+            Err(why) => {
+                return error_frame(
+                    Some(req),
+                    "invalid_user_id",
+                    format!("invalid user id {to:?}: {why}"),
+                    false,
+                )
+            }
+        },
+        (None, Some(room)) => match check_name(&room) {
+            Ok(()) => Target::Room(room),
+            Err(why) => {
+                return error_frame(
+                    Some(req),
+                    "invalid_room",
+                    format!("invalid room name {room:?}: {why}"),
+                    false,
+                )
+            }
+        },
+        _ => {
+            return error_frame(
+                Some(req),
+                "bad_request",
+                "SEND needs exactly one of `to` and `room`",
+                false,
+            )
+        }
+    };
+    if let Err(wait) = hub.rate(user) {
+        return error_frame(
+            Some(req),
+            "rate_limited",
+            format!(
+                "you send faster than {} messages a second (burst {}): wait {} ms",
+                hub.options.rate_per_sec,
+                hub.options.burst,
+                wait.as_millis().max(1)
+            ),
+            false,
+        );
+    }
+    match hub.store.send(user, target, send.text, now_ms()).await {
+        Ok(sent) => {
+            debug!(user, id = sent.message.id, "msg: accepted");
+            for r in &sent.recipients {
+                hub.wake(r);
+            }
+            Frame::Accepted(Accepted {
+                req,
+                id: sent.message.id,
+                seq: sent.message.seq,
+                time: sent.message.time,
+            })
+        }
+        Err(e) => refused(req, e, user, "storing a message"),
+    }
+}
+
+async fn members(hub: &Hub, user: &str, req: u64, room: String) -> Frame {
+    let r = room.clone();
+    let list = match read(&hub.store, move |s| {
+        if !s.room_exists(&r)? {
+            return Err(Refusal::NoSuchRoom(r).into());
+        }
+        let members = s.members(&r)?;
+        let seen = members
+            .iter()
+            .map(|m| s.last_seen(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(members.into_iter().zip(seen).collect::<Vec<_>>())
+    })
+    .await
+    {
+        Ok(list) => list,
+        Err(e) => return refused(req, e, user, "listing members"),
+    };
+    if !list.iter().any(|(m, _)| m == user) {
+        return refused(
+            req,
+            Refusal::NotAMember(room).into(),
+            user,
+            "listing members",
+        );
+    }
+    let now = now_ms();
+    let members = list
+        .into_iter()
+        .map(|(m, seen)| {
+            let online = hub.is_online(&m);
+            Presence {
+                last_seen: if online { now } else { seen },
+                online,
+                user: m,
+            }
+        })
+        .collect();
+    Frame::Result(Outcome {
+        req,
+        members: Some(members),
+        ..Outcome::default()
+    })
+}
+
+async fn history(hub: &Hub, user: &str, h: codec::History) -> Frame {
+    let req = h.req;
+    let target = match (h.with, h.room) {
+        (Some(with), None) => Target::User(with),
+        (None, Some(room)) => Target::Room(room),
+        _ => {
+            return error_frame(
+                Some(req),
+                "bad_request",
+                "HISTORY needs exactly one of `with` and `room`",
+                false,
+            )
+        }
+    };
+    let conv = conversation(user, &target);
+    let limit = h.limit.clamp(1, MAX_PAGE) as usize;
+    let me = user.to_owned();
+    let result = read(&hub.store, move |s| {
+        if let Target::Room(room) = &target {
+            if !s.room_exists(room)? {
+                return Err(Refusal::NoSuchRoom(room.clone()).into());
+            }
+            if !s.members(room)?.contains(&me) {
+                return Err(Refusal::NotAMember(room.clone()).into());
+            }
+        }
+        s.history(&conv, h.before, limit)
+    })
+    .await;
+    match result {
+        Ok((messages, more)) => Frame::Result(Outcome {
+            req,
+            messages: Some(messages),
+            more: Some(more),
+            ..Outcome::default()
+        }),
+        Err(e) => refused(req, e, user, "reading history"),
+    }
+}
+
+/// Messages of a page, for callers that print them.
+pub type Page = Vec<Message>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("alice").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a\u{0}b").is_err());
+        assert!(check_name(&"x".repeat(257)).is_err());
+        assert_eq!(
+            user_id(None, UserIdField::Email).unwrap_err().code(),
+            "no_certificate"
+        );
+    }
+}

@@ -1,0 +1,1011 @@
+//! The message store: an embedded, crash-safe [redb] database in one file, written by one
+//! thread with group commit.
+//!
+//! Every change (a message, an acknowledgement, a room change) is a job sent to the writer
+//! thread. The writer takes the jobs that are waiting (up to [`MAX_BATCH`]), applies them in
+//! one write transaction, commits it once (with `--sync always`, one fsync) and only then
+//! answers every job of the batch: an `ACCEPTED` frame is sent only for a message that is on
+//! disk. A job that is refused (a full queue, an unknown room) changes nothing and is
+//! answered with the reason; a storage error fails the whole batch, and nothing of it is
+//! answered as done.
+//!
+//! What is kept: each message once (by id, as JSON), its place in its conversation
+//! (conversation, sequence → id), one queue entry per recipient that has not acknowledged it
+//! (user, id), rooms and their members, who has talked to whom (for presence), and when each
+//! user was last seen. Messages stay for history after every recipient has acknowledged them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use tracing::{debug, error};
+
+use super::codec::Message;
+
+/// The most jobs committed together.
+pub const MAX_BATCH: usize = 256;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const SEQS: TableDefinition<&[u8], u64> = TableDefinition::new("seqs");
+const HISTORY: TableDefinition<(&[u8], u64), u64> = TableDefinition::new("history");
+const QUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("queue");
+const QUEUE_LEN: TableDefinition<&str, u64> = TableDefinition::new("queue_len");
+const ROOMS: TableDefinition<&str, u64> = TableDefinition::new("rooms");
+const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
+const MEMBER_OF: TableDefinition<(&str, &str), ()> = TableDefinition::new("member_of");
+const CONTACTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("contacts");
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+
+/// When a committed batch is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Every batch is fsynced before its acknowledgements: nothing acknowledged is lost on a
+    /// crash, a kill -9 or a power loss.
+    #[default]
+    Always,
+    /// Every batch is written to the operating system before its acknowledgements, and
+    /// fsynced at least once a second: nothing acknowledged is lost when the process dies
+    /// (kill -9), up to about a second of it when the machine does (power loss, kernel panic).
+    Batch,
+}
+
+/// How often `--sync batch` fsyncs.
+pub const BATCH_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The store's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// When commits reach the disk.
+    pub sync: SyncMode,
+    /// Messages waiting for one recipient; more are refused (`queue_full`).
+    pub max_queue: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync: SyncMode::Always,
+            max_queue: 10_000,
+        }
+    }
+}
+
+/// A store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The request was refused; nothing changed.
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    /// The database failed.
+    #[error("message store: cannot {action}")]
+    Storage {
+        /// What was being done.
+        action: &'static str,
+        /// redb's error.
+        #[source]
+        source: Arc<redb::Error>,
+    },
+    /// The writer thread is gone (it failed before, or the store is closing).
+    #[error("message store is closed")]
+    Closed,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The room does not exist.
+    #[error("no room named '{0}'")]
+    NoSuchRoom(String),
+    /// The room exists already.
+    #[error("room '{0}' exists already")]
+    RoomExists(String),
+    /// The user is not a member of the room.
+    #[error("you are not a member of room '{0}' (join it first)")]
+    NotAMember(String),
+    /// A recipient's queue is full.
+    #[error("{user}'s queue is full ({limit} messages wait for them): try again once they have read some")]
+    QueueFull {
+        /// The recipient.
+        user: String,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl Refusal {
+    /// A stable label, the `code` of the `ERROR` frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NoSuchRoom(_) => "no_such_room",
+            Refusal::RoomExists(_) => "room_exists",
+            Refusal::NotAMember(_) => "not_a_member",
+            Refusal::QueueFull { .. } => "queue_full",
+        }
+    }
+}
+
+fn storage(action: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+    move |e| StoreError::Storage {
+        action,
+        source: Arc::new(e),
+    }
+}
+
+fn db_err<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| storage(action)(e.into())
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A direct message to a user.
+    User(String),
+    /// A room.
+    Room(String),
+}
+
+/// The key of a conversation: `d\0A\0B` (A < B) for two users, `r\0ROOM` for a room. User
+/// and room names hold no control characters, so no key is ambiguous.
+pub fn conversation(from: &str, target: &Target) -> Vec<u8> {
+    match target {
+        Target::User(to) => {
+            let (a, b) = if from <= to.as_str() {
+                (from, to.as_str())
+            } else {
+                (to.as_str(), from)
+            };
+            [b"d\0", a.as_bytes(), b"\0", b.as_bytes()].concat()
+        }
+        Target::Room(room) => [b"r\0", room.as_bytes()].concat(),
+    }
+}
+
+/// A stored message and who it was queued for.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The message as committed.
+    pub message: Message,
+    /// The users it was queued for (not the sender).
+    pub recipients: Vec<String>,
+}
+
+/// A removed queue entry: message `id`, sent by `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// The message id.
+    pub id: u64,
+    /// Its sender, who gets a receipt.
+    pub from: String,
+}
+
+enum Op {
+    Send {
+        from: String,
+        target: Target,
+        text: String,
+        time: u64,
+    },
+    Ack {
+        user: String,
+        ids: Vec<u64>,
+    },
+    Create {
+        user: String,
+        room: String,
+        time: u64,
+    },
+    Join {
+        user: String,
+        room: String,
+    },
+    Leave {
+        user: String,
+        room: String,
+    },
+    Seen {
+        user: String,
+        time: u64,
+    },
+}
+
+enum Done {
+    Sent(Sent),
+    Acked(Vec<Acked>),
+    Ok,
+}
+
+struct Job {
+    op: Op,
+    reply: tokio::sync::oneshot::Sender<Result<Done, StoreError>>,
+}
+
+/// The store: reads from any thread, writes through the writer thread. Clones share it; the
+/// last one to go stops the writer (after its last batch) and closes the database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    inner: Arc<Inner>,
+    path: PathBuf,
+}
+
+struct Inner {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` (`msg.redb`; the directory is made with mode
+    /// 0700) and starts its writer thread.
+    pub fn open(dir: &Path, options: StoreOptions) -> crate::Result<Store> {
+        create_private_dir(dir)?;
+        let path = dir.join("msg.redb");
+        let db = Database::create(&path).map_err(|e| {
+            crate::Error::unusable(
+                format!("message store {}", path.display()),
+                redb::Error::from(e),
+            )
+        })?;
+        let db = Arc::new(db);
+        // Make every table, so that readers never meet a missing one.
+        init_tables(&db)
+            .map_err(|e| crate::Error::unusable(format!("message store {}", path.display()), e))?;
+        let (jobs, queue) = mpsc::sync_channel::<Job>(4 * MAX_BATCH);
+        let writer = Writer {
+            db: db.clone(),
+            options,
+        };
+        let writer = std::thread::Builder::new()
+            .name("msg-store".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| crate::Error::file(dir, "start the writer thread for", e))?;
+        let inner = Arc::new(Inner {
+            jobs: Some(jobs),
+            writer: Some(writer),
+        });
+        Ok(Store { db, inner, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn done(&self, op: Op) -> Result<(), StoreError> {
+        self.submit(op).await.map(|_| ())
+    }
+
+    async fn submit(&self, op: Op) -> Result<Done, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let jobs = self.inner.jobs.clone().ok_or(StoreError::Closed)?;
+        // A full channel blocks the sender: not on a runtime worker.
+        tokio::task::spawn_blocking(move || jobs.send(Job { op, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a message and queues it for its recipients; returns it once it is committed.
+    pub async fn send(
+        &self,
+        from: &str,
+        target: Target,
+        text: String,
+        time: u64,
+    ) -> Result<Sent, StoreError> {
+        match self
+            .submit(Op::Send {
+                from: from.to_owned(),
+                target,
+                text,
+                time,
+            })
+            .await?
+        {
+            Done::Sent(sent) => Ok(sent),
+            _ => Err(StoreError::Closed),
+        }
+    }
+
+    /// Removes messages from `user`'s queue; returns those that were there.
+    pub async fn ack(&self, user: &str, ids: Vec<u64>) -> Result<Vec<Acked>, StoreError> {
+        match self
+            .submit(Op::Ack {
+                user: user.to_owned(),
+                ids,
+            })
+            .await?
+        {
+            Done::Acked(acked) => Ok(acked),
+            _ => Err(StoreError::Closed),
+        }
+    }
+
+    /// Creates a room with `user` as its first member.
+    pub async fn create_room(&self, user: &str, room: &str, time: u64) -> Result<(), StoreError> {
+        self.done(Op::Create {
+            user: user.to_owned(),
+            room: room.to_owned(),
+            time,
+        })
+        .await
+    }
+
+    /// Adds `user` to a room (nothing changes when they are in it).
+    pub async fn join(&self, user: &str, room: &str) -> Result<(), StoreError> {
+        self.done(Op::Join {
+            user: user.to_owned(),
+            room: room.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes `user` from a room.
+    pub async fn leave(&self, user: &str, room: &str) -> Result<(), StoreError> {
+        self.done(Op::Leave {
+            user: user.to_owned(),
+            room: room.to_owned(),
+        })
+        .await
+    }
+
+    /// Records when `user` was last seen.
+    pub async fn seen(&self, user: &str, time: u64) -> Result<(), StoreError> {
+        self.done(Op::Seen {
+            user: user.to_owned(),
+            time,
+        })
+        .await
+    }
+
+    /// Up to `limit` queued messages for `user` with ids over `after`, in id order (which is
+    /// each conversation's order).
+    pub fn pending(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let queue = tx.open_table(QUEUE).map_err(db_err("read the queue"))?;
+        let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
+        let mut out = Vec::new();
+        let Some(start) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        for entry in queue
+            .range((user, start)..=(user, u64::MAX))
+            .map_err(db_err("read the queue"))?
+        {
+            let (key, _) = entry.map_err(db_err("read the queue"))?;
+            let id = key.value().1;
+            if let Some(m) = load(&messages, id)? {
+                out.push(m);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages waiting for `user`.
+    pub fn queue_len(&self, user: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let t = tx.open_table(QUEUE_LEN).map_err(db_err("read the queue"))?;
+        Ok(t.get(user)
+            .map_err(db_err("read the queue"))?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// A page of a conversation: up to `limit` messages with a sequence number below
+    /// `before` (all when `None`), oldest first, and whether older ones exist.
+    pub fn history(
+        &self,
+        conversation: &[u8],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
+        let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut more = false;
+        for entry in history
+            .range((conversation, 0)..(conversation, end))
+            .map_err(db_err("read history"))?
+            .rev()
+        {
+            let (_, id) = entry.map_err(db_err("read history"))?;
+            if out.len() >= limit {
+                more = true;
+                break;
+            }
+            if let Some(m) = load(&messages, id.value())? {
+                out.push(m);
+            }
+        }
+        out.reverse();
+        Ok((out, more))
+    }
+
+    /// Whether a room exists.
+    pub fn room_exists(&self, room: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let rooms = tx.open_table(ROOMS).map_err(db_err("read rooms"))?;
+        Ok(rooms.get(room).map_err(db_err("read rooms"))?.is_some())
+    }
+
+    /// The members of a room, sorted.
+    pub fn members(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let members = tx.open_table(MEMBERS).map_err(db_err("read members"))?;
+        pairs(&members, room)
+    }
+
+    /// Everyone who shares a room or a direct conversation with `user`.
+    pub fn peers(&self, user: &str) -> Result<BTreeSet<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let member_of = tx.open_table(MEMBER_OF).map_err(db_err("read members"))?;
+        let members = tx.open_table(MEMBERS).map_err(db_err("read members"))?;
+        let contacts = tx.open_table(CONTACTS).map_err(db_err("read contacts"))?;
+        let mut out = BTreeSet::new();
+        for room in pairs(&member_of, user)? {
+            out.extend(pairs(&members, &room)?);
+        }
+        out.extend(pairs(&contacts, user)?);
+        out.remove(user);
+        Ok(out)
+    }
+
+    /// When `user` was last seen (0: never).
+    pub fn last_seen(&self, user: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let seen = tx.open_table(SEEN).map_err(db_err("read presence"))?;
+        Ok(seen
+            .get(user)
+            .map_err(db_err("read presence"))?
+            .map_or(0, |v| v.value()))
+    }
+}
+
+/// The default store directory: `msg` next to the development PKI,
+/// `$XDG_STATE_HOME/tlsnet/msg` or `~/.local/state/tlsnet/msg`.
+pub fn default_dir() -> Option<PathBuf> {
+    Some(
+        crate::pki::dev::DevPki::default_dir()?
+            .parent()?
+            .join("msg"),
+    )
+}
+
+fn create_private_dir(dir: &Path) -> crate::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| crate::Error::file(dir, "create directory", e))
+}
+
+fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
+    Box::new(e.into())
+}
+
+fn init_tables(db: &Database) -> Result<(), Box<redb::Error>> {
+    let tx = db.begin_write().map_err(boxed)?;
+    tx.open_table(META).map_err(boxed)?;
+    tx.open_table(MESSAGES).map_err(boxed)?;
+    tx.open_table(SEQS).map_err(boxed)?;
+    tx.open_table(HISTORY).map_err(boxed)?;
+    tx.open_table(QUEUE).map_err(boxed)?;
+    tx.open_table(QUEUE_LEN).map_err(boxed)?;
+    tx.open_table(ROOMS).map_err(boxed)?;
+    tx.open_table(MEMBERS).map_err(boxed)?;
+    tx.open_table(MEMBER_OF).map_err(boxed)?;
+    tx.open_table(CONTACTS).map_err(boxed)?;
+    tx.open_table(SEEN).map_err(boxed)?;
+    tx.commit().map_err(boxed)?;
+    Ok(())
+}
+
+fn load(
+    messages: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<Message>, StoreError> {
+    let Some(bytes) = messages.get(id).map_err(db_err("read a message"))? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(bytes.value()) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
+            error!(id, error = %e, "message store: a stored message does not parse; skipped");
+            Ok(None)
+        }
+    }
+}
+
+/// The second halves of the `(first, _)` keys of a pair table, sorted.
+fn pairs(
+    table: &impl ReadableTable<(&'static str, &'static str), ()>,
+    first: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.range((first, "")..).map_err(db_err("read members"))? {
+        let (key, _) = entry.map_err(db_err("read members"))?;
+        let (a, b) = key.value();
+        if a != first {
+            break;
+        }
+        out.push(b.to_owned());
+    }
+    Ok(out)
+}
+
+struct Writer {
+    db: Arc<Database>,
+    options: StoreOptions,
+}
+
+impl Writer {
+    fn run(self, queue: mpsc::Receiver<Job>) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let first = if unsynced {
+                match queue.recv_timeout(BATCH_SYNC_EVERY.saturating_sub(last_sync.elapsed())) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match queue.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => break,
+                }
+            };
+            let mut batch: Vec<Job> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let fsync = match self.options.sync {
+                SyncMode::Always => true,
+                SyncMode::Batch => last_sync.elapsed() >= BATCH_SYNC_EVERY,
+            };
+            let size = batch.len();
+            let (ops, replies): (Vec<Op>, Vec<_>) =
+                batch.into_iter().map(|j| (j.op, j.reply)).unzip();
+            let started = Instant::now();
+            match self.commit(ops, fsync) {
+                Ok(results) => {
+                    if fsync {
+                        last_sync = Instant::now();
+                        unsynced = false;
+                    } else {
+                        unsynced = true;
+                    }
+                    debug!(
+                        jobs = size,
+                        fsync,
+                        ms = started.elapsed().as_millis() as u64,
+                        "message store: committed"
+                    );
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    error!(error = %crate::error::chain(&e), jobs = size, "message store: commit failed; the batch is refused");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        if unsynced {
+            if let Err(e) = self.commit(Vec::new(), true) {
+                error!(error = %crate::error::chain(&e), "message store: final sync failed");
+            }
+        }
+    }
+
+    /// One transaction for `ops`: each one's result, or the error that failed them all.
+    fn commit(
+        &self,
+        ops: Vec<Op>,
+        fsync: bool,
+    ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+        let mut tx = self
+            .db
+            .begin_write()
+            .map_err(db_err("begin a transaction"))?;
+        tx.set_durability(if fsync {
+            Durability::Immediate
+        } else {
+            Durability::Eventual
+        });
+        let mut results = Vec::with_capacity(ops.len());
+        {
+            let mut t = Tables::open(&tx)?;
+            for op in ops {
+                results.push(t.apply(op, &self.options));
+            }
+            // A storage error in any op fails the batch: nothing of it is committed.
+            if let Some(Err(e @ StoreError::Storage { .. })) = results
+                .iter()
+                .find(|r| matches!(r, Err(StoreError::Storage { .. })))
+            {
+                return Err(e.clone());
+            }
+        }
+        tx.commit().map_err(db_err("commit"))?;
+        Ok(results)
+    }
+}
+
+struct Tables<'t> {
+    meta: redb::Table<'t, &'static str, u64>,
+    messages: redb::Table<'t, u64, &'static [u8]>,
+    seqs: redb::Table<'t, &'static [u8], u64>,
+    history: redb::Table<'t, (&'static [u8], u64), u64>,
+    queue: redb::Table<'t, (&'static str, u64), ()>,
+    queue_len: redb::Table<'t, &'static str, u64>,
+    rooms: redb::Table<'t, &'static str, u64>,
+    members: redb::Table<'t, (&'static str, &'static str), ()>,
+    member_of: redb::Table<'t, (&'static str, &'static str), ()>,
+    contacts: redb::Table<'t, (&'static str, &'static str), ()>,
+    seen: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        let e = db_err("open a table");
+        Ok(Tables {
+            meta: tx.open_table(META).map_err(db_err("open a table"))?,
+            messages: tx.open_table(MESSAGES).map_err(db_err("open a table"))?,
+            seqs: tx.open_table(SEQS).map_err(db_err("open a table"))?,
+            history: tx.open_table(HISTORY).map_err(db_err("open a table"))?,
+            queue: tx.open_table(QUEUE).map_err(db_err("open a table"))?,
+            queue_len: tx.open_table(QUEUE_LEN).map_err(db_err("open a table"))?,
+            rooms: tx.open_table(ROOMS).map_err(db_err("open a table"))?,
+            members: tx.open_table(MEMBERS).map_err(db_err("open a table"))?,
+            member_of: tx.open_table(MEMBER_OF).map_err(db_err("open a table"))?,
+            contacts: tx.open_table(CONTACTS).map_err(db_err("open a table"))?,
+            seen: tx.open_table(SEEN).map_err(e)?,
+        })
+    }
+
+    fn apply(&mut self, op: Op, options: &StoreOptions) -> Result<Done, StoreError> {
+        match op {
+            Op::Send {
+                from,
+                target,
+                text,
+                time,
+            } => self.send(from, target, text, time, options),
+            Op::Ack { user, ids } => self.ack(&user, &ids),
+            Op::Create { user, room, time } => {
+                if self.room_known(&room)? {
+                    return Err(Refusal::RoomExists(room).into());
+                }
+                self.rooms
+                    .insert(room.as_str(), time)
+                    .map_err(db_err("create a room"))?;
+                self.add_member(&user, &room)?;
+                Ok(Done::Ok)
+            }
+            Op::Join { user, room } => {
+                self.room_must_exist(&room)?;
+                self.add_member(&user, &room)?;
+                Ok(Done::Ok)
+            }
+            Op::Leave { user, room } => {
+                self.room_must_exist(&room)?;
+                let was = self
+                    .members
+                    .remove((room.as_str(), user.as_str()))
+                    .map_err(db_err("leave a room"))?
+                    .is_some();
+                if !was {
+                    return Err(Refusal::NotAMember(room).into());
+                }
+                self.member_of
+                    .remove((user.as_str(), room.as_str()))
+                    .map_err(db_err("leave a room"))?;
+                Ok(Done::Ok)
+            }
+            Op::Seen { user, time } => {
+                self.seen
+                    .insert(user.as_str(), time)
+                    .map_err(db_err("record presence"))?;
+                Ok(Done::Ok)
+            }
+        }
+    }
+
+    fn room_known(&self, room: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .rooms
+            .get(room)
+            .map_err(db_err("read rooms"))?
+            .is_some())
+    }
+
+    fn room_must_exist(&self, room: &str) -> Result<(), StoreError> {
+        if self.room_known(room)? {
+            Ok(())
+        } else {
+            Err(Refusal::NoSuchRoom(room.to_owned()).into())
+        }
+    }
+
+    fn add_member(&mut self, user: &str, room: &str) -> Result<(), StoreError> {
+        self.members
+            .insert((room, user), ())
+            .map_err(db_err("join a room"))?;
+        self.member_of
+            .insert((user, room), ())
+            .map_err(db_err("join a room"))?;
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        from: String,
+        target: Target,
+        text: String,
+        time: u64,
+        options: &StoreOptions,
+    ) -> Result<Done, StoreError> {
+        let recipients = match &target {
+            Target::User(to) => {
+                if *to == from {
+                    Vec::new()
+                } else {
+                    vec![to.clone()]
+                }
+            }
+            Target::Room(room) => {
+                self.room_must_exist(room)?;
+                let members = pairs(&self.members, room)?;
+                if !members.contains(&from) {
+                    return Err(Refusal::NotAMember(room.clone()).into());
+                }
+                members.into_iter().filter(|m| *m != from).collect()
+            }
+        };
+        // Every check before any write: a refused message changes nothing.
+        for user in &recipients {
+            let len = self.len_of(user)?;
+            if len >= options.max_queue {
+                return Err(Refusal::QueueFull {
+                    user: user.clone(),
+                    limit: options.max_queue,
+                }
+                .into());
+            }
+        }
+        let id = self
+            .meta
+            .get("next_id")
+            .map_err(db_err("read the message counter"))?
+            .map_or(1, |v| v.value());
+        self.meta
+            .insert("next_id", id + 1)
+            .map_err(db_err("write the message counter"))?;
+        let conv = conversation(&from, &target);
+        let seq = self
+            .seqs
+            .get(conv.as_slice())
+            .map_err(db_err("read a sequence"))?
+            .map_or(0, |v| v.value())
+            + 1;
+        self.seqs
+            .insert(conv.as_slice(), seq)
+            .map_err(db_err("write a sequence"))?;
+        let (to, room) = match &target {
+            Target::User(u) => (Some(u.clone()), None),
+            Target::Room(r) => (None, Some(r.clone())),
+        };
+        let message = Message {
+            id,
+            seq,
+            from,
+            to,
+            room,
+            time,
+            text,
+        };
+        let json = serde_json::to_vec(&message).unwrap_or_default();
+        self.messages
+            .insert(id, json.as_slice())
+            .map_err(db_err("write a message"))?;
+        self.history
+            .insert((conv.as_slice(), seq), id)
+            .map_err(db_err("write history"))?;
+        for user in &recipients {
+            self.queue
+                .insert((user.as_str(), id), ())
+                .map_err(db_err("queue a message"))?;
+            let len = self.len_of(user)?;
+            self.queue_len
+                .insert(user.as_str(), len + 1)
+                .map_err(db_err("queue a message"))?;
+        }
+        if let Target::User(to) = &target {
+            if *to != message.from {
+                self.contacts
+                    .insert((message.from.as_str(), to.as_str()), ())
+                    .map_err(db_err("record a contact"))?;
+                self.contacts
+                    .insert((to.as_str(), message.from.as_str()), ())
+                    .map_err(db_err("record a contact"))?;
+            }
+        }
+        Ok(Done::Sent(Sent {
+            message,
+            recipients,
+        }))
+    }
+
+    fn len_of(&self, user: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .queue_len
+            .get(user)
+            .map_err(db_err("read the queue"))?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn ack(&mut self, user: &str, ids: &[u64]) -> Result<Done, StoreError> {
+        let mut acked = Vec::new();
+        for &id in ids {
+            let was = self
+                .queue
+                .remove((user, id))
+                .map_err(db_err("remove from the queue"))?
+                .is_some();
+            if !was {
+                continue;
+            }
+            let len = self.len_of(user)?;
+            self.queue_len
+                .insert(user, len.saturating_sub(1))
+                .map_err(db_err("remove from the queue"))?;
+            if let Some(m) = load(&self.messages, id)? {
+                acked.push(Acked { id, from: m.from });
+            }
+        }
+        Ok(Done::Acked(acked))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn messages_queue_ack_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let a = store
+                .send("alice", Target::User("bob".into()), "one".into(), 1)
+                .await
+                .unwrap();
+            let b = store
+                .send("bob", Target::User("alice".into()), "two".into(), 2)
+                .await
+                .unwrap();
+            assert_eq!((a.message.id, a.message.seq), (1, 1));
+            assert_eq!((b.message.id, b.message.seq), (2, 2), "one conversation");
+            assert_eq!(a.recipients, ["bob"]);
+            let pending = store.pending("bob", 0, 10).unwrap();
+            assert_eq!(pending.len(), 1);
+            let acked = store.ack("bob", vec![1, 1, 99]).await.unwrap();
+            assert_eq!(
+                acked,
+                [Acked {
+                    id: 1,
+                    from: "alice".into()
+                }]
+            );
+            assert!(store.pending("bob", 0, 10).unwrap().is_empty());
+            assert_eq!(
+                store
+                    .peers("alice")
+                    .unwrap()
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                ["bob"]
+            );
+        });
+        rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            assert_eq!(store.pending("alice", 0, 10).unwrap()[0].text, "two");
+            let conv = conversation("alice", &Target::User("bob".into()));
+            let (page, more) = store.history(&conv, None, 1).unwrap();
+            assert_eq!((page[0].seq, more), (2, true));
+            let (page, more) = store.history(&conv, Some(2), 5).unwrap();
+            assert_eq!((page[0].seq, more), (1, false));
+            let c = store
+                .send("alice", Target::User("bob".into()), "three".into(), 3)
+                .await
+                .unwrap();
+            assert_eq!((c.message.id, c.message.seq), (3, 3));
+        });
+    }
+
+    #[test]
+    fn rooms_and_refusals_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let store = Store::open(
+                dir.path(),
+                StoreOptions {
+                    max_queue: 1,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap();
+            let room = Target::Room("ops".into());
+            let refused = store.send("alice", room.clone(), "x".into(), 1).await;
+            assert!(matches!(refused, Err(StoreError::Refused(Refusal::NoSuchRoom(_)))));
+            store.create_room("alice", "ops", 1).await.unwrap();
+            assert!(matches!(
+                store.create_room("bob", "ops", 1).await,
+                Err(StoreError::Refused(Refusal::RoomExists(_)))
+            ));
+            assert!(matches!(
+                store.send("bob", room.clone(), "x".into(), 1).await,
+                Err(StoreError::Refused(Refusal::NotAMember(_)))
+            ));
+            store.join("bob", "ops").await.unwrap();
+            store.join("carol", "ops").await.unwrap();
+            let sent = store.send("alice", room.clone(), "hi".into(), 2).await.unwrap();
+            assert_eq!(sent.recipients, ["bob", "carol"]);
+            let full = store.send("alice", room.clone(), "again".into(), 3).await;
+            assert!(matches!(full, Err(StoreError::Refused(Refusal::QueueFull { ref user, limit: 1 })) if user == "bob"));
+            // The refused message took no id and no sequence number.
+            store.ack("bob", vec![sent.message.id]).await.unwrap();
+            store.ack("carol", vec![sent.message.id]).await.unwrap();
+            let next = store.send("alice", room.clone(), "now".into(), 4).await.unwrap();
+            assert_eq!((next.message.id, next.message.seq), (2, 2));
+            store.leave("carol", "ops").await.unwrap();
+            assert_eq!(store.members("ops").unwrap(), ["alice", "bob"]);
+        });
+    }
+}
