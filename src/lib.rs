@@ -12,6 +12,7 @@
 //! | [`tls`] | configuration, verification, pins, identity, access policy, reload, reports, failure causes (no sockets) |
 //! | [`net`] | listening, the accept loop, the server's connection pipeline, the client, the relay |
 //! | [`service`] | the interface services implement, ALPN routing, echo and discard |
+//! | [`files`] | file transfer: per-user spaces, inboxes, resumable verified transfers |
 //! | [`tunnel`] | TLS in front of plain TCP services, local ports to TLS servers, PROXY v2 |
 //! | [`x509`] | certificate summaries and name formatting, for people |
 //! | [`inspect`] | certificates from files and remote servers |
@@ -27,6 +28,7 @@
 pub mod danger;
 pub mod duration;
 pub mod error;
+pub mod files;
 pub mod inspect;
 pub mod net;
 pub mod pkcs12;
