@@ -482,6 +482,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FilesClient<S> {
         let _ = disk.await;
         progress.finish();
         result?;
+        // Gone when nothing is left to resume.
+        let _ = std::fs::remove_dir(&partial_dir);
         // The directories' times, deepest first.
         for dir in wanted.iter().filter(|w| w.kind == EntryKind::Dir).rev() {
             let _ = atomic::apply_dir_meta(&dir.local, dir.meta.mode, dir.meta.mtime);

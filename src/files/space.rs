@@ -11,11 +11,12 @@
 //! Every name has been checked ([`super::paths`]) before it gets here, and every path is
 //! resolved with [`resolve_inside`], so no symbolic link leads out of a space.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -180,6 +181,28 @@ pub struct Spaces {
     limits: Limits,
     /// Bytes stored per user, counted once from the disk and kept up to date.
     usage: Mutex<HashMap<String, u64>>,
+    /// Partial files being written: one upload per file at a time.
+    active: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// How long an upload waits for another session's upload of the same file to end (a client
+/// that reconnects at once while its old session still writes what it had queued).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Marks a partial file as being written; unmarks it when dropped.
+#[derive(Debug)]
+struct Active {
+    set: Arc<Mutex<HashSet<PathBuf>>>,
+    part: PathBuf,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.part);
+    }
 }
 
 /// The sidecar of a partial upload.
@@ -218,6 +241,7 @@ pub struct Upload {
     sidecar: PathBuf,
     dest: PathBuf,
     old_size: u64,
+    _active: Active,
 }
 
 /// What [`Spaces::finish`] did.
@@ -239,6 +263,7 @@ impl Spaces {
             root,
             limits,
             usage: Mutex::new(HashMap::new()),
+            active: Arc::default(),
         })
     }
 
@@ -369,6 +394,10 @@ impl Spaces {
         let key = blake3::hash(target.under_owner.as_str().as_bytes()).to_hex();
         let part = partial_dir.join(format!("{}.part", &key[..32]));
         let sidecar = partial_dir.join(format!("{}.json", &key[..32]));
+        let active = self.claim(&part).ok_or_else(|| StoreError::Conflict {
+            path: shown.clone(),
+            what: "another session is still uploading this file",
+        })?;
         let wanted = PartialMeta {
             target: target.under_owner.as_str().to_owned(),
             size: meta.size,
@@ -433,10 +462,30 @@ impl Spaces {
                 sidecar,
                 dest,
                 old_size,
+                _active: active,
             },
             keep,
             prefix,
         ))
+    }
+
+    fn claim(&self, part: &Path) -> Option<Active> {
+        let started = Instant::now();
+        loop {
+            {
+                let mut set = self.active.lock().unwrap_or_else(|p| p.into_inner());
+                if set.insert(part.to_path_buf()) {
+                    return Some(Active {
+                        set: self.active.clone(),
+                        part: part.to_path_buf(),
+                    });
+                }
+            }
+            if started.elapsed() > BUSY_WAIT {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Writes a verified chunk's bytes at `offset`: the next byte, or 0 to start over.

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 mod binary;
 mod capture;
 mod chains;
+mod files;
 mod process;
 mod tunnel;
 // Not every test crate spawns processes or needs certificate chains.
@@ -32,6 +33,8 @@ pub use binary::*;
 pub use capture::*;
 #[allow(unused_imports)]
 pub use chains::*;
+#[allow(unused_imports)]
+pub use files::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

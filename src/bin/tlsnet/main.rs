@@ -4,6 +4,7 @@
 //! printed); 2 usage error.
 
 mod connect;
+mod files;
 mod inspect;
 mod keylog;
 mod logging;
@@ -37,6 +38,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Show the X.509 details of certificates in a file or presented by a server.
     Inspect(inspect::InspectArgs),
+    /// Transfer files: put, get, ls, rm in your space on a server; send to other users.
+    Files(files::FilesArgs),
     /// Put (mutual) TLS in front of a plain TCP service, or carry a local port to a TLS server.
     Tunnel(tunnel::TunnelArgs),
     /// Run a private certificate authority: init, issue, list, renew, revoke, crl.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             Command::Connect(args) => connect::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Tunnel(args) => tunnel::run(args).await,
+            Command::Files(args) => files::run(args).await,
             Command::Pki(args) => pki::run(args).await,
             Command::Completions(args) => tooling::completions(args),
             Command::Man(args) => tooling::man(args),

@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use tlsnet::files::FILES_ALPN;
 use tlsnet::net::{bind, Server, ServerOptions};
 use tlsnet::pki::dev::DevPki;
 use tlsnet::service::echo::{DISCARD_ALPN, ECHO_ALPN};
-use tlsnet::service::{Discard, Echo, Router, Service};
+use tlsnet::service::{Discard, Echo, Router, Service, UserIdSource};
 use tlsnet::telemetry;
 use tlsnet::tls::{Reloader, ServerTlsSource, TlsHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::files::FilesServeArgs;
 use crate::logging::{self, LogFormat};
 use crate::tls_args::{shutdown_signal, spawn_sighup_listener, ServerLimitArgs, ServerTlsArgs};
 
@@ -30,7 +32,8 @@ pub struct ServeArgs {
     tls: ServerTlsArgs,
 
     /// The service for clients that ask for none by ALPN (the seeds' clients, openssl
-    /// s_client). Every service is also reachable by its ALPN id: tlsnet-echo, tlsnet-discard.
+    /// s_client). Every service is also reachable by its ALPN id: tlsnet-echo, tlsnet-discard,
+    /// tlsnet-files/1.
     #[arg(long, value_enum, default_value = "echo")]
     service: ServiceArg,
 
@@ -41,6 +44,14 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     limits: ServerLimitArgs,
+
+    /// Which field of a client's certificate is its user id, for the services that keep
+    /// something per user (files).
+    #[arg(long, value_name = "FIELD", default_value = "cn", value_parser = parse_user_id)]
+    user_id: UserIdSource,
+
+    #[command(flatten)]
+    files: FilesServeArgs,
 
     /// Serve Prometheus metrics on GET /metrics and a health check on GET /health at this
     /// address. A bare port (`9090`) binds to localhost; give an address to bind elsewhere.
@@ -85,7 +96,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .map(|a| a.to_string())
         .collect();
 
-    let router = router(&args);
+    let router = router(&args)?;
     info!(
         listen = %addrs.join(", "),
         service = router.default_name(),
@@ -155,7 +166,7 @@ impl Running {
 }
 
 /// Every service under its ALPN id; the chosen one (and any --alpn) also as the default.
-fn router(args: &ServeArgs) -> Router {
+fn router(args: &ServeArgs) -> Result<Router> {
     let echo: Arc<dyn Service> = Arc::new(Echo);
     let discard: Arc<dyn Service> = Arc::new(Discard);
     let default = match args.service {
@@ -165,10 +176,17 @@ fn router(args: &ServeArgs) -> Router {
     let mut router = Router::new(default.clone())
         .route(ECHO_ALPN, echo)
         .route(DISCARD_ALPN, discard);
+    if let Some(files) = args.files.service(args.user_id)? {
+        router = router.route(FILES_ALPN, files);
+    }
     for id in &args.alpn {
         router = router.route(id.as_bytes(), default.clone());
     }
-    router
+    Ok(router)
+}
+
+fn parse_user_id(text: &str) -> Result<UserIdSource, tlsnet::error::ParseError> {
+    text.parse()
 }
 
 fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {
