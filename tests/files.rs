@@ -374,7 +374,7 @@ fn an_interrupted_put_resumes_after_sigkill_of_client_or_server() {
     let end = client.wait_exit(WAIT);
     assert!(!end.success(), "{}", client.describe());
     assert!(!stored.exists());
-    let mut server = start_files_server(&pki, &root, &[]);
+    let server = start_files_server(&pki, &root, &[]);
     let run = resume(&server.addr());
     assert!(run.json()["resumed_bytes"].as_u64().unwrap() >= 3 * MIB as u64);
     std::fs::remove_file(&stored).unwrap();
@@ -414,7 +414,7 @@ fn an_interrupted_get_resumes_after_sigkill_of_client_or_server() {
     files_user(&pki, "alice");
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
-    let server = start_files_server(&pki, &root, &[]);
+    let mut server = start_files_server(&pki, &root, &[]);
     let source = work.path().join("big.bin");
     std::fs::write(&source, pseudo_random(24 * MIB, 11)).unwrap();
     files_run(&pki, &server.addr(), "alice", "put", &[arg(&source)]).ok();
