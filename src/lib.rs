@@ -13,6 +13,7 @@
 //! | [`net`] | listening, the accept loop, the server's connection pipeline, the client, the relay |
 //! | [`service`] | the interface services implement, ALPN routing, echo and discard |
 //! | [`msg`] | messaging: frames, the store, the service and a client |
+//! | [`files`] | file transfer: per-user spaces, inboxes, resumable verified transfers |
 //! | [`tunnel`] | TLS in front of plain TCP services, local ports to TLS servers, PROXY v2 |
 //! | [`x509`] | certificate summaries and name formatting, for people |
 //! | [`inspect`] | certificates from files and remote servers |
@@ -30,6 +31,7 @@ pub mod config;
 pub mod danger;
 pub mod duration;
 pub mod error;
+pub mod files;
 pub mod inspect;
 pub mod msg;
 pub mod net;

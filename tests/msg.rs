@@ -690,7 +690,7 @@ async fn chat_as_alice_and_bob_on_the_development_pki() {
         let refused = chat(&["--as", "../evil", "--to", "bob", "--send", "x"]);
         assert_eq!(refused.code, 1, "{}", refused.stderr);
         assert!(
-            refused.stderr.contains("cannot be a certificate name"),
+            refused.stderr.contains("cannot be a development user name"),
             "{}",
             refused.stderr
         );

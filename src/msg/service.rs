@@ -1,7 +1,7 @@
 //! The server side of `tlsnet-msg/1`: a [`Service`] on the server's port.
 //!
 //! A connection is one user's session. The user is the identity in the client certificate
-//! (the field [`UserIdField`] picks). The session reads frames and answers them in order;
+//! (the field [`UserIdSource`] picks, see [`crate::service::user`]). The session reads frames and answers them in order;
 //! messages for the user are sent from the store's queue, at most [`MsgOptions::window`] of
 //! them unacknowledged at a time, so a client that never acknowledges holds a bounded number
 //! of messages and nothing more is read for it; what it has not acknowledged stays queued
@@ -24,34 +24,8 @@ use super::codec::{
 };
 use super::store::{conversation, Refusal, Store, StoreError, StoreOptions, Target};
 use crate::error::BoxError;
+use crate::service::user::{UserId, UserIdError, UserIdSource};
 use crate::service::{BoxFuture, BoxStream, Context, End, Service};
-use crate::tls::PeerIdentity;
-
-/// Which certificate field is the user id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UserIdField {
-    /// The subject's common name.
-    #[default]
-    Cn,
-    /// The first email address (rfc822Name) of the subject alternative names.
-    Email,
-    /// The first DNS name of the subject alternative names.
-    Dns,
-    /// The first URI of the subject alternative names.
-    Uri,
-}
-
-impl UserIdField {
-    /// The field in words, for errors.
-    pub fn describe(self) -> &'static str {
-        match self {
-            UserIdField::Cn => "common name (CN)",
-            UserIdField::Email => "email address (rfc822Name SAN)",
-            UserIdField::Dns => "DNS name (SAN)",
-            UserIdField::Uri => "URI (SAN)",
-        }
-    }
-}
 
 /// Longest user id or room name, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -59,47 +33,6 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_PAGE: u32 = 500;
 /// Most receipts waiting for a client that does not read; older ones are dropped, logged.
 pub const MAX_PENDING_RECEIPTS: usize = 1024;
-
-/// Why a client has no usable user id.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UserIdError {
-    /// No client certificate.
-    #[error("no client certificate: messaging needs one, its {0} is the user id")]
-    NoCertificate(&'static str),
-    /// The certificate lacks the field.
-    #[error(
-        "the client certificate has no {0}, which this server takes as the user id (--user-id)"
-    )]
-    Missing(&'static str),
-    /// The field's value is not a usable name.
-    #[error("invalid user id {0:?}: {1}")]
-    Invalid(String, &'static str),
-}
-
-impl UserIdError {
-    /// A stable label.
-    pub fn code(&self) -> &'static str {
-        match self {
-            UserIdError::NoCertificate(_) => "no_certificate",
-            UserIdError::Missing(_) => "no_user_id",
-            UserIdError::Invalid(..) => "invalid_user_id",
-        }
-    }
-}
-
-/// The user id of a peer.
-pub fn user_id(identity: Option<&PeerIdentity>, field: UserIdField) -> Result<String, UserIdError> {
-    let id = identity.ok_or(UserIdError::NoCertificate(field.describe()))?;
-    let value = match field {
-        UserIdField::Cn => id.common_name.clone(),
-        UserIdField::Email => id.emails.first().cloned(),
-        UserIdField::Dns => id.dns_names.first().cloned(),
-        UserIdField::Uri => id.uris.first().cloned(),
-    }
-    .ok_or(UserIdError::Missing(field.describe()))?;
-    check_name(&value).map_err(|why| UserIdError::Invalid(value.clone(), why))?;
-    Ok(value)
-}
 
 /// Whether a user or room name is usable: 1 to 256 bytes, no control characters.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
@@ -119,7 +52,7 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
 #[derive(Debug, Clone, Copy)]
 pub struct MsgOptions {
     /// Which certificate field is the user id.
-    pub user_id: UserIdField,
+    pub user_id: UserIdSource,
     /// Largest text, in bytes.
     pub max_message_size: u32,
     /// Messages a user may send per second, on average (0: no limit).
@@ -133,7 +66,7 @@ pub struct MsgOptions {
 impl Default for MsgOptions {
     fn default() -> Self {
         MsgOptions {
-            user_id: UserIdField::Cn,
+            user_id: UserIdSource::Cn,
             max_message_size: 64 * 1024,
             rate_per_sec: 50.0,
             burst: 100,
@@ -419,7 +352,7 @@ async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> std
 }
 
 async fn serve(hub: Arc<Hub>, mut stream: BoxStream, ctx: &Context) -> End {
-    let user = match user_id(ctx.identity(), hub.options.user_id) {
+    let user = match UserId::of_peer(ctx.identity(), hub.options.user_id).map(|u| u.to_string()) {
         Ok(u) => u,
         Err(e) => {
             let frame = error_frame(None, e.code(), e.to_string(), true);
@@ -920,7 +853,9 @@ mod tests {
         assert!(check_name("a\u{0}b").is_err());
         assert!(check_name(&"x".repeat(257)).is_err());
         assert_eq!(
-            user_id(None, UserIdField::Email).unwrap_err().code(),
+            UserId::of_peer(None, UserIdSource::Email)
+                .unwrap_err()
+                .code(),
             "no_certificate"
         );
     }

@@ -49,15 +49,7 @@ impl DevPki {
     /// The default location: `$XDG_STATE_HOME/tlsnet/dev-pki`, else
     /// `~/.local/state/tlsnet/dev-pki`.
     pub fn default_dir() -> Option<PathBuf> {
-        let state = std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(|h| PathBuf::from(h).join(".local/state"))
-            })?;
-        Some(state.join("tlsnet").join("dev-pki"))
+        Some(state_dir()?.join("dev-pki"))
     }
 
     /// The directory.
@@ -92,20 +84,6 @@ impl DevPki {
     /// Whether the CA and the client certificate exist (what `connect` needs).
     pub fn exists(&self) -> bool {
         self.ca_cert().is_file() && self.client_cert().is_file() && self.client_key().is_file()
-    }
-
-    /// The certificate and key of the messaging user `name` (`user-NAME.pem`,
-    /// `user-NAME-key.pem`, common name NAME), issued by the development CA on first use.
-    pub fn ensure_user(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
-        let store = PkiDir::at(&self.dir);
-        let stem = format!("user-{name}");
-        let (cert, key) = (store.cert_path(&stem), store.key_path(&stem));
-        if !(cert.is_file() && key.is_file()) {
-            let mut spec = LeafSpec::new(Purpose::Client, name);
-            spec.validity = LEAF_VALIDITY;
-            store.issue(&stem, &spec)?;
-        }
-        Ok((cert, key))
     }
 
     /// Creates the PKI if it is missing, re-issues leaf certificates that are missing or
@@ -147,6 +125,72 @@ impl DevPki {
             (false, false) => DevPkiState::Existing,
         })
     }
+}
+
+impl DevPki {
+    /// The certificate and key of a client named `name` (its common name; the files and
+    /// messaging services take it as the user id), issued by the development CA on first use
+    /// as `user-NAME.pem` + `user-NAME-key.pem` and re-issued when fewer than 7 days are left.
+    /// This is what `--as NAME` uses; it needs the CA's key, so it works where the
+    /// development PKI was made (a local server). `name` must be a certificate name (letters,
+    /// digits, `.`, `_`, `-`, up to 59).
+    pub fn client_identity_for(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let stem = format!("user-{name}");
+        let leading = name.starts_with(['-', '.']);
+        crate::pki::store::check_name(&stem)
+            .and_then(|()| match name.is_empty() || leading {
+                true => Err(Error::InvalidInput(String::new())),
+                false => Ok(()),
+            })
+            .map_err(|_| {
+            Error::InvalidInput(format!(
+                "'{name}' cannot be a development user name: use letters, digits, '.', '_' and '-' (up to 59)"
+            ))
+        })?;
+        let store = PkiDir::at(&self.dir);
+        if !store.has_ca() {
+            return Err(Error::InvalidInput(format!(
+                "no development CA in {} (run `tlsnet serve` once to make it)",
+                self.dir.display()
+            )));
+        }
+        let (cert, key) = (store.cert_path(&stem), store.key_path(&stem));
+        if key.is_file() && !needs_renewal(&cert)? {
+            return Ok((cert, key));
+        }
+        let known = store
+            .list()?
+            .iter()
+            .any(|l| l.entry.name == stem && l.state != "revoked");
+        let _ = std::fs::remove_file(&cert);
+        let issued = if known {
+            store.renew(&stem, Some(LEAF_VALIDITY.as_secs() / DAY))
+        } else {
+            let mut spec = LeafSpec::new(Purpose::Client, name);
+            spec.validity = LEAF_VALIDITY;
+            store.issue(&stem, &spec)
+        };
+        match issued {
+            Ok(_) => Ok((cert, key)),
+            // Another process issued it at the same moment.
+            Err(_) if key.is_file() && cert.is_file() => Ok((cert, key)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The state directory of tlsnet: `$XDG_STATE_HOME/tlsnet`, else `~/.local/state/tlsnet`.
+/// The development PKI and the files service's default root live there.
+pub fn state_dir() -> Option<PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })?;
+    Some(state.join("tlsnet"))
 }
 
 fn leaf_spec(purpose: Purpose) -> LeafSpec {
@@ -217,5 +261,26 @@ mod tests {
         // A missing leaf is re-issued by the same CA.
         std::fs::remove_file(pki.client_key()).unwrap();
         assert_eq!(pki.ensure().unwrap(), DevPkiState::Renewed);
+    }
+
+    #[test]
+    fn client_identity_for_issues_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::at(dir.path().join("pki"));
+        assert!(pki.client_identity_for("alice").is_err(), "no CA yet");
+        pki.ensure().unwrap();
+        let (cert, key) = pki.client_identity_for("alice").unwrap();
+        let first = std::fs::read(&cert).unwrap();
+        assert_eq!(
+            pki.client_identity_for("alice").unwrap(),
+            (cert.clone(), key)
+        );
+        assert_eq!(std::fs::read(&cert).unwrap(), first);
+        let der = crate::tls::load_certs(&cert).unwrap();
+        let id = crate::tls::PeerIdentity::from_der(&der[0]).unwrap();
+        assert_eq!(id.common_name.as_deref(), Some("alice"));
+        for bad in ["", "../x", "a/b", "-x"] {
+            assert!(pki.client_identity_for(bad).is_err(), "{bad:?}");
+        }
     }
 }

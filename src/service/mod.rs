@@ -47,9 +47,11 @@ use crate::tls::{HandshakeReport, PeerIdentity};
 
 pub mod echo;
 pub mod router;
+pub mod user;
 
 pub use echo::{Discard, Echo};
 pub use router::Router;
+pub use user::{UserId, UserIdError, UserIdSource};
 
 /// The byte stream a service reads and writes: the decrypted TLS stream in the server, any
 /// in-memory stream in tests.

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 mod binary;
 mod capture;
 mod chains;
+mod files;
 mod msg;
 mod process;
 mod tunnel;
@@ -33,6 +34,8 @@ pub use binary::*;
 pub use capture::*;
 #[allow(unused_imports)]
 pub use chains::*;
+#[allow(unused_imports)]
+pub use files::*;
 #[allow(unused_imports)]
 pub use msg::*;
 #[allow(unused_imports)]

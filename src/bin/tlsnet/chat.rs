@@ -11,10 +11,11 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, ValueEnum};
 use tlsnet::msg::client::{MsgClient, To};
 use tlsnet::msg::codec::{Frame, Message};
-use tlsnet::msg::service::{MsgOptions, MsgService, UserIdField};
+use tlsnet::msg::service::{MsgOptions, MsgService};
 use tlsnet::msg::store::{StoreOptions, SyncMode};
 use tlsnet::net::client::{split_host_port, ClientStream, Connector};
 use tlsnet::pki::dev::{is_local_host, DevPki};
+use tlsnet::service::user::UserIdSource;
 use tlsnet::tls::{server_name, Identity};
 use tokio::io::AsyncBufReadExt;
 
@@ -39,10 +40,6 @@ pub struct MsgServeArgs {
     #[arg(long, value_enum, default_value = "always")]
     sync: SyncArg,
 
-    /// Which field of the client certificate is the user id.
-    #[arg(long, value_enum, default_value = "cn")]
-    user_id: UserIdArg,
-
     /// Largest message text, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     max_message_size: u32,
@@ -66,17 +63,9 @@ enum SyncArg {
     Batch,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum UserIdArg {
-    Cn,
-    Email,
-    Dns,
-    Uri,
-}
-
 impl MsgServeArgs {
     /// The service, unless --no-msg.
-    pub fn service(&self) -> Result<Option<MsgService>> {
+    pub fn service(&self, user_id: UserIdSource) -> Result<Option<MsgService>> {
         if self.no_msg {
             return Ok(None);
         }
@@ -105,18 +94,13 @@ impl MsgServeArgs {
             max_queue: self.max_queue,
         };
         let options = MsgOptions {
-            user_id: match self.user_id {
-                UserIdArg::Cn => UserIdField::Cn,
-                UserIdArg::Email => UserIdField::Email,
-                UserIdArg::Dns => UserIdField::Dns,
-                UserIdArg::Uri => UserIdField::Uri,
-            },
+            user_id,
             max_message_size: self.max_message_size,
             rate_per_sec: self.rate_limit,
             burst: self.rate_burst,
             ..MsgOptions::default()
         };
-        tracing::info!(store = %dir.display(), sync = ?self.sync, user_id = ?self.user_id, "msg service on tlsnet-msg/1");
+        tracing::info!(store = %dir.display(), sync = ?self.sync, user_id = %user_id, "msg service on tlsnet-msg/1");
         Ok(Some(MsgService::lazy(dir, store, options)))
     }
 }
@@ -216,7 +200,7 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode> {
             ));
         }
         let (cert, key) = pki
-            .ensure_user(user)
+            .client_identity_for(user)
             .with_context(|| format!("--as {user}: a certificate in {}", pki.dir().display()))?;
         options.identity = Some(Identity::from_files(&cert, &key)?);
     }

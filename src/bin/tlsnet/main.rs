@@ -5,6 +5,7 @@
 
 mod chat;
 mod connect;
+mod files;
 mod inspect;
 mod keylog;
 mod listen;
@@ -41,6 +42,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Show the X.509 details of certificates in a file or presented by a server.
     Inspect(inspect::InspectArgs),
+    /// Transfer files: put, get, ls, rm in your space on a server; send to other users.
+    Files(files::FilesArgs),
     /// Put (mutual) TLS in front of a plain TCP service, or carry a local port to a TLS server.
     Tunnel(tunnel::TunnelArgs),
     /// Run a private certificate authority: init, issue, list, renew, revoke, crl.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Command::Chat(args) => chat::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Tunnel(args) => tunnel::run(args).await,
+            Command::Files(args) => files::run(args).await,
             Command::Pki(args) => pki::run(args).await,
             Command::Completions(args) => tooling::completions(args),
             Command::Man(args) => tooling::man(args),

@@ -11,17 +11,19 @@ use anyhow::{Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 use tlsnet::config::serve::{ServeFile, ServiceKind};
+use tlsnet::files::FILES_ALPN;
 use tlsnet::net::systemd::Notice;
 use tlsnet::net::{Server, ServerOptions};
 use tlsnet::pki::dev::DevPki;
 use tlsnet::service::echo::{DISCARD_ALPN, ECHO_ALPN};
-use tlsnet::service::{Discard, Echo, Router, Service};
+use tlsnet::service::{Discard, Echo, Router, Service, UserIdSource};
 use tlsnet::telemetry;
 use tlsnet::tls::ClientAuth;
 use tlsnet::tls::{Reloader, ServerTlsSource, TlsHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::files::FilesServeArgs;
 use crate::logging::{self, LogFormat};
 use crate::tls_args::{shutdown_signal, spawn_sighup_listener, ServerLimitArgs, ServerTlsArgs};
 use crate::UsageError;
@@ -45,7 +47,8 @@ pub struct ServeArgs {
     tls: ServerTlsArgs,
 
     /// The service for clients that ask for none by ALPN (the seeds' clients, openssl
-    /// s_client). Every service is also reachable by its ALPN id: tlsnet-echo, tlsnet-discard, tlsnet-msg/1.
+    /// s_client). Every service is also reachable by its ALPN id: tlsnet-echo, tlsnet-discard,
+    /// tlsnet-msg/1, tlsnet-files/1.
     #[arg(long, value_enum, default_value = "echo")]
     service: ServiceArg,
 
@@ -57,8 +60,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     limits: ServerLimitArgs,
 
+    /// Which field of a client's certificate is its user id, for the services that keep
+    /// something per user (msg, files).
+    #[arg(long, value_name = "FIELD", default_value = "cn", value_parser = parse_user_id)]
+    user_id: UserIdSource,
+
     #[command(flatten)]
     msg: crate::chat::MsgServeArgs,
+
+    #[command(flatten)]
+    files: FilesServeArgs,
 
     /// Serve Prometheus metrics on GET /metrics and a health check on GET /health at this
     /// address. A bare port (`9090`) binds to localhost; give an address to bind elsewhere.
@@ -248,13 +259,20 @@ fn router(args: &ServeArgs) -> Result<Router> {
     let mut router = Router::new(default.clone())
         .route(ECHO_ALPN, echo)
         .route(DISCARD_ALPN, discard);
-    if let Some(msg) = args.msg.service()? {
+    if let Some(msg) = args.msg.service(args.user_id)? {
         router = router.route(tlsnet::msg::ALPN, Arc::new(msg));
+    }
+    if let Some(files) = args.files.service(args.user_id)? {
+        router = router.route(FILES_ALPN, files);
     }
     for id in &args.alpn {
         router = router.route(id.as_bytes(), default.clone());
     }
     Ok(router)
+}
+
+fn parse_user_id(text: &str) -> Result<UserIdSource, tlsnet::error::ParseError> {
+    text.parse()
 }
 
 fn print_how_to_connect(pki: &DevPki, addrs: &[String]) {

@@ -1,0 +1,752 @@
+//! Per-user spaces on the server's disk, with the quota and the partial uploads.
+//!
+//! ```text
+//! ROOT/users/USER/files/PATH           the user's own files
+//! ROOT/users/USER/inbox/SENDER/PATH    what SENDER sent the user
+//! ROOT/users/USER/.partial/KEY.part    an upload in progress (KEY from where it goes)
+//! ROOT/users/USER/.partial/KEY.json    what it is (path, size, mode, time), to resume it
+//! ```
+//!
+//! Everything here is synchronous (std::fs): the service runs it on a blocking thread.
+//! Every name has been checked ([`super::paths`]) before it gets here, and every path is
+//! resolved with [`resolve_inside`], so no symbolic link leads out of a space.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::atomic::{self, meta_of};
+use super::codec::{Area, Entry, EntryKind, ErrorCode, Failure, Hash, Meta, Mtime};
+use super::paths::{resolve_inside, PathError, RemotePath};
+use crate::error::chain;
+use crate::service::UserId;
+
+/// The server's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes each user may store (own files, inbox and partial uploads); `None`: no limit.
+    pub quota: Option<u64>,
+    /// Largest file.
+    pub max_file: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            quota: Some(10 << 30),
+            max_file: 4 << 30,
+        }
+    }
+}
+
+/// Why a request on a space failed. Each names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A name breaks the rules.
+    #[error("'{}': refused name", .path.escape_debug())]
+    BadName {
+        /// The name as given.
+        path: String,
+        /// The rule it breaks.
+        #[source]
+        source: PathError,
+    },
+    /// A user id (`--to`) breaks the rules.
+    #[error("cannot send to '{}'", .user.escape_debug())]
+    BadUser {
+        /// The id as given.
+        user: String,
+        /// Why.
+        #[source]
+        source: crate::service::UserIdError,
+    },
+    /// No such file or directory.
+    #[error("{path}: no such file or directory")]
+    NotFound {
+        /// The file.
+        path: String,
+    },
+    /// The quota would be exceeded.
+    #[error("{path}: {size} bytes would exceed {user}'s quota ({used} of {quota} bytes used)")]
+    Quota {
+        /// The file.
+        path: String,
+        /// Whose quota.
+        user: String,
+        /// The file's size.
+        size: u64,
+        /// Bytes in use.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// The file is over the size limit.
+    #[error("{path}: {size} bytes is more than the largest file this server stores ({max} bytes)")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A hash did not match: the data was changed on the way or on disk.
+    #[error("{path}: {what}")]
+    Integrity {
+        /// The file.
+        path: String,
+        /// What did not match.
+        what: String,
+    },
+    /// The file system refused.
+    #[error("{path}: cannot {action}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What we were doing.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Something else is in the way.
+    #[error("{path}: {what}")]
+    Conflict {
+        /// The file.
+        path: String,
+        /// What.
+        what: &'static str,
+    },
+    /// The request breaks the protocol.
+    #[error("{path}: {what}")]
+    Protocol {
+        /// The file.
+        path: String,
+        /// What.
+        what: String,
+    },
+}
+
+impl StoreError {
+    /// The code sent to the client.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::BadName { .. } | StoreError::BadUser { .. } => ErrorCode::BadName,
+            StoreError::NotFound { .. } => ErrorCode::NotFound,
+            StoreError::Quota { .. } => ErrorCode::Quota,
+            StoreError::TooLarge { .. } => ErrorCode::TooLarge,
+            StoreError::Integrity { .. } => ErrorCode::Integrity,
+            StoreError::Io { .. } => ErrorCode::Io,
+            StoreError::Conflict { .. } => ErrorCode::Conflict,
+            StoreError::Protocol { .. } => ErrorCode::Protocol,
+        }
+    }
+
+    /// The ERROR frame for the client: the whole chain of causes, and the name.
+    pub fn to_failure(&self, path: &str) -> Failure {
+        Failure::new(self.code(), path, chain(self).to_string())
+    }
+
+    fn io(path: &RemotePath, action: &'static str, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::NotFound {
+            return StoreError::NotFound {
+                path: path.to_string(),
+            };
+        }
+        StoreError::Io {
+            path: path.to_string(),
+            action,
+            source,
+        }
+    }
+}
+
+/// Checks a name from the wire.
+pub fn check_name(path: &str) -> Result<RemotePath, StoreError> {
+    RemotePath::parse(path).map_err(|source| StoreError::BadName {
+        path: path.chars().take(200).collect(),
+        source,
+    })
+}
+
+/// Every user's space under one root.
+#[derive(Debug)]
+pub struct Spaces {
+    root: PathBuf,
+    limits: Limits,
+    /// Bytes stored per user, counted once from the disk and kept up to date.
+    usage: Mutex<HashMap<String, u64>>,
+    /// Partial files being written: one upload per file at a time.
+    active: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// How long an upload waits for another session's upload of the same file to end (a client
+/// that reconnects at once while its old session still writes what it had queued).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Marks a partial file as being written; unmarks it when dropped.
+#[derive(Debug)]
+struct Active {
+    set: Arc<Mutex<HashSet<PathBuf>>>,
+    part: PathBuf,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.part);
+    }
+}
+
+/// The sidecar of a partial upload.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct PartialMeta {
+    target: String,
+    size: u64,
+    mode: u32,
+    mtime_secs: i64,
+    mtime_nanos: u32,
+}
+
+/// Where an upload goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Whose space (the sender's own, or the recipient's).
+    pub owner: UserId,
+    /// `files/PATH` or `inbox/SENDER/PATH`, below the owner's directory.
+    pub under_owner: RemotePath,
+    /// The name as the client gave it.
+    pub path: RemotePath,
+}
+
+/// An upload in progress.
+#[derive(Debug)]
+pub struct Upload {
+    /// Where it goes.
+    pub target: Target,
+    /// What the client declared.
+    pub meta: Meta,
+    /// Bytes written so far.
+    pub written: u64,
+    file: File,
+    hasher: blake3::Hasher,
+    part: PathBuf,
+    sidecar: PathBuf,
+    dest: PathBuf,
+    old_size: u64,
+    _active: Active,
+}
+
+/// What [`Spaces::finish`] did.
+#[derive(Debug)]
+pub enum Finished {
+    /// Stored under its final name (a large file, committed alone).
+    Stored,
+    /// Written and closed; commit it with the group (`part`, `dest`).
+    Staged(PathBuf, PathBuf),
+}
+
+impl Spaces {
+    /// The spaces under `root` (made, mode 0700, when missing).
+    pub fn open(root: impl Into<PathBuf>, limits: Limits) -> io::Result<Spaces> {
+        let root = root.into();
+        crate::pki::files::create_private_dir(&root.join("users"))
+            .map_err(|e| io::Error::other(chain(&e).to_string()))?;
+        Ok(Spaces {
+            root,
+            limits,
+            usage: Mutex::new(HashMap::new()),
+            active: Arc::default(),
+        })
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn user_dir(&self, user: &UserId) -> PathBuf {
+        self.root.join("users").join(user.as_str())
+    }
+
+    /// The directory of an area of `user`'s space (made when missing).
+    pub fn area_dir(&self, user: &UserId, area: Area) -> io::Result<PathBuf> {
+        let dir = self.user_dir(user).join(match area {
+            Area::Files => "files",
+            Area::Inbox => "inbox",
+        });
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Bytes `user` stores (counted from the disk the first time).
+    pub fn used(&self, user: &UserId) -> u64 {
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        *usage
+            .entry(user.as_str().to_owned())
+            .or_insert_with(|| tree_size(&self.user_dir(user)))
+    }
+
+    fn charge(&self, user: &UserId, delta: i128) {
+        let _ = self.used(user);
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(used) = usage.get_mut(user.as_str()) {
+            *used = (*used as i128 + delta).clamp(0, u64::MAX as i128) as u64;
+        }
+    }
+
+    /// Lists a directory (or names one file) of an area: entries with full paths, sorted.
+    /// Symbolic links and names that break the rules are left out.
+    pub fn list(
+        &self,
+        user: &UserId,
+        area: Area,
+        path: &RemotePath,
+        recursive: bool,
+        out: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<u64, StoreError> {
+        let base = self
+            .area_dir(user, area)
+            .map_err(|e| StoreError::io(path, "open the space", e))?;
+        let full = resolve(&base, path)?;
+        let meta = std::fs::metadata(&full).map_err(|e| StoreError::io(path, "read", e))?;
+        if !meta.is_dir() {
+            out(Entry {
+                kind: EntryKind::File,
+                path: path.as_str().to_owned(),
+                meta: meta_of(&meta),
+            });
+            return Ok(1);
+        }
+        let mut count = 0;
+        list_dir(&full, path, recursive, &mut count, out)?;
+        Ok(count)
+    }
+
+    /// Makes a directory (and its parents) in `owner`'s space, or sets an existing one's
+    /// mode and time.
+    pub fn mkdir(&self, target: &Target, mode: u32, mtime: Mtime) -> Result<(), StoreError> {
+        let owner_dir = self.user_dir(&target.owner);
+        let dir = resolve(&owner_dir, &target.under_owner)?;
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
+            path: target.path.to_string(),
+            action: "make the directory",
+            source: e,
+        })?;
+        atomic::apply_dir_meta(&dir, mode, mtime).map_err(|e| StoreError::Io {
+            path: target.path.to_string(),
+            action: "set the directory's mode and time",
+            source: e,
+        })
+    }
+
+    /// Starts (or resumes) an upload. With `resume`, a partial upload of the same file
+    /// (same size and time) is kept and its length and hash are returned (the client checks
+    /// them against its own bytes); otherwise it starts from nothing.
+    pub fn open_upload(
+        &self,
+        target: Target,
+        meta: Meta,
+        resume: bool,
+    ) -> Result<(Upload, u64, Hash), StoreError> {
+        let shown = target.path.to_string();
+        if meta.size > self.limits.max_file {
+            return Err(StoreError::TooLarge {
+                path: shown,
+                size: meta.size,
+                max: self.limits.max_file,
+            });
+        }
+        let owner_dir = self.user_dir(&target.owner);
+        let dest = resolve(&owner_dir, &target.under_owner)?;
+        let shown_path = target.path.clone();
+        let io = |action: &'static str| {
+            let p = shown_path.clone();
+            move |e| StoreError::io(&p, action, e)
+        };
+        let old_size = match std::fs::symlink_metadata(&dest) {
+            Ok(m) if m.is_dir() => {
+                return Err(StoreError::Conflict {
+                    path: shown,
+                    what: "a directory of that name is in the way",
+                })
+            }
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        };
+        let partial_dir = owner_dir.join(".partial");
+        std::fs::create_dir_all(&partial_dir).map_err(io("make the partial directory"))?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io("make its directory"))?;
+        }
+        let key = blake3::hash(target.under_owner.as_str().as_bytes()).to_hex();
+        let part = partial_dir.join(format!("{}.part", &key[..32]));
+        let sidecar = partial_dir.join(format!("{}.json", &key[..32]));
+        let active = self.claim(&part).ok_or_else(|| StoreError::Conflict {
+            path: shown.clone(),
+            what: "another session is still uploading this file",
+        })?;
+        let wanted = PartialMeta {
+            target: target.under_owner.as_str().to_owned(),
+            size: meta.size,
+            mode: meta.mode,
+            mtime_secs: meta.mtime.secs,
+            mtime_nanos: meta.mtime.nanos,
+        };
+        let on_disk = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        let same = std::fs::read(&sidecar)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).ok())
+            .is_some_and(|m| m == wanted);
+        let keep = if resume && same && on_disk <= meta.size {
+            on_disk
+        } else {
+            0
+        };
+        // The quota counts the whole file from now on (the partial bytes were counted).
+        if let Some(quota) = self.limits.quota {
+            let used = self.used(&target.owner);
+            let after =
+                (used as i128) - (on_disk as i128) + (meta.size as i128) - (old_size as i128);
+            if after > quota as i128 {
+                return Err(StoreError::Quota {
+                    path: shown,
+                    user: target.owner.to_string(),
+                    size: meta.size,
+                    used,
+                    quota,
+                });
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(io("open the partial file"))?;
+        let mut hasher = blake3::Hasher::new();
+        if keep > 0 {
+            hash_prefix(&mut file, keep, &mut hasher).map_err(io("read the partial file"))?;
+        }
+        file.set_len(keep)
+            .map_err(io("truncate the partial file"))?;
+        file.seek(SeekFrom::Start(keep))
+            .map_err(io("seek in the partial file"))?;
+        if !same {
+            let json = serde_json::to_vec(&wanted).unwrap_or_default();
+            std::fs::write(&sidecar, json).map_err(io("write the partial's description"))?;
+        }
+        self.charge(&target.owner, meta.size as i128 - on_disk as i128);
+        let prefix = *hasher.finalize().as_bytes();
+        Ok((
+            Upload {
+                target,
+                meta,
+                written: keep,
+                file,
+                hasher,
+                part,
+                sidecar,
+                dest,
+                old_size,
+                _active: active,
+            },
+            keep,
+            prefix,
+        ))
+    }
+
+    fn claim(&self, part: &Path) -> Option<Active> {
+        let started = Instant::now();
+        loop {
+            {
+                let mut set = self.active.lock().unwrap_or_else(|p| p.into_inner());
+                if set.insert(part.to_path_buf()) {
+                    return Some(Active {
+                        set: self.active.clone(),
+                        part: part.to_path_buf(),
+                    });
+                }
+            }
+            if started.elapsed() > BUSY_WAIT {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Writes a verified chunk's bytes at `offset`: the next byte, or 0 to start over.
+    pub fn write(&self, up: &mut Upload, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let path = up.target.path.clone();
+        let io = |action: &'static str| {
+            let p = path.clone();
+            move |e| StoreError::io(&p, action, e)
+        };
+        if offset == 0 && up.written > 0 {
+            up.file
+                .set_len(0)
+                .map_err(io("truncate the partial file"))?;
+            up.file
+                .seek(SeekFrom::Start(0))
+                .map_err(io("seek in the partial file"))?;
+            up.written = 0;
+            up.hasher = blake3::Hasher::new();
+        }
+        if offset != up.written {
+            return Err(StoreError::Protocol {
+                path: up.target.path.to_string(),
+                what: format!("chunk at offset {offset}, expected {}", up.written),
+            });
+        }
+        if up.written + data.len() as u64 > up.meta.size {
+            return Err(StoreError::Protocol {
+                path: up.target.path.to_string(),
+                what: format!("more than the {} bytes announced", up.meta.size),
+            });
+        }
+        up.file.write_all(data).map_err(io("write"))?;
+        up.hasher.update(data);
+        up.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the whole file's hash and size, and stores it: a large one at once, a small
+    /// one staged for the group commit. A mismatch discards the partial file.
+    pub fn finish(
+        &self,
+        up: Upload,
+        hash: &Hash,
+        commit_alone: bool,
+    ) -> Result<Finished, StoreError> {
+        let shown = up.target.path.to_string();
+        let path = up.target.path.clone();
+        let io = |action: &'static str| {
+            let p = path.clone();
+            move |e| StoreError::io(&p, action, e)
+        };
+        if up.written != up.meta.size {
+            self.abandon(up, false);
+            return Err(StoreError::Protocol {
+                path: shown.clone(),
+                what: "the file ended early".into(),
+            });
+        }
+        if up.hasher.finalize().as_bytes() != hash {
+            let owner = up.target.owner.clone();
+            let size = up.meta.size;
+            let _ = std::fs::remove_file(&up.part);
+            let _ = std::fs::remove_file(&up.sidecar);
+            self.charge(&owner, -(size as i128));
+            return Err(StoreError::Integrity {
+                path: shown,
+                what: "the whole file's BLAKE3 does not match what the client sent; discarded"
+                    .into(),
+            });
+        }
+        atomic::apply_file_meta(&up.file, &up.meta).map_err(io("set the mode and time"))?;
+        let _ = std::fs::remove_file(&up.sidecar);
+        self.charge(&up.target.owner, -(up.old_size as i128));
+        if commit_alone {
+            atomic::commit_now(&up.file, &up.part, &up.dest).map_err(io("store"))?;
+            Ok(Finished::Stored)
+        } else {
+            Ok(Finished::Staged(up.part, up.dest))
+        }
+    }
+
+    /// Leaves an upload where it is (the connection ended): the partial file stays for a
+    /// resume; the quota keeps only what was written. `discard` removes it.
+    pub fn abandon(&self, up: Upload, discard: bool) {
+        let _ = up.file.sync_data();
+        let mut freed = up.meta.size.saturating_sub(up.written) as i128;
+        if discard {
+            let _ = std::fs::remove_file(&up.part);
+            let _ = std::fs::remove_file(&up.sidecar);
+            freed = up.meta.size as i128;
+        }
+        self.charge(&up.target.owner, -freed);
+    }
+
+    /// Opens a file to send; returns it, its metadata and where to start: the client's
+    /// `have` when it is a prefix of this very file (same size, time and bytes), else 0.
+    pub fn open_download(
+        &self,
+        user: &UserId,
+        area: Area,
+        path: &RemotePath,
+        have: Option<super::codec::Have>,
+    ) -> Result<(File, Meta, u64, blake3::Hasher), StoreError> {
+        let base = self
+            .area_dir(user, area)
+            .map_err(|e| StoreError::io(path, "open the space", e))?;
+        let full = resolve(&base, path)?;
+        let mut file = File::open(&full).map_err(|e| StoreError::io(path, "open", e))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| StoreError::io(path, "read", e))?;
+        if !metadata.is_file() {
+            return Err(StoreError::Conflict {
+                path: path.to_string(),
+                what: "not a regular file",
+            });
+        }
+        let meta = meta_of(&metadata);
+        let mut hasher = blake3::Hasher::new();
+        let mut start = 0;
+        if let Some(have) = have {
+            if have.size == meta.size && have.mtime == meta.mtime && have.offset <= meta.size {
+                hash_prefix(&mut file, have.offset, &mut hasher)
+                    .map_err(|e| StoreError::io(path, "read", e))?;
+                if hasher.finalize().as_bytes() == &have.prefix {
+                    start = have.offset;
+                } else {
+                    hasher = blake3::Hasher::new();
+                }
+            }
+        }
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| StoreError::io(path, "seek", e))?;
+        Ok((file, meta, start, hasher))
+    }
+
+    /// Removes a file or a directory tree; in the inbox, also the directories it leaves
+    /// empty.
+    pub fn remove(&self, user: &UserId, area: Area, path: &RemotePath) -> Result<(), StoreError> {
+        if path.is_root() {
+            return Err(StoreError::Conflict {
+                path: "/".into(),
+                what: "the space itself cannot be removed",
+            });
+        }
+        let base = self
+            .area_dir(user, area)
+            .map_err(|e| StoreError::io(path, "open the space", e))?;
+        let full = resolve(&base, path)?;
+        let meta = std::fs::symlink_metadata(&full).map_err(|e| StoreError::io(path, "read", e))?;
+        if meta.is_dir() {
+            let size = tree_size(&full);
+            std::fs::remove_dir_all(&full).map_err(|e| StoreError::io(path, "remove", e))?;
+            self.charge(user, -(size as i128));
+        } else {
+            std::fs::remove_file(&full).map_err(|e| StoreError::io(path, "remove", e))?;
+            if !meta.file_type().is_symlink() {
+                self.charge(user, -(meta.len() as i128));
+            }
+        }
+        if area == Area::Inbox {
+            let mut dir = full.parent().map(Path::to_path_buf);
+            while let Some(d) = dir {
+                if d == base || std::fs::remove_dir(&d).is_err() {
+                    break;
+                }
+                dir = d.parent().map(Path::to_path_buf);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve(dir: &Path, path: &RemotePath) -> Result<PathBuf, StoreError> {
+    resolve_inside(dir, path).map_err(|source| StoreError::BadName {
+        path: path.to_string(),
+        source,
+    })
+}
+
+fn list_dir(
+    dir: &Path,
+    at: &RemotePath,
+    recursive: bool,
+    count: &mut u64,
+    out: &mut dyn FnMut(Entry) -> bool,
+) -> Result<(), StoreError> {
+    let read = std::fs::read_dir(dir).map_err(|e| StoreError::io(at, "list", e))?;
+    let mut names: Vec<(String, std::fs::Metadata)> = Vec::new();
+    for entry in read.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            tracing::warn!(dir = %dir.display(), "files: a name that is not UTF-8 is not listed");
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        names.push((name, meta));
+    }
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, meta) in names {
+        let Ok(path) = RemotePath::parse(&name).and_then(|n| at.join(&n)) else {
+            tracing::warn!(dir = %dir.display(), name = %name.escape_debug(), "files: a name that breaks the rules is not listed");
+            continue;
+        };
+        let kind = if meta.is_dir() {
+            EntryKind::Dir
+        } else if meta.is_file() {
+            EntryKind::File
+        } else {
+            continue;
+        };
+        *count += 1;
+        if !out(Entry {
+            kind,
+            path: path.as_str().to_owned(),
+            meta: meta_of(&meta),
+        }) {
+            return Ok(());
+        }
+        if recursive && kind == EntryKind::Dir {
+            list_dir(&dir.join(&name), &path, true, count, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the regular files below `dir` (symbolic links not followed).
+pub fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(read) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in read.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// Feeds the first `len` bytes of `file` to `hasher` (and leaves the file there).
+pub fn hash_prefix(file: &mut File, len: u64, hasher: &mut blake3::Hasher) -> io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
