@@ -209,3 +209,27 @@ fn the_packaged_serve_toml_parses_as_shipped_and_uncommented() {
     assert_eq!(file.listen, Some(vec!["localhost:8443".to_owned()]));
     assert_eq!(file.metrics.as_deref(), Some("9090"));
 }
+
+/// The services' keys: messaging and files turned off, and their settings read.
+#[tokio::test]
+async fn service_keys_turn_msg_and_files_off() {
+    bounded(async {
+        let pki = TestPki::new();
+        let store = pki.path("msg-store");
+        let (server, port) = serve_config(&pki, |port| {
+            format!(
+                "{}user_id = \"email\"\nno_msg = true\nstore = {:?}\nsync = \"batch\"\nno_files = true\nquota = \"1G\"\nmax_file_size = 1048576\n",
+                mutual_tls(&pki, &format!("127.0.0.1:{port}")),
+                store.to_str().unwrap()
+            )
+        })
+        .await;
+        wait_for_port(&format!("127.0.0.1:{port}")).await;
+        echo_ok(&pki, port).await;
+        let log = server.stderr();
+        assert!(log.contains("alpn=tlsnet-echo,tlsnet-discard "), "{log}");
+        assert!(!log.contains("msg service on"), "{log}");
+        assert!(!log.contains("files service on"), "{log}");
+    })
+    .await
+}

@@ -87,6 +87,41 @@ pub fn pins<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SpkiPin>>, D::
     list(d, from_str::<SpkiPin>)
 }
 
+pub fn user_id<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::service::user::UserIdSource>, D::Error> {
+    one(d, from_str::<crate::service::user::UserIdSource>)
+}
+
+pub fn sync<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::msg::store::SyncMode>, D::Error> {
+    use crate::msg::store::SyncMode;
+    one(d, |s| match s {
+        "always" => Ok(SyncMode::Always),
+        "batch" => Ok(SyncMode::Batch),
+        other => Err(ParseError::new(format!(
+            "'{other}' is not a sync mode (use always or batch)"
+        ))),
+    })
+}
+
+/// A size: a number of bytes, or text such as `"10G"` (see [`crate::files::parse_size`]).
+pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match serde::Deserialize::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(text) => crate::files::parse_size(&text)
+            .map(Some)
+            .map_err(|e| de::Error::custom(e.describe())),
+    }
+}
+
 pub fn pin<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SpkiPin>, D::Error> {
     one(d, from_str::<SpkiPin>)
 }

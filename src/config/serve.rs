@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{de, parse, read, ConfigError, LogFormat, ServerLimits, ServerTlsSettings};
+use crate::msg::store::SyncMode;
+use crate::service::user::UserIdSource;
 use crate::tls::{ClientAuth, KeyLogTarget, Pattern, SpkiPin};
 
 /// Declares a struct with the keys every TLS server has (`tlsnet serve`, a server tunnel)
@@ -147,6 +149,34 @@ with_server_keys! {
         pub metrics: Option<String>,
         /// `log_format`: `human` or `json`.
         pub log_format: Option<LogFormat>,
+        /// `user_id`: `cn`, `email`, `dns` or `uri`.
+        #[serde(default, deserialize_with = "de::user_id")]
+        pub user_id: Option<UserIdSource>,
+        /// `no_msg`: do not run the msg service.
+        pub no_msg: Option<bool>,
+        /// `store`: the message store's directory.
+        pub store: Option<PathBuf>,
+        /// `sync`: `always` or `batch`.
+        #[serde(default, deserialize_with = "de::sync")]
+        pub sync: Option<SyncMode>,
+        /// `max_message_size`: bytes.
+        pub max_message_size: Option<u32>,
+        /// `rate_limit`: messages per second and user.
+        pub rate_limit: Option<f64>,
+        /// `rate_burst`: messages at once before the rate applies.
+        pub rate_burst: Option<u32>,
+        /// `max_queue`: messages waiting for one recipient.
+        pub max_queue: Option<u64>,
+        /// `no_files`: do not run the files service.
+        pub no_files: Option<bool>,
+        /// `files_root`: where every user's space is.
+        pub files_root: Option<PathBuf>,
+        /// `quota`: bytes per user (`"10G"` or a number).
+        #[serde(default, deserialize_with = "de::size")]
+        pub quota: Option<u64>,
+        /// `max_file_size`: bytes per file (`"4G"` or a number).
+        #[serde(default, deserialize_with = "de::size")]
+        pub max_file_size: Option<u64>,
     }
 }
 

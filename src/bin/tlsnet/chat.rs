@@ -27,40 +27,49 @@ use crate::{parse_duration, UsageError};
 pub struct MsgServeArgs {
     /// Do not run the msg service (ALPN tlsnet-msg/1).
     #[arg(long)]
-    no_msg: bool,
+    pub(crate) no_msg: bool,
 
     /// Directory of the message store [default: $XDG_STATE_HOME/tlsnet/msg or
     /// ~/.local/state/tlsnet/msg]. Opened by the first messaging client; one server at a time.
     #[arg(long, value_name = "DIR", env = "TLSNET_MSG_STORE")]
-    store: Option<PathBuf>,
+    pub(crate) store: Option<PathBuf>,
 
     /// When a message is on disk before it is acknowledged: always (fsync every batch; no
     /// acknowledged message is lost, even on power loss) or batch (fsync once a second; a
     /// kill -9 loses nothing, a power loss up to a second).
     #[arg(long, value_enum, default_value = "always")]
-    sync: SyncArg,
+    pub(crate) sync: SyncArg,
 
     /// Largest message text, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
-    max_message_size: u32,
+    pub(crate) max_message_size: u32,
 
     /// Messages a user may send per second (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 50.0)]
-    rate_limit: f64,
+    pub(crate) rate_limit: f64,
 
     /// Messages a user may send at once before --rate-limit applies.
     #[arg(long, value_name = "N", default_value_t = 100)]
-    rate_burst: u32,
+    pub(crate) rate_burst: u32,
 
     /// Messages that may wait for one recipient; more are refused with queue_full.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_queue: u64,
+    pub(crate) max_queue: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum SyncArg {
+pub(crate) enum SyncArg {
     Always,
     Batch,
+}
+
+impl From<SyncMode> for SyncArg {
+    fn from(mode: SyncMode) -> Self {
+        match mode {
+            SyncMode::Always => SyncArg::Always,
+            SyncMode::Batch => SyncArg::Batch,
+        }
+    }
 }
 
 impl MsgServeArgs {

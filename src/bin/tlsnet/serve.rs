@@ -204,6 +204,20 @@ fn merge(args: &mut ServeArgs, file: ServeFile, given: impl Fn(&str) -> bool) {
     take!(limits.shutdown_timeout, shutdown_timeout);
     take!(args.metrics, metrics, Some);
     take!(args.log_format, log_format, Into::into);
+    take!(args.user_id, user_id);
+    let msg = &mut args.msg;
+    take!(msg.no_msg, no_msg);
+    take!(msg.store, store, Some);
+    take!(msg.sync, sync, Into::into);
+    take!(msg.max_message_size, max_message_size);
+    take!(msg.rate_limit, rate_limit);
+    take!(msg.rate_burst, rate_burst);
+    take!(msg.max_queue, max_queue);
+    let files = &mut args.files;
+    take!(files.no_files, no_files);
+    take!(files.files_root, files_root, Some);
+    take!(files.quota, quota);
+    take!(files.max_file_size, max_file_size);
 }
 
 /// A server ready to run, with its reloader and metrics endpoint: what `serve` and `tunnel
