@@ -10,8 +10,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::ServerName;
 use tlsnet::inspect::starttls::StartTls;
-use tlsnet::tls::SpkiPin;
 use tlsnet::pki::KeyType;
+use tlsnet::tls::SpkiPin;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -132,6 +132,9 @@ fn local_host(text: &str) {
 fn starttls(text: &str) {
     if let Ok(protocol) = text.parse::<StartTls>() {
         assert!(protocol.to_string().eq_ignore_ascii_case(text));
-        assert_eq!(protocol.to_string().parse::<StartTls>().ok(), Some(protocol));
+        assert_eq!(
+            protocol.to_string().parse::<StartTls>().ok(),
+            Some(protocol)
+        );
     }
 }

@@ -738,7 +738,13 @@ impl Frame {
         let frame = match kind {
             Kind::Hello => {
                 let version = r.u16("version")?;
-                r.u16("flags")?;
+                // Reserved: zero in version 1; anything else is refused, not ignored.
+                if r.u16("flags")? != 0 {
+                    return Err(CodecError::BadValue {
+                        kind: Kind::Hello,
+                        field: "flags",
+                    });
+                }
                 Frame::Hello { version }
             }
             Kind::Welcome => Frame::Welcome(Welcome {
@@ -986,6 +992,17 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzzer: reserved HELLO flags must be zero (decode then encode must give
+    /// the same bytes).
+    #[test]
+    fn hello_with_flags_is_refused() {
+        let bytes = [1, 0, 0, 0, 4, 0, 93, 2, 0];
+        assert!(matches!(
+            decode_prefix(&bytes),
+            Err(CodecError::BadValue { field: "flags", .. })
+        ));
+    }
 
     fn every_frame() -> Vec<Frame> {
         let meta = Meta {
