@@ -17,8 +17,9 @@ fn serve_uses_the_socket_systemd_passes() {
     let path = |name: &str| pki.path(name).to_str().unwrap().to_owned();
     let port = free_port();
     let mut command = Command::new("systemd-socket-activate");
+    let state = format!("XDG_STATE_HOME={}", state_home().display());
     command
-        .args(["-l", &format!("127.0.0.1:{port}")])
+        .args(["-l", &format!("127.0.0.1:{port}"), "-E", &state])
         .arg(tlsnet_bin())
         .args([
             "serve",

@@ -106,12 +106,23 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     })
 }
 
-/// The `tlsnet` binary with a predictable environment: default logging (no `RUST_LOG`) and no
-/// development PKI from the environment (no `TLSNET_PKI_DIR`).
+/// The `tlsnet` binary with a predictable environment: default logging (no `RUST_LOG`), no
+/// development PKI from the environment (no `TLSNET_PKI_DIR`), and a state directory of the
+/// test run's own (`XDG_STATE_HOME`), so that defaults such as the files root and the message
+/// store never land in the home directory of whoever runs the tests.
 pub fn tlsnet_cmd() -> Command {
     let mut command = Command::new(tlsnet_bin());
-    command.env_remove("RUST_LOG").env_remove("TLSNET_PKI_DIR");
     command
+        .env_remove("RUST_LOG")
+        .env_remove("TLSNET_PKI_DIR")
+        .env("XDG_STATE_HOME", state_home());
+    command
+}
+
+/// The state directory the tests' `tlsnet` processes get: under target/tmp, kept between
+/// runs (it holds only what tests leave at default locations).
+pub fn state_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-state")
 }
 
 /// Runs `tlsnet ARGS` with stdin from /dev/null; bounded to [`RUN_LIMIT`].
@@ -166,7 +177,8 @@ impl ServeProcess {
             .args(["-c", &format!("ulimit -n {fds} && exec \"$0\" \"$@\"")])
             .arg(tlsnet_bin())
             .env_remove("RUST_LOG")
-            .env_remove("TLSNET_PKI_DIR");
+            .env_remove("TLSNET_PKI_DIR")
+            .env("XDG_STATE_HOME", state_home());
         Self::start_serve(dir, command, args)
     }
 
