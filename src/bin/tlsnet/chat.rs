@@ -11,6 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, ValueEnum};
 use tlsnet::msg::client::{MsgClient, To};
 use tlsnet::msg::codec::{Frame, Message};
+use tlsnet::msg::nats::NatsOptions;
 use tlsnet::msg::service::{MsgOptions, MsgService};
 use tlsnet::msg::store::{StoreOptions, SyncMode};
 use tlsnet::net::client::{split_host_port, ClientStream, Connector};
@@ -31,8 +32,32 @@ pub struct MsgServeArgs {
 
     /// Directory of the message store [default: $XDG_STATE_HOME/tlsnet/msg or
     /// ~/.local/state/tlsnet/msg]. Opened by the first messaging client; one server at a time.
-    #[arg(long, value_name = "DIR", env = "TLSNET_MSG_STORE")]
+    /// Or nats://HOST:PORT[,HOST:PORT...]: this server is one node of many sharing a NATS
+    /// JetStream cluster (docs/SCALING.md).
+    #[arg(
+        long,
+        value_name = "DIR|nats://HOST:PORT,...",
+        env = "TLSNET_MSG_STORE"
+    )]
     pub(crate) store: Option<PathBuf>,
+
+    /// CA certificates (PEM) of the NATS servers' certificates; TLS to NATS is required when
+    /// given. With --store nats://...
+    #[arg(long, value_name = "FILE")]
+    pub(crate) nats_ca: Option<PathBuf>,
+
+    /// This node's client certificate (PEM) for mutual TLS to NATS, with --nats-key.
+    #[arg(long, value_name = "FILE", requires = "nats_key")]
+    pub(crate) nats_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --nats-cert.
+    #[arg(long, value_name = "FILE", requires = "nats_cert")]
+    pub(crate) nats_key: Option<PathBuf>,
+
+    /// Replicas of the NATS streams and buckets [default: the number of servers in --store,
+    /// at most 3].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub(crate) nats_replicas: Option<u8>,
 
     /// When a message is on disk before it is acknowledged: always (fsync every batch; no
     /// acknowledged message is lost, even on power loss) or batch (fsync once a second; a
@@ -87,6 +112,37 @@ impl MsgServeArgs {
         if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
             return Err(UsageError("--rate-limit must be 0 or more".into()).into());
         }
+        let options = MsgOptions {
+            user_id,
+            max_message_size: self.max_message_size,
+            rate_per_sec: self.rate_limit,
+            burst: self.rate_burst,
+            ..MsgOptions::default()
+        };
+        if let Some(url) = self
+            .store
+            .as_ref()
+            .and_then(|s| s.to_str())
+            .filter(|s| s.starts_with("nats://"))
+        {
+            let mut nats =
+                NatsOptions::parse(url).map_err(|e| UsageError(format!("--store: {e}")))?;
+            nats.ca = self.nats_ca.clone();
+            nats.cert = self.nats_cert.clone();
+            nats.key = self.nats_key.clone();
+            if let Some(n) = self.nats_replicas {
+                nats.replicas = usize::from(n);
+            }
+            tracing::info!(store = url, replicas = nats.replicas, user_id = %user_id, "msg service on tlsnet-msg/1 over NATS JetStream");
+            return Ok(Some(MsgService::nats(nats, options)));
+        }
+        if self.nats_ca.is_some() || self.nats_cert.is_some() || self.nats_replicas.is_some() {
+            return Err(UsageError(
+                "--nats-ca, --nats-cert, --nats-key and --nats-replicas go with --store nats://..."
+                    .into(),
+            )
+            .into());
+        }
         let dir = match &self.store {
             Some(d) => d.clone(),
             None => tlsnet::msg::store::default_dir().ok_or_else(|| {
@@ -101,13 +157,6 @@ impl MsgServeArgs {
                 SyncArg::Batch => SyncMode::Batch,
             },
             max_queue: self.max_queue,
-        };
-        let options = MsgOptions {
-            user_id,
-            max_message_size: self.max_message_size,
-            rate_per_sec: self.rate_limit,
-            burst: self.rate_burst,
-            ..MsgOptions::default()
         };
         tracing::info!(store = %dir.display(), sync = ?self.sync, user_id = %user_id, "msg service on tlsnet-msg/1");
         Ok(Some(MsgService::lazy(dir, store, options)))
