@@ -434,3 +434,99 @@ async fn kill_9_of_a_node_under_load_moves_its_clients_and_delivers_every_acked_
     })
     .await;
 }
+
+/// `tlsnet chat` given both nodes: a send goes to the node that answers; a receiver on a node
+/// that is killed goes on on the other, where it was, printing every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsnet_chat_with_several_servers_moves_to_the_next_when_its_node_dies() {
+    bounded(async {
+        let pki = TestPki::new();
+        let nats = NatsCluster::start(&pki).await;
+        let mut a = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
+        let b = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
+        let (alice, bob) = (pki.user("alice"), pki.user("bob"));
+        let chat = |stem: &str, servers: &str, args: &[&str]| {
+            let mut command = tlsnet_cmd();
+            command
+                .arg("chat")
+                .arg(servers)
+                .args(["--servername", "localhost", "--ca"])
+                .arg(pki.path("ca.pem"))
+                .arg("--cert")
+                .arg(pki.path(&format!("{stem}.pem")))
+                .arg("--key")
+                .arg(pki.path(&format!("{stem}-key.pem")))
+                .args(args);
+            command
+        };
+        // Warm the cluster (the first send makes the streams).
+        let mut warm = msg_user(&pki, &b.addr(), "alice").await;
+        let first = send_until_accepted(&mut warm, To::User("bob".into()), "m0").await;
+        let mut ids = vec![first.id];
+
+        // Nothing listens on the first address: --send goes to the second.
+        let dead = format!("127.0.0.1:{}", free_port());
+        let sent = run(
+            chat(
+                &alice,
+                &format!("{dead},{}", b.addr()),
+                &["--to", "bob", "--send", "m1", "--timeout", "2s"],
+            ),
+            None,
+            RUN_LIMIT,
+        )
+        .ok();
+        ids.push(sent.stdout.trim().parse().expect("an id"));
+
+        let servers = format!("{},{}", a.addr(), b.addr());
+        let mut receiver = Proc::spawn(
+            "tlsnet chat --receive",
+            tokio::process::Command::from(chat(
+                &bob,
+                &servers,
+                &["--receive", "--json", "--count", "20", "--wait", "30s"],
+            )),
+        );
+        receiver
+            .wait_until("2 messages", STEP, |out, _| out.lines().count() >= 2)
+            .await;
+        for i in 2..10 {
+            ids.push(
+                warm.send(To::User("bob".into()), &format!("m{i}"))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        receiver
+            .wait_until("10 messages", STEP, |out, _| out.lines().count() >= 10)
+            .await;
+        a.kill9().await;
+        for i in 10..20 {
+            ids.push(
+                warm.send(To::User("bob".into()), &format!("m{i}"))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let status = receiver.wait_exit(STEP).await;
+        assert!(status.success(), "{}", receiver.describe());
+        assert!(
+            receiver.stderr().contains("now on"),
+            "{}",
+            receiver.describe()
+        );
+        let got: Vec<u64> = receiver
+            .stdout()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, ids, "every message once, in order, across the move");
+    })
+    .await;
+}
