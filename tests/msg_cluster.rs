@@ -176,6 +176,12 @@ async fn users_on_two_nodes_message_share_rooms_presence_and_offline_queues() {
 
         // A direct message from node A to node B, its receipt back, and a reply.
         let sent = send_until_accepted(&mut alice, To::User("bob".into()), "hello bob").await;
+        assert_eq!(
+            nats.stream_replicas("TLSNET_MSG"),
+            3,
+            "messages on 3 replicas"
+        );
+        assert_eq!(nats.stream_replicas("KV_tlsnet-presence"), 3);
         let got = deliver(&mut bob).await;
         assert_eq!(
             (
@@ -225,13 +231,7 @@ async fn users_on_two_nodes_message_share_rooms_presence_and_offline_queues() {
             .iter()
             .map(|p| (p.user.as_str(), p.online))
             .collect();
-        assert_eq!(
-            online,
-            [("alice", true), ("bob", true)],
-            "{}\n{}",
-            a.proc.stderr(),
-            b.proc.stderr()
-        );
+        assert_eq!(online, [("alice", true), ("bob", true)]);
         let r = alice
             .send(To::Room("ops".into()), "deploy at noon")
             .await

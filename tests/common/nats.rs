@@ -31,7 +31,7 @@ pub fn nats_server_bin() -> PathBuf {
     .clone()
 }
 
-/// A GET of nats-server's monitoring endpoint (it keeps connections open: asked to close);
+/// A GET of nats-server's monitoring endpoint, in HTTP/1.0 (no keep-alive, no chunks);
 /// empty when it does not answer.
 fn monitor(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -39,10 +39,7 @@ fn monitor(addr: &str, path: &str) -> String {
         return String::new();
     };
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
+    let _ = write!(tcp, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
     let mut text = String::new();
     let _ = tcp.read_to_string(&mut text);
     text
@@ -162,6 +159,38 @@ tls {{
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The replicas of stream `name` as the first running server's monitoring reports them
+    /// (`/jsz`: the stream's config), 0 when it has no such stream.
+    pub fn stream_replicas(&self, name: &str) -> u64 {
+        fn find(v: &serde_json::Value, name: &str) -> Option<u64> {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if map.get("name").and_then(|n| n.as_str()) == Some(name) {
+                        if let Some(r) = map.get("config").and_then(|c| c["num_replicas"].as_u64())
+                        {
+                            return Some(r);
+                        }
+                    }
+                    map.values().find_map(|v| find(v, name))
+                }
+                serde_json::Value::Array(list) => list.iter().find_map(|v| find(v, name)),
+                _ => None,
+            }
+        }
+        let Some(n) = self.nodes.iter().find(|n| n.proc.is_some()) else {
+            return 0;
+        };
+        let text = monitor(
+            &format!("127.0.0.1:{}", n.http),
+            "/jsz?accounts=true&streams=true&config=true",
+        );
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body)
+            .ok()
+            .and_then(|v| find(&v, name))
+            .unwrap_or(0)
     }
 
     /// `nats://` URL of every server, for `--store`.
