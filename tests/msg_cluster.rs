@@ -530,3 +530,113 @@ async fn tlsnet_chat_with_several_servers_moves_to_the_next_when_its_node_dies()
     })
     .await;
 }
+
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_of(proc: &Proc) -> Duration {
+    let pid = proc.pid().expect("running");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// `senders` users on the first node each send `each` direct messages, one at a time (the
+/// next after the ack), to their own receiver on the last node, who acks each; returns the
+/// wall time.
+async fn load(pki: &TestPki, nodes: &[&MsgServer], senders: usize, each: usize) -> Duration {
+    let (first, last) = (nodes[0].addr(), nodes[nodes.len() - 1].addr());
+    let mut receivers = Vec::new();
+    for i in 0..senders {
+        let mut r = msg_user(pki, &last, &format!("r{i}")).await;
+        receivers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < each {
+                match r.next_event(Duration::from_secs(30)).await.unwrap() {
+                    Some(Frame::Deliver(m)) => {
+                        got += 1;
+                        r.ack(&[m.id]).await.unwrap();
+                    }
+                    Some(_) => {}
+                    None => panic!("r{i} got {got} of {each}"),
+                }
+            }
+        }));
+    }
+    let mut clients = Vec::new();
+    for i in 0..senders {
+        let mut c = msg_user(pki, &first, &format!("w{i}")).await;
+        send_until_accepted(&mut c, To::User(format!("r{i}")), "warm").await;
+        clients.push(c);
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move {
+                let text = "x".repeat(100);
+                for _ in 1..each {
+                    c.send(To::User(format!("r{i}")), &text).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for r in receivers {
+        r.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// The capacity model's figures (docs/SCALING.md): CPU per 100-byte direct message on a
+/// tlsnet node and in NATS, for 1 node on the embedded store and for 2 nodes on the 3-server
+/// cluster. A measurement, not a test of speed:
+/// `cargo test --release --test msg_cluster -- --ignored --nocapture cpu_per_message`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by name with --ignored --nocapture"]
+async fn cpu_per_message_on_a_node_and_in_nats() {
+    let (senders, each) = (20, 500);
+    let messages = (senders * each) as f64;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / messages;
+
+    let pki = TestPki::new();
+    let node = MsgServer::start(&pki, &["--rate-limit", "0"]).await;
+    let before = cpu_of(&node.proc);
+    let wall = load(&pki, &[&node], senders, each).await;
+    let cpu = cpu_of(&node.proc) - before;
+    println!(
+        "embedded, 1 node: {messages} messages in {wall:?} ({:.0}/s); node CPU {:.1} us/message",
+        messages / wall.as_secs_f64(),
+        per(cpu)
+    );
+
+    let pki = TestPki::new();
+    let nats = NatsCluster::start(&pki).await;
+    let a = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
+    let b = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
+    let nats_cpu = |c: &NatsCluster| {
+        c.nodes
+            .iter()
+            .map(|n| cpu_of(n.proc.as_ref().unwrap()))
+            .sum::<Duration>()
+    };
+    let (a0, b0, n0) = (cpu_of(&a.proc), cpu_of(&b.proc), nats_cpu(&nats));
+    let wall = load(&pki, &[&a, &b], senders, each).await;
+    let (da, db, dn) = (
+        cpu_of(&a.proc) - a0,
+        cpu_of(&b.proc) - b0,
+        nats_cpu(&nats) - n0,
+    );
+    println!(
+        "NATS, 2 nodes, 3 servers R3: {messages} messages in {wall:?} ({:.0}/s); sending node {:.1} us/message, receiving node {:.1} us/message, NATS (3 servers) {:.1} us/message",
+        messages / wall.as_secs_f64(),
+        per(da),
+        per(db),
+        per(dn)
+    );
+}

@@ -38,8 +38,10 @@ use super::backend::Remote;
 use super::service::MsgOptions;
 use super::store::StoreError;
 
-/// How often a session looks at its queue without a wake-up.
-pub const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How often a session looks at its queue without a wake-up: wake-ups are core NATS (at most
+/// once), and every session is woken when the node reconnects, so this is only the safety
+/// net, as long as the ack wait (an idle session costs NATS one fetch per period).
+pub const POLL_EVERY: Duration = ACK_WAIT;
 /// How long a node's presence entry lives without a heartbeat: a node that dies takes its
 /// users' presence with it within this time.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
@@ -202,6 +204,9 @@ impl Cluster {
             .map_err(|_| crate::Error::InvalidInput("no random numbers for the node id".into()))?;
         let node = format!("{:016x}", u64::from_le_bytes(random));
         let shown = servers.clone();
+        let local: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>> = Arc::default();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (woken, wake) = (local.clone(), events.clone());
         let mut connect = async_nats::ConnectOptions::new()
             .name(format!("tlsnet node {node}"))
             .retry_on_initial_connect()
@@ -213,6 +218,12 @@ impl Cluster {
             })
             .event_callback(move |event| {
                 let shown = shown.clone();
+                // Wake-ups sent while the node was away are lost: every session looks again.
+                if matches!(event, async_nats::Event::Connected) {
+                    for user in lock(&woken).keys() {
+                        let _ = wake.send((user.clone(), Remote::Wake));
+                    }
+                }
                 async move {
                     match event {
                         async_nats::Event::Connected => info!(servers = %shown, "msg: NATS connected"),
@@ -250,7 +261,6 @@ impl Cluster {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(TIMEOUT);
         let ready = Arc::new(tokio::sync::OnceCell::new());
-        let local: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>> = Arc::default();
         let heartbeat = tokio::spawn(heartbeat(
             client.clone(),
             ready.clone(),
@@ -258,7 +268,6 @@ impl Cluster {
             node.clone(),
         ))
         .abort_handle();
-        let (events, events_rx) = mpsc::unbounded_channel();
         info!(
             servers,
             node,
