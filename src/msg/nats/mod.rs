@@ -156,6 +156,8 @@ pub struct Cluster {
     consumers: Mutex<HashMap<String, consumer::PullConsumer>>,
     /// Pairs whose contact is recorded.
     contacts: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Users whose last look at their queue failed (their queue starts again before the next).
+    dirty: Mutex<std::collections::HashSet<String>>,
     /// Messages delivered to this node's sessions and not yet acknowledged, per user.
     inflight: Mutex<HashMap<String, Held>>,
     /// Users with a session here, and their event subscription.
@@ -285,6 +287,7 @@ impl Cluster {
             counter: AtomicU64::new(1),
             consumers: Mutex::default(),
             contacts: Mutex::default(),
+            dirty: Mutex::default(),
             inflight: Mutex::default(),
             local,
             events,

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{lock, token, Cluster, Ready, ACK_WAIT, PUBLISH_TRIES};
+
+/// Longest a look at a queue may take.
+const FETCH_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::msg::codec::Message;
 use crate::msg::store::{Acked, Refusal, Sent, StoreError, Target};
 
@@ -340,8 +343,26 @@ impl Cluster {
     }
 
     /// The next messages of `user`'s queue (none when it is empty), held until acknowledged.
+    /// Bounded in time: the session's writer waits on it, and its answers wait on the writer.
     pub async fn pending(&self, user: &str, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let result = match tokio::time::timeout(FETCH_WITHIN, self.fetch(user, limit)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.unreachable("reading the queue")),
+        };
+        if result.is_err() {
+            // Messages of a broken fetch wait for the ack wait: start the queue again after
+            // the last acknowledged one before the next look, so nothing comes out of order.
+            lock(&self.dirty).insert(user.to_owned());
+        }
+        result
+    }
+
+    async fn fetch(&self, user: &str, limit: usize) -> Result<Vec<Message>, StoreError> {
         let ready = self.ready("reading the queue").await?;
+        if lock(&self.dirty).contains(user) {
+            self.take_over(ready, user).await?;
+            lock(&self.dirty).remove(user);
+        }
         let c = self.queue(ready, user).await?;
         let mut batch = c
             .fetch()
@@ -391,10 +412,11 @@ impl Cluster {
         };
         let mut acked = Vec::with_capacity(held.len());
         for (id, m, from) in held {
-            m.double_ack()
-                .await
-                .map_err(self.fail("acknowledge a message"))?;
-            acked.push(Acked { id, from });
+            // One that fails comes again (at least once; the client drops it by id).
+            match m.double_ack().await {
+                Ok(()) => acked.push(Acked { id, from }),
+                Err(e) => warn!(user, id, error = %e, "msg: an acknowledgement did not reach NATS"),
+            }
         }
         Ok(acked)
     }
@@ -513,6 +535,20 @@ impl Cluster {
     /// A page of a conversation, read forward through an ephemeral consumer: up to `limit`
     /// messages with a sequence number below `before`, and whether older ones exist.
     pub async fn history(
+        &self,
+        user: &str,
+        target: Target,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let page = self.page(user, target, before, limit);
+        match tokio::time::timeout(4 * super::TIMEOUT, page).await {
+            Ok(r) => r,
+            Err(_) => Err(self.unreachable("reading history")),
+        }
+    }
+
+    async fn page(
         &self,
         user: &str,
         target: Target,
