@@ -550,3 +550,40 @@ async fn heartbeat(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_and_tokens() {
+        let o = NatsOptions::parse("nats://a:4222,b:4223, nats://[::1]:4224").unwrap();
+        assert_eq!(
+            o.servers,
+            ["nats://a:4222", "nats://b:4223", "nats://[::1]:4224"]
+        );
+        assert_eq!(o.replicas, 3);
+        assert_eq!(NatsOptions::parse("nats://a:1").unwrap().replicas, 1);
+        let five = NatsOptions::parse("nats://a:1,b:1,c:1,d:1,e:1").unwrap();
+        assert_eq!(five.replicas, 3);
+        for bad in [
+            "a:4222",
+            "nats://a",
+            "nats://:1",
+            "nats://a:x",
+            "nats://a:1,",
+        ] {
+            assert!(NatsOptions::parse(bad).is_err(), "{bad}");
+        }
+        // Any name is one subject token and a valid KV key.
+        for name in ["alice", "a.b", "*", ">", "x y", "élodie", "a/b=c"] {
+            let t = token(name);
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{name} → {t}"
+            );
+        }
+        assert_ne!(token("a.b"), token("a_b"));
+    }
+}
