@@ -9,66 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use tlsnet::msg::client::{ClientError, MsgClient, To};
-use tlsnet::msg::codec::{self, Frame, Message};
-use tlsnet::net::client::ClientStream;
-
-type Client = MsgClient<ClientStream>;
-
-/// The next frame matching `pick`, within 10 s; other frames are skipped.
-async fn expect<T>(client: &mut Client, what: &str, pick: impl Fn(Frame) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event(left).await {
-            Ok(Some(frame)) => {
-                if let Some(t) = pick(frame) {
-                    return t;
-                }
-            }
-            Ok(None) => panic!("{} got no {what} within 10 s", client.user()),
-            Err(e) => panic!(
-                "{} waiting for {what}: {}",
-                client.user(),
-                tlsnet::error::chain(&e)
-            ),
-        }
-    }
-}
-
-async fn deliver(client: &mut Client) -> Message {
-    expect(client, "message", |f| match f {
-        Frame::Deliver(m) => Some(m),
-        _ => None,
-    })
-    .await
-}
-
-/// Receives `n` messages, acking each.
-async fn receive(client: &mut Client, n: usize) -> Vec<Message> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = deliver(client).await;
-        client.ack(&[m.id]).await.unwrap();
-        out.push(m);
-    }
-    out
-}
-
-/// Nothing but receipts and presence arrives for `wait`.
-async fn no_message(client: &mut Client, wait: Duration) {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match client.next_event(left).await.unwrap() {
-            Some(Frame::Deliver(m)) => panic!("unexpected message {m:?}"),
-            Some(_) => {}
-            None => return,
-        }
-    }
-}
+use tlsnet::msg::codec::{self, Frame};
 
 fn code(e: ClientError) -> String {
     e.code()

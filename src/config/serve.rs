@@ -154,8 +154,16 @@ with_server_keys! {
         pub user_id: Option<UserIdSource>,
         /// `no_msg`: do not run the msg service.
         pub no_msg: Option<bool>,
-        /// `store`: the message store's directory.
+        /// `store`: the message store's directory, or `nats://HOST:PORT,...`.
         pub store: Option<PathBuf>,
+        /// `nats_ca`: CA certificates of the NATS servers (PEM).
+        pub nats_ca: Option<PathBuf>,
+        /// `nats_cert`: this node's client certificate for NATS (PEM).
+        pub nats_cert: Option<PathBuf>,
+        /// `nats_key`: its private key (PEM).
+        pub nats_key: Option<PathBuf>,
+        /// `nats_replicas`: replicas of the NATS streams and buckets.
+        pub nats_replicas: Option<u8>,
         /// `sync`: `always` or `batch`.
         #[serde(default, deserialize_with = "de::sync")]
         pub sync: Option<SyncMode>,

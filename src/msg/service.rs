@@ -18,11 +18,13 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::backend::{Backend, Remote};
 use super::codec::{
     self, Accepted, CodecError, Decoded, Decoder, ErrorFrame, Frame, Goodbye, Message, Outcome,
     Presence, Receipt, Welcome,
 };
-use super::store::{conversation, Refusal, Store, StoreError, StoreOptions, Target};
+use super::nats::NatsOptions;
+use super::store::{Refusal, Store, StoreError, StoreOptions, Target};
 use crate::error::BoxError;
 use crate::service::user::{UserId, UserIdError, UserIdSource};
 use crate::service::{BoxFuture, BoxStream, Context, End, Service};
@@ -86,8 +88,15 @@ impl MsgOptions {
 /// The messaging service.
 pub struct MsgService {
     hub: tokio::sync::OnceCell<Arc<Hub>>,
-    open: Option<(PathBuf, StoreOptions)>,
+    open: Option<Open>,
     options: MsgOptions,
+}
+
+/// What the first messaging client opens.
+#[derive(Debug, Clone)]
+enum Open {
+    Dir(PathBuf, StoreOptions),
+    Nats(NatsOptions),
 }
 
 impl std::fmt::Debug for MsgService {
@@ -103,7 +112,7 @@ impl MsgService {
     /// The service over an open store.
     pub fn new(store: Store, options: MsgOptions) -> Self {
         MsgService {
-            hub: tokio::sync::OnceCell::new_with(Some(Hub::new(store, options))),
+            hub: tokio::sync::OnceCell::new_with(Some(Hub::new(Backend::Embedded(store), options))),
             open: None,
             options,
         }
@@ -115,7 +124,17 @@ impl MsgService {
     pub fn lazy(dir: PathBuf, store: StoreOptions, options: MsgOptions) -> Self {
         MsgService {
             hub: tokio::sync::OnceCell::new(),
-            open: Some((dir, store)),
+            open: Some(Open::Dir(dir, store)),
+            options,
+        }
+    }
+
+    /// The service as one node of many on a NATS JetStream cluster (`--store nats://...`),
+    /// connected when the first messaging client comes (and reconnecting by itself).
+    pub fn nats(nats: NatsOptions, options: MsgOptions) -> Self {
+        MsgService {
+            hub: tokio::sync::OnceCell::new(),
+            open: Some(Open::Nats(nats)),
             options,
         }
     }
@@ -123,14 +142,19 @@ impl MsgService {
     async fn hub(&self) -> crate::Result<Arc<Hub>> {
         self.hub
             .get_or_try_init(|| async {
-                let Some((dir, store_options)) = self.open.clone() else {
-                    return Err(crate::Error::InvalidInput("message store missing".into()));
+                let (dir, store_options) = match self.open.clone() {
+                    Some(Open::Dir(dir, store)) => (dir, store),
+                    Some(Open::Nats(nats)) => {
+                        let cluster = super::nats::Cluster::connect(nats, self.options).await?;
+                        return Ok(Hub::new(Backend::Nats(Arc::new(cluster)), self.options));
+                    }
+                    None => return Err(crate::Error::InvalidInput("message store missing".into())),
                 };
                 let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_options))
                     .await
                     .map_err(|e| crate::Error::unusable("message store", e))??;
                 info!(path = %store.path().display(), "msg: store opened");
-                Ok(Hub::new(store, self.options))
+                Ok(Hub::new(Backend::Embedded(store), self.options))
             })
             .await
             .cloned()
@@ -163,7 +187,7 @@ impl Service for MsgService {
 }
 
 struct Hub {
-    store: Store,
+    store: Backend,
     options: MsgOptions,
     sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -197,25 +221,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs a store read off the runtime's workers.
-async fn read<T: Send + 'static>(
-    store: &Store,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|_| StoreError::Closed)?
-}
-
 impl Hub {
-    fn new(store: Store, options: MsgOptions) -> Arc<Hub> {
-        Arc::new(Hub {
+    fn new(store: Backend, options: MsgOptions) -> Arc<Hub> {
+        let events = store.take_events();
+        let hub = Arc::new(Hub {
             store,
             options,
             sessions: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
-        })
+        });
+        if let Some(mut events) = events {
+            // What other nodes leave for this node's users, delivered as if said here.
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                while let Some((user, event)) = events.recv().await {
+                    let Some(hub) = weak.upgrade() else { return };
+                    hub.local(&user, event);
+                }
+            });
+        }
+        hub
+    }
+
+    /// An event for `user`'s sessions on this node.
+    fn local(&self, user: &str, event: Remote) {
+        let sessions = lock(&self.sessions);
+        for s in sessions.get(user).into_iter().flatten() {
+            match &event {
+                Remote::Wake => {}
+                Remote::Receipt(r) => {
+                    let mut events = lock(&s.events);
+                    if events.receipts.len() >= MAX_PENDING_RECEIPTS {
+                        if let Some(old) = events.receipts.pop_front() {
+                            warn!(user, id = old.id, by = %old.by, "msg: the client does not read; an old delivery receipt was dropped");
+                        }
+                    }
+                    events.receipts.push_back(r.clone());
+                }
+                Remote::Presence(p) => {
+                    lock(&s.events).presence.insert(p.user.clone(), p.clone());
+                }
+            }
+            s.wake.notify_one();
+        }
     }
 
     fn wake(&self, user: &str) {
@@ -224,6 +272,7 @@ impl Hub {
                 s.wake.notify_one();
             }
         }
+        self.store.notify(user, Remote::Wake);
     }
 
     fn is_online(&self, user: &str) -> bool {
@@ -259,8 +308,7 @@ impl Hub {
         if let Err(e) = self.store.seen(user, time).await {
             warn!(user, error = %crate::error::chain(&e), "msg: cannot record last seen");
         }
-        let who = user.to_owned();
-        let peers = match read(&self.store, move |s| s.peers(&who)).await {
+        let peers = match self.store.peers(user).await {
             Ok(p) => p,
             Err(e) => {
                 warn!(user, error = %crate::error::chain(&e), "msg: cannot find whom to tell of a presence change");
@@ -280,10 +328,12 @@ impl Hub {
                     .insert(user.to_owned(), presence.clone());
                 s.wake.notify_one();
             }
+            self.store.notify(&peer, Remote::Presence(presence.clone()));
         }
     }
 
     fn receipt(&self, to: &str, receipt: Receipt) {
+        self.store.notify(to, Remote::Receipt(receipt.clone()));
         let sessions = lock(&self.sessions);
         for s in sessions.get(to).into_iter().flatten() {
             let mut events = lock(&s.events);
@@ -370,12 +420,16 @@ async fn serve(hub: Arc<Hub>, mut stream: BoxStream, ctx: &Context) -> End {
     };
     let session = Arc::new(Session::default());
     if hub.join(&user, session.clone()) {
+        hub.store.opened(&user).await;
         hub.announce(&user, true, now_ms()).await;
     }
     info!(peer = %ctx.peer, user, "msg: session started");
     let end = run_session(&hub, &user, &session, stream, ctx).await;
     if hub.part(&user, &session) {
-        hub.announce(&user, false, now_ms()).await;
+        hub.store.closed(&user).await;
+        if !hub.store.online_elsewhere(&user).await {
+            hub.announce(&user, false, now_ms()).await;
+        }
     }
     info!(peer = %ctx.peer, user, end = %end, "msg: session ended");
     end
@@ -508,8 +562,7 @@ async fn deliver(
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
         if room > 0 {
-            let who = user.to_owned();
-            match read(&hub.store, move |s| s.pending(&who, cursor, room)).await {
+            match hub.store.pending(user, cursor, room).await {
                 Ok(messages) => {
                     for m in messages {
                         cursor = cursor.max(m.id);
@@ -586,13 +639,27 @@ async fn deliver(
                 return None;
             }
             _ = session.wake.notified() => {}
+            _ = poll(hub.store.poll_every()) => {}
         }
+    }
+}
+
+/// Waits `every`, or forever.
+async fn poll(every: Option<Duration>) {
+    match every {
+        Some(every) => tokio::time::sleep(every).await,
+        None => std::future::pending().await,
     }
 }
 
 fn refused(req: u64, e: StoreError, user: &str, what: &str) -> Frame {
     match e {
         StoreError::Refused(r) => error_frame(Some(req), r.code(), r.to_string(), false),
+        e @ StoreError::Unreachable { .. } => {
+            let text = e.to_string();
+            warn!(user, error = %text, "msg: {what} refused");
+            error_frame(Some(req), "nats_unavailable", text, false)
+        }
         other => {
             let text = crate::error::chain(&other).to_string();
             warn!(user, error = %text, "msg: {what} failed");
@@ -755,20 +822,7 @@ async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
 }
 
 async fn members(hub: &Hub, user: &str, req: u64, room: String) -> Frame {
-    let r = room.clone();
-    let list = match read(&hub.store, move |s| {
-        if !s.room_exists(&r)? {
-            return Err(Refusal::NoSuchRoom(r).into());
-        }
-        let members = s.members(&r)?;
-        let seen = members
-            .iter()
-            .map(|m| s.last_seen(m))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(members.into_iter().zip(seen).collect::<Vec<_>>())
-    })
-    .await
-    {
+    let list = match hub.store.members(&room).await {
         Ok(list) => list,
         Err(e) => return refused(req, e, user, "listing members"),
     };
@@ -781,17 +835,15 @@ async fn members(hub: &Hub, user: &str, req: u64, room: String) -> Frame {
         );
     }
     let now = now_ms();
-    let members = list
-        .into_iter()
-        .map(|(m, seen)| {
-            let online = hub.is_online(&m);
-            Presence {
-                last_seen: if online { now } else { seen },
-                online,
-                user: m,
-            }
-        })
-        .collect();
+    let mut members = Vec::with_capacity(list.len());
+    for (m, seen) in list {
+        let online = hub.is_online(&m) || hub.store.online_elsewhere(&m).await;
+        members.push(Presence {
+            last_seen: if online { now } else { seen },
+            online,
+            user: m,
+        });
+    }
     Frame::Result(Outcome {
         req,
         members: Some(members),
@@ -813,21 +865,8 @@ async fn history(hub: &Hub, user: &str, h: codec::History) -> Frame {
             )
         }
     };
-    let conv = conversation(user, &target);
     let limit = h.limit.clamp(1, MAX_PAGE) as usize;
-    let me = user.to_owned();
-    let result = read(&hub.store, move |s| {
-        if let Target::Room(room) = &target {
-            if !s.room_exists(room)? {
-                return Err(Refusal::NoSuchRoom(room.clone()).into());
-            }
-            if !s.members(room)?.contains(&me) {
-                return Err(Refusal::NotAMember(room.clone()).into());
-            }
-        }
-        s.history(&conv, h.before, limit)
-    })
-    .await;
+    let result = hub.store.history(user, target, h.before, limit).await;
     match result {
         Ok((messages, more)) => Frame::Result(Outcome {
             req,

@@ -92,6 +92,24 @@ pub enum StoreError {
     /// The writer thread is gone (it failed before, or the store is closing).
     #[error("message store is closed")]
     Closed,
+    /// The NATS cluster (`--store nats://...`) cannot be reached or did not answer in time:
+    /// nothing was done (a message was not stored; send it again).
+    #[error("the NATS cluster ({servers}) cannot be reached: {action} was not done (try again; the node reconnects by itself)")]
+    Unreachable {
+        /// The servers of `--store`.
+        servers: String,
+        /// What was being done.
+        action: &'static str,
+    },
+    /// The NATS cluster answered with an error.
+    #[error("NATS cluster: cannot {action}")]
+    Cluster {
+        /// What was being done.
+        action: &'static str,
+        /// async-nats's error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Why a request was refused.

@@ -25,6 +25,7 @@ mod capture;
 mod chains;
 mod files;
 mod msg;
+mod nats;
 mod process;
 mod tunnel;
 // Not every test crate spawns processes or needs certificate chains.
@@ -38,6 +39,8 @@ pub use chains::*;
 pub use files::*;
 #[allow(unused_imports)]
 pub use msg::*;
+#[allow(unused_imports)]
+pub use nats::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

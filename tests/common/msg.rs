@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tlsnet::msg::client::MsgClient;
+use tlsnet::msg::codec::{Frame, Message};
 use tlsnet::net::client::ClientStream;
 use tlsnet::pki::{LeafSpec, Purpose};
 
@@ -27,7 +28,12 @@ impl MsgServer {
     /// Starts it with this PKI's server certificate, client certificates required, the store
     /// in `PKI_DIR/store`, and `extra` flags.
     pub async fn start(pki: &TestPki, extra: &[&str]) -> MsgServer {
-        let store = pki.path("store");
+        Self::start_with_store(pki, pki.path("store"), extra).await
+    }
+
+    /// Starts it with `--store store` (a directory, or `nats://...` for a node of a NATS
+    /// cluster) and `extra` flags.
+    pub async fn start_with_store(pki: &TestPki, store: PathBuf, extra: &[&str]) -> MsgServer {
         let args: Vec<OsString> = extra.iter().map(OsString::from).collect();
         let (proc, port) = Self::spawn(pki, &store, &args, None).await;
         MsgServer {
@@ -150,4 +156,64 @@ pub async fn msg_user(pki: &TestPki, addr: &str, name: &str) -> MsgClient<Client
     msg_connect_as(pki, addr, &stem)
         .await
         .unwrap_or_else(|e| panic!("{name} cannot connect: {}", tlsnet::error::chain(&e)))
+}
+
+/// The next frame matching `pick`, within 10 s; other frames are skipped.
+pub async fn expect<T>(
+    client: &mut MsgClient<ClientStream>,
+    what: &str,
+    pick: impl Fn(Frame) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Ok(Some(frame)) => {
+                if let Some(t) = pick(frame) {
+                    return t;
+                }
+            }
+            Ok(None) => panic!("{} got no {what} within 10 s", client.user()),
+            Err(e) => panic!(
+                "{} waiting for {what}: {}",
+                client.user(),
+                tlsnet::error::chain(&e)
+            ),
+        }
+    }
+}
+
+pub async fn deliver(client: &mut MsgClient<ClientStream>) -> Message {
+    expect(client, "message", |f| match f {
+        Frame::Deliver(m) => Some(m),
+        _ => None,
+    })
+    .await
+}
+
+/// Receives `n` messages, acking each.
+pub async fn receive(client: &mut MsgClient<ClientStream>, n: usize) -> Vec<Message> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = deliver(client).await;
+        client.ack(&[m.id]).await.unwrap();
+        out.push(m);
+    }
+    out
+}
+
+/// Nothing but receipts and presence arrives for `wait`.
+pub async fn no_message(client: &mut MsgClient<ClientStream>, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match client.next_event(left).await.unwrap() {
+            Some(Frame::Deliver(m)) => panic!("unexpected message {m:?}"),
+            Some(_) => {}
+            None => return,
+        }
+    }
 }

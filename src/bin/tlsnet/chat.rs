@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, ValueEnum};
-use tlsnet::msg::client::{MsgClient, To};
+use rustls::pki_types::ServerName;
+use tlsnet::msg::client::{ClientError, MsgClient, To};
 use tlsnet::msg::codec::{Frame, Message};
+use tlsnet::msg::nats::NatsOptions;
 use tlsnet::msg::service::{MsgOptions, MsgService};
 use tlsnet::msg::store::{StoreOptions, SyncMode};
 use tlsnet::net::client::{split_host_port, ClientStream, Connector};
@@ -31,8 +33,32 @@ pub struct MsgServeArgs {
 
     /// Directory of the message store [default: $XDG_STATE_HOME/tlsnet/msg or
     /// ~/.local/state/tlsnet/msg]. Opened by the first messaging client; one server at a time.
-    #[arg(long, value_name = "DIR", env = "TLSNET_MSG_STORE")]
+    /// Or nats://HOST:PORT[,HOST:PORT...]: this server is one node of many sharing a NATS
+    /// JetStream cluster (docs/SCALING.md).
+    #[arg(
+        long,
+        value_name = "DIR|nats://HOST:PORT,...",
+        env = "TLSNET_MSG_STORE"
+    )]
     pub(crate) store: Option<PathBuf>,
+
+    /// CA certificates (PEM) of the NATS servers' certificates; TLS to NATS is required when
+    /// given. With --store nats://...
+    #[arg(long, value_name = "FILE")]
+    pub(crate) nats_ca: Option<PathBuf>,
+
+    /// This node's client certificate (PEM) for mutual TLS to NATS, with --nats-key.
+    #[arg(long, value_name = "FILE", requires = "nats_key")]
+    pub(crate) nats_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --nats-cert.
+    #[arg(long, value_name = "FILE", requires = "nats_cert")]
+    pub(crate) nats_key: Option<PathBuf>,
+
+    /// Replicas of the NATS streams and buckets [default: the number of servers in --store,
+    /// at most 3].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub(crate) nats_replicas: Option<u8>,
 
     /// When a message is on disk before it is acknowledged: always (fsync every batch; no
     /// acknowledged message is lost, even on power loss) or batch (fsync once a second; a
@@ -87,6 +113,37 @@ impl MsgServeArgs {
         if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
             return Err(UsageError("--rate-limit must be 0 or more".into()).into());
         }
+        let options = MsgOptions {
+            user_id,
+            max_message_size: self.max_message_size,
+            rate_per_sec: self.rate_limit,
+            burst: self.rate_burst,
+            ..MsgOptions::default()
+        };
+        if let Some(url) = self
+            .store
+            .as_ref()
+            .and_then(|s| s.to_str())
+            .filter(|s| s.starts_with("nats://"))
+        {
+            let mut nats =
+                NatsOptions::parse(url).map_err(|e| UsageError(format!("--store: {e}")))?;
+            nats.ca = self.nats_ca.clone();
+            nats.cert = self.nats_cert.clone();
+            nats.key = self.nats_key.clone();
+            if let Some(n) = self.nats_replicas {
+                nats.replicas = usize::from(n);
+            }
+            tracing::info!(store = url, replicas = nats.replicas, user_id = %user_id, "msg service on tlsnet-msg/1 over NATS JetStream");
+            return Ok(Some(MsgService::nats(nats, options)));
+        }
+        if self.nats_ca.is_some() || self.nats_cert.is_some() || self.nats_replicas.is_some() {
+            return Err(UsageError(
+                "--nats-ca, --nats-cert, --nats-key and --nats-replicas go with --store nats://..."
+                    .into(),
+            )
+            .into());
+        }
         let dir = match &self.store {
             Some(d) => d.clone(),
             None => tlsnet::msg::store::default_dir().ok_or_else(|| {
@@ -102,13 +159,6 @@ impl MsgServeArgs {
             },
             max_queue: self.max_queue,
         };
-        let options = MsgOptions {
-            user_id,
-            max_message_size: self.max_message_size,
-            rate_per_sec: self.rate_limit,
-            burst: self.rate_burst,
-            ..MsgOptions::default()
-        };
         tracing::info!(store = %dir.display(), sync = ?self.sync, user_id = %user_id, "msg service on tlsnet-msg/1");
         Ok(Some(MsgService::lazy(dir, store, options)))
     }
@@ -116,8 +166,10 @@ impl MsgServeArgs {
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
-    /// Server address: HOST:PORT, or [IPv6]:PORT.
-    #[arg(value_name = "HOST:PORT")]
+    /// Server address: HOST:PORT, or [IPv6]:PORT; several, comma-separated, for nodes of one
+    /// cluster: the first that answers is used, and when it goes away the next one, where the
+    /// session was (what was not acknowledged comes again; it is shown once).
+    #[arg(value_name = "HOST:PORT[,HOST:PORT...]")]
     addr: String,
 
     /// Name to send as SNI and to check the certificate against [default: the HOST].
@@ -177,20 +229,90 @@ pub struct ChatArgs {
     timeout: Duration,
 }
 
+/// The servers a chat may use, and the one it is on.
+struct Servers {
+    addrs: Vec<(String, ServerName<'static>)>,
+    connector: Connector,
+    timeout: Duration,
+    at: usize,
+}
+
+impl Servers {
+    /// A session on the current server, or on the next ones that answer.
+    async fn connect(&mut self) -> Result<MsgClient<ClientStream>> {
+        let n = self.addrs.len();
+        let mut last = None;
+        for i in 0..n {
+            let k = (self.at + i) % n;
+            let (addr, name) = &self.addrs[k];
+            let session = async {
+                let (stream, _) = self.connector.connect(addr, name.clone()).await?;
+                MsgClient::start(stream, self.timeout)
+                    .await
+                    .with_context(|| format!("{addr}: no messaging session"))
+            };
+            match session.await {
+                Ok(client) => {
+                    self.at = k;
+                    return Ok(client);
+                }
+                Err(e) => last = Some(e.context(addr.clone())),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no server")))
+    }
+
+    /// After the current server went away: the next one (or this one, when it is the only
+    /// one and back).
+    async fn next(&mut self, why: &ClientError) -> Result<MsgClient<ClientStream>> {
+        eprintln!(
+            "tlsnet chat: {} went away ({})",
+            self.addrs[self.at].0,
+            tlsnet::error::chain(why)
+        );
+        self.at = (self.at + 1) % self.addrs.len();
+        let client = self.connect().await?;
+        eprintln!("tlsnet chat: now on {}", self.addrs[self.at].0);
+        Ok(client)
+    }
+
+    fn several(&self) -> bool {
+        self.addrs.len() > 1
+    }
+}
+
+/// Whether an error means the server went away (not a refusal of one request).
+fn gone(e: &ClientError) -> bool {
+    match e {
+        ClientError::Refused(f) => f.fatal,
+        _ => true,
+    }
+}
+
 pub async fn run(args: ChatArgs) -> Result<ExitCode> {
-    let (host, _) = split_host_port(&args.addr).map_err(|e| UsageError(e.to_string()))?;
+    let list: Vec<&str> = args.addr.split(',').map(str::trim).collect();
+    let mut hosts = Vec::new();
+    for addr in &list {
+        let (host, _) = split_host_port(addr).map_err(|e| UsageError(e.to_string()))?;
+        hosts.push(host);
+    }
+    let host = hosts[0].clone();
     if args.send.is_some() && args.to.is_none() && args.room.is_none() {
         return Err(UsageError("--send needs --to USER or --room ROOM".into()).into());
     }
     if args.history.is_some() && args.to.is_none() && args.room.is_none() {
         return Err(UsageError("--history needs --to USER or --room ROOM".into()).into());
     }
-    let name = args.servername.clone().unwrap_or_else(|| host.clone());
-    let name = server_name(&name).map_err(|e| UsageError(format!("--servername: {e}")))?;
+    let mut addrs = Vec::new();
+    for (addr, host) in list.iter().zip(&hosts) {
+        let name = args.servername.clone().unwrap_or_else(|| host.clone());
+        let name = server_name(&name).map_err(|e| UsageError(format!("--servername: {e}")))?;
+        addrs.push((addr.to_string(), name));
+    }
     let alpn = vec![String::from_utf8_lossy(tlsnet::msg::ALPN).into_owned()];
     let mut options = args.tls.options(&host, false, true, &alpn)?;
     if let Some(user) = &args.as_user {
-        if !is_local_host(&host) {
+        if !hosts.iter().all(|h| is_local_host(h)) {
             return Err(
                 UsageError("--as works with a local server's development PKI only".into()).into(),
             );
@@ -217,10 +339,13 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode> {
     let mut connector = Connector::new(config);
     connector.connect_timeout = args.timeout;
     connector.handshake_timeout = args.timeout;
-    let (stream, _) = connector.connect(&args.addr, name).await?;
-    let mut client = MsgClient::start(stream, args.timeout)
-        .await
-        .with_context(|| format!("{}: no messaging session", args.addr))?;
+    let mut servers = Servers {
+        addrs,
+        connector,
+        timeout: args.timeout,
+        at: 0,
+    };
+    let mut client = servers.connect().await?;
 
     for room in &args.create {
         client
@@ -241,7 +366,18 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode> {
     };
     let scripted = args.send.is_some() || args.receive || args.history.is_some();
     if let (Some(text), Some(to)) = (&args.send, &target) {
-        let accepted = client.send(to.clone(), text).await.context("--send")?;
+        let mut tries = servers.addrs.len();
+        let accepted = loop {
+            match client.send(to.clone(), text).await {
+                Ok(a) => break a,
+                // Not acknowledged: maybe stored, maybe not; sent again on the next server.
+                Err(e) if gone(&e) && servers.several() && tries > 1 => {
+                    tries -= 1;
+                    client = servers.next(&e).await?;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("--send")),
+            }
+        };
         println!("{}", accepted.id);
     }
     if let (Some(n), Some(to)) = (args.history, &target) {
@@ -254,10 +390,10 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode> {
         }
     }
     if args.receive {
-        receive(&mut client, args.json, args.count, args.wait).await?;
+        receive(&mut servers, &mut client, args.json, args.count, args.wait).await?;
     }
     if !scripted && args.create.is_empty() && args.join.is_empty() {
-        interactive(&mut client, target).await?;
+        interactive(&mut servers, &mut client, target).await?;
     }
     client.close().await;
     Ok(ExitCode::SUCCESS)
@@ -298,6 +434,7 @@ fn print_message(m: &Message, json: bool) -> Result<()> {
 }
 
 async fn receive(
+    servers: &mut Servers,
     client: &mut MsgClient<ClientStream>,
     json: bool,
     count: Option<usize>,
@@ -306,23 +443,37 @@ async fn receive(
     let mut seen = HashSet::new();
     let mut printed = 0;
     while count.is_none_or(|n| printed < n) {
-        let Some(frame) = client.next_event(wait).await? else {
-            break;
+        let frame = match client.next_event(wait).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) if gone(&e) && servers.several() => {
+                *client = servers.next(&e).await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         if let Frame::Deliver(m) = frame {
-            // A message delivered again (we died before our ack reached the server) is
-            // printed once.
+            // A message delivered again (we died before our ack reached the server, or
+            // moved to another node) is printed once.
             if seen.insert(m.id) {
                 print_message(&m, json)?;
                 printed += 1;
             }
-            client.ack(&[m.id]).await?;
+            match client.ack(&[m.id]).await {
+                Ok(()) => {}
+                Err(e) if gone(&e) && servers.several() => *client = servers.next(&e).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(())
 }
 
-async fn interactive(client: &mut MsgClient<ClientStream>, mut target: Option<To>) -> Result<()> {
+async fn interactive(
+    servers: &mut Servers,
+    client: &mut MsgClient<ClientStream>,
+    mut target: Option<To>,
+) -> Result<()> {
     eprintln!(
         "tlsnet chat: you are {}. A line goes to the current conversation; /msg USER TEXT, /join ROOM, /leave, /who, /history [N], /quit",
         client.user()
@@ -337,15 +488,17 @@ async fn interactive(client: &mut MsgClient<ClientStream>, mut target: Option<To
                     break;
                 }
             }
-            event = client.next_event(Duration::from_secs(3600)) => match event? {
-                Some(Frame::Deliver(m)) => {
+            event = client.next_event(Duration::from_secs(3600)) => match event {
+                Err(e) if gone(&e) && servers.several() => *client = servers.next(&e).await?,
+                Err(e) => return Err(e.into()),
+                Ok(Some(Frame::Deliver(m))) => {
                     if seen.insert(m.id) {
                         print_message(&m, false)?;
                     }
                     client.ack(&[m.id]).await?;
                 }
-                Some(Frame::Presence(p)) => eprintln!("* {} is {}", p.user, if p.online { "online" } else { "offline" }),
-                Some(Frame::Error(e)) => eprintln!("! {} ({})", e.message, e.code),
+                Ok(Some(Frame::Presence(p))) => eprintln!("* {} is {}", p.user, if p.online { "online" } else { "offline" }),
+                Ok(Some(Frame::Error(e))) => eprintln!("! {} ({})", e.message, e.code),
                 _ => {}
             },
         }

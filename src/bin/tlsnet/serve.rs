@@ -208,6 +208,10 @@ fn merge(args: &mut ServeArgs, file: ServeFile, given: impl Fn(&str) -> bool) {
     let msg = &mut args.msg;
     take!(msg.no_msg, no_msg);
     take!(msg.store, store, Some);
+    take!(msg.nats_ca, nats_ca, Some);
+    take!(msg.nats_cert, nats_cert, Some);
+    take!(msg.nats_key, nats_key, Some);
+    take!(msg.nats_replicas, nats_replicas, Some);
     take!(msg.sync, sync, Into::into);
     take!(msg.max_message_size, max_message_size);
     take!(msg.rate_limit, rate_limit);

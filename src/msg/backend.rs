@@ -1,0 +1,240 @@
+//! What the msg service needs from storage and from the other nodes, and the two places it
+//! can get it from.
+//!
+//! [`Backend::Embedded`] is the [`Store`] of one machine: a redb file with group commit;
+//! every session is in this process, so delivery between connections is the service's own.
+//! [`Backend::Nats`] is a NATS JetStream cluster shared by several nodes (`--store
+//! nats://...`, see [`super::nats`] and docs/SCALING.md): messages, queues, rooms and presence
+//! live in the cluster, and what one node's sessions must tell another's (a message arrived,
+//! a receipt, a presence change) travels as [`Remote`] events.
+//!
+//! An enum, not a trait object: the embedded hot path stays a direct call.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{Message, Presence, Receipt};
+use super::nats::Cluster;
+use super::store::{conversation, Acked, Refusal, Sent, Store, StoreError, Target};
+
+/// Where the service keeps its state.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded store: one machine.
+    Embedded(Store),
+    /// A NATS JetStream cluster shared by several nodes.
+    Nats(Arc<Cluster>),
+}
+
+/// What a session on another node leaves for a user's sessions on this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remote {
+    /// A message was queued for the user.
+    Wake,
+    /// A recipient acknowledged the user's message.
+    Receipt(Receipt),
+    /// Someone the user shares a room or a conversation with came or went.
+    Presence(Presence),
+}
+
+/// Runs an embedded store read off the runtime's workers.
+async fn read<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|_| StoreError::Closed)?
+}
+
+impl Backend {
+    /// Stores a message and queues it for its recipients; returns it once it is durable
+    /// (committed to the embedded store, or PubAck'd by JetStream).
+    pub async fn send(
+        &self,
+        from: &str,
+        target: Target,
+        text: String,
+        time: u64,
+    ) -> Result<Sent, StoreError> {
+        match self {
+            Backend::Embedded(s) => s.send(from, target, text, time).await,
+            Backend::Nats(c) => c.send(from, target, text, time).await,
+        }
+    }
+
+    /// Removes delivered messages from `user`'s queue; returns those that were there.
+    pub async fn ack(&self, user: &str, ids: Vec<u64>) -> Result<Vec<Acked>, StoreError> {
+        match self {
+            Backend::Embedded(s) => s.ack(user, ids).await,
+            Backend::Nats(c) => c.ack(user, ids).await,
+        }
+    }
+
+    /// Creates a room with `user` as its first member.
+    pub async fn create_room(&self, user: &str, room: &str, time: u64) -> Result<(), StoreError> {
+        match self {
+            Backend::Embedded(s) => s.create_room(user, room, time).await,
+            Backend::Nats(c) => c.create_room(user, room, time).await,
+        }
+    }
+
+    /// Adds `user` to a room.
+    pub async fn join(&self, user: &str, room: &str) -> Result<(), StoreError> {
+        match self {
+            Backend::Embedded(s) => s.join(user, room).await,
+            Backend::Nats(c) => c.join(user, room).await,
+        }
+    }
+
+    /// Removes `user` from a room.
+    pub async fn leave(&self, user: &str, room: &str) -> Result<(), StoreError> {
+        match self {
+            Backend::Embedded(s) => s.leave(user, room).await,
+            Backend::Nats(c) => c.leave(user, room).await,
+        }
+    }
+
+    /// Records when `user` was last seen.
+    pub async fn seen(&self, user: &str, time: u64) -> Result<(), StoreError> {
+        match self {
+            Backend::Embedded(s) => s.seen(user, time).await,
+            Backend::Nats(c) => c.seen(user, time).await,
+        }
+    }
+
+    /// Up to `limit` queued messages for `user` (ids over `after` in the embedded store; the
+    /// next ones of the user's consumer in NATS), in each conversation's order.
+    pub async fn pending(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        match self {
+            Backend::Embedded(s) => {
+                let who = user.to_owned();
+                read(s, move |s| s.pending(&who, after, limit)).await
+            }
+            Backend::Nats(c) => c.pending(user, limit).await,
+        }
+    }
+
+    /// Everyone who shares a room or a direct conversation with `user`.
+    pub async fn peers(&self, user: &str) -> Result<BTreeSet<String>, StoreError> {
+        match self {
+            Backend::Embedded(s) => {
+                let who = user.to_owned();
+                read(s, move |s| s.peers(&who)).await
+            }
+            Backend::Nats(c) => c.peers(user).await,
+        }
+    }
+
+    /// The members of a room with when each was last seen; `no_such_room` when it does not
+    /// exist.
+    pub async fn members(&self, room: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            Backend::Embedded(s) => {
+                let r = room.to_owned();
+                read(s, move |s| {
+                    if !s.room_exists(&r)? {
+                        return Err(Refusal::NoSuchRoom(r).into());
+                    }
+                    let members = s.members(&r)?;
+                    let seen = members
+                        .iter()
+                        .map(|m| s.last_seen(m))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(members.into_iter().zip(seen).collect())
+                })
+                .await
+            }
+            Backend::Nats(c) => c.members(room).await,
+        }
+    }
+
+    /// A page of `user`'s conversation with `target`: up to `limit` messages with a sequence
+    /// number below `before`, oldest first, and whether older ones exist. A room must exist
+    /// and have `user` as a member.
+    pub async fn history(
+        &self,
+        user: &str,
+        target: Target,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        match self {
+            Backend::Embedded(s) => {
+                let me = user.to_owned();
+                read(s, move |s| {
+                    if let Target::Room(room) = &target {
+                        if !s.room_exists(room)? {
+                            return Err(Refusal::NoSuchRoom(room.clone()).into());
+                        }
+                        if !s.members(room)?.contains(&me) {
+                            return Err(Refusal::NotAMember(room.clone()).into());
+                        }
+                    }
+                    s.history(&conversation(&me, &target), before, limit)
+                })
+                .await
+            }
+            Backend::Nats(c) => c.history(user, target, before, limit).await,
+        }
+    }
+
+    /// Whether `user` has a session on another node (the embedded store has no other node).
+    pub async fn online_elsewhere(&self, user: &str) -> bool {
+        match self {
+            Backend::Embedded(_) => false,
+            Backend::Nats(c) => c.online_elsewhere(user).await,
+        }
+    }
+
+    /// The user's first session on this node started: subscribe to what other nodes leave
+    /// for them, announce their presence, take over their queue.
+    pub async fn opened(&self, user: &str) {
+        if let Backend::Nats(c) = self {
+            c.opened(user).await;
+        }
+    }
+
+    /// The user's last session on this node ended.
+    pub async fn closed(&self, user: &str) {
+        if let Backend::Nats(c) = self {
+            c.closed(user).await;
+        }
+    }
+
+    /// Tells `user`'s sessions on the other nodes.
+    pub fn notify(&self, user: &str, event: Remote) {
+        if let Backend::Nats(c) = self {
+            c.notify(user, &event);
+        }
+    }
+
+    /// How often a session looks at its queue with no wake-up: the embedded store wakes
+    /// every session itself; NATS wake-ups are best effort (core NATS), and a message that
+    /// another node delivered and never saw acknowledged comes back after the ack wait.
+    pub fn poll_every(&self) -> Option<Duration> {
+        match self {
+            Backend::Embedded(_) => None,
+            Backend::Nats(_) => Some(super::nats::POLL_EVERY),
+        }
+    }
+
+    /// The events other nodes leave for this node's users, once (`None` after the first
+    /// call, and for the embedded store).
+    pub fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, Remote)>> {
+        match self {
+            Backend::Embedded(_) => None,
+            Backend::Nats(c) => c.take_events(),
+        }
+    }
+}
