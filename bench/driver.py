@@ -542,7 +542,10 @@ def main():
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--stunnel", default=shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--sections", default="core,tunnel",
+                   help="comma-separated: core (handshakes, bulk, idle), tunnel (bench/tunnel.py)")
     a = p.parse_args()
+    sections = set(a.sections.split(","))
     PIDFILE = a.pidfile
     systems = [s for s in a.systems.split(",") if s]
     quick = a.quick
@@ -586,7 +589,7 @@ def main():
     no_pq = set()
     hs_secs = 60 if quick else 120
     try:
-        for run in range(runs):
+        for run in range(runs if "core" in sections else 0):
             for system in systems:
                 for mutual in (False, True):
                     loads.append({"run": run + 1, "system": system, "mutual": mutual,
@@ -682,12 +685,18 @@ def main():
                     finally:
                         inst.stop()
                         time.sleep(0.5)
-        tunnel.run(rig, res, systems, quick, runs, bulk_bytes, log)
+        if "tunnel" in sections:
+            tunnel.run(rig, res, systems, quick, runs, bulk_bytes, log)
     finally:
         if rig.sink:
             stop(rig.sink)
 
     res.finish()
+    # Rows of sections not run are left out (not reported as unmeasured).
+    for rid in [r for r in res.order if not any(c["values"] for c in res.rows[r]["cells"].values())]:
+        if not ({"core", "tunnel"} <= sections):
+            res.order.remove(rid)
+            del res.rows[rid]
     targets = judge(res, systems, quick)
     total_busy = sum(b for b, _ in rig.busy)
     other_share = sum(o for _, o in rig.busy) / total_busy if total_busy else 0.0
