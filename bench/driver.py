@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tunnel  # noqa: E402  (bench/tunnel.py: the tunnel and Python-sender rows)
+
 SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
 LABELS = {
     "tlsnet": "tlsnet",
@@ -316,6 +319,11 @@ def children_cpu():
 
 def machine():
     model = sh("lscpu | sed -n 's/^Model name:[ \\t]*//p'") or platform.processor()
+    # "AMD EPYC" alone hides the generation, which changes the ratios (issue 9).
+    fam = sh("lscpu | sed -n 's/^CPU family:[ \\t]*//p'")
+    mod = sh("lscpu | sed -n 's/^Model:[ \\t]*//p'")
+    if fam and mod:
+        model += f" (family {fam} model {mod})"
     mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
     return {
         "cpu": model,
@@ -401,6 +409,8 @@ def render(res, systems, runs, mach, other_share):
                    "other processes on this machine: wall rates are disturbed, CPU per operation less so.")
     out.append(f"Cells: median of {runs} run(s) [min-max]. Last column: tlsnet vs the best peer "
                f"(>1.00x: tlsnet ahead). Server CPU = utime+stime of all server processes.")
+    out.append("Ratios hold for this machine: another CPU (even another generation of the same family) "
+               "can change them and reverse some.")
     head = ["case", "metric"] + [LABELS[s] for s in cols] + ["tlsnet vs best"]
     lines = []
     for rid in res.order:
@@ -490,6 +500,7 @@ def judge(res, systems, quick):
         targets[-1]["note"] = (f"not measurable here: the open-files hard limit is {hard} and cannot be "
                                f"raised (no CAP_SYS_RESOURCE); tlsnet held all {held:,} connections it was "
                                "allowed, a server needs one descriptor per connection plus a few")
+    targets += tunnel.targets(res, systems)
     behind = []
     for rid in res.order:
         r = res.rows[rid]
@@ -531,7 +542,10 @@ def main():
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--stunnel", default=shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--sections", default="core,tunnel",
+                   help="comma-separated: core (handshakes, bulk, idle), tunnel (bench/tunnel.py)")
     a = p.parse_args()
+    sections = set(a.sections.split(","))
     PIDFILE = a.pidfile
     systems = [s for s in a.systems.split(",") if s]
     quick = a.quick
@@ -563,13 +577,10 @@ def main():
     blabel = f"bulk {bulk_bytes >> 20} MiB, 1 stream, client to server"
     res.row("bulk/wall", "bulk", blabel, "wall", "MB/s", "higher")
     res.row("bulk/cpu", "bulk", blabel, "per server CPU", "MB/CPU-s", "higher")
-    res.row("bulk/tunnel", "bulk", "tunnel (TLS to a plain TCP sink)", "wall", "MB/s", "higher")
+    tunnel.rows(res, systems, quick, bulk_bytes)
     for n in idle_levels:
         res.row(f"idle/{n}/kib", "idle", f"idle mutual-TLS connections, {n:,} asked", "RSS per connection",
                 "KiB", "lower")
-    for s in systems:
-        if s not in ("nginx", "stunnel"):
-            res.add("bulk/tunnel", s, note="not built yet" if s == "tlsnet" else "n/a")
     if "openssl" in systems:
         for n in idle_levels:
             res.add(f"idle/{n}/kib", "openssl", note="n/a: one connection at a time")
@@ -578,7 +589,7 @@ def main():
     no_pq = set()
     hs_secs = 60 if quick else 120
     try:
-        for run in range(runs):
+        for run in range(runs if "core" in sections else 0):
             for system in systems:
                 for mutual in (False, True):
                     loads.append({"run": run + 1, "system": system, "mutual": mutual,
@@ -641,8 +652,6 @@ def main():
                                 log(f"  bulk: {r['error']}")
                             else:
                                 res.add("bulk/wall", system, r["wall_mb_per_sec"])
-                                if system in ("nginx", "stunnel"):
-                                    res.add("bulk/tunnel", system, r["wall_mb_per_sec"])
                                 res.add("bulk/cpu", system, r["mb_per_server_cpu_sec"])
                                 log(f"  bulk: {r['wall_mb_per_sec']:.0f} MB/s wall, "
                                     f"{r['mb_per_server_cpu_sec']:.0f} MB/CPU-s, client CPU "
@@ -676,11 +685,18 @@ def main():
                     finally:
                         inst.stop()
                         time.sleep(0.5)
+        if "tunnel" in sections:
+            tunnel.run(rig, res, systems, quick, runs, bulk_bytes, log)
     finally:
         if rig.sink:
             stop(rig.sink)
 
     res.finish()
+    # Rows of sections not run are left out (not reported as unmeasured).
+    for rid in [r for r in res.order if not any(c["values"] for c in res.rows[r]["cells"].values())]:
+        if not ({"core", "tunnel"} <= sections):
+            res.order.remove(rid)
+            del res.rows[rid]
     targets = judge(res, systems, quick)
     total_busy = sum(b for b, _ in rig.busy)
     other_share = sum(o for _, o in rig.busy) / total_busy if total_busy else 0.0
@@ -711,7 +727,7 @@ def main():
     # whether targets were met: speed depends on the machine and on what else runs on it.
     if "tlsnet" in systems:
         broken = [r["case"] + " " + r["metric"] for r in res.rows.values()
-                  if r["id"] != "bulk/tunnel" and "median" not in r["cells"].get("tlsnet", {})]
+                  if "median" not in r["cells"].get("tlsnet", {})]
         for b in broken:
             log(f"bench: no tlsnet measurement for {b}")
         if broken:

@@ -8,6 +8,7 @@
 //! | [`sniff`] | the first bytes of a connection (sans-I/O) |
 //! | [`server`] | sniff, handshake, policy, route, metered service, drain |
 //! | [`metered`] | byte counting and last activity around a stream |
+//! | [`read_ahead`] | large socket reads under rustls |
 //! | [`stats`] | a server's counters |
 //! | [`client`] | connect, verify, report |
 //! | [`relay`] | copy both ways with half-close and an idle deadline |
@@ -17,6 +18,7 @@ pub mod accept;
 pub mod bind;
 pub mod client;
 pub mod metered;
+pub mod read_ahead;
 pub mod relay;
 pub mod server;
 pub mod sniff;

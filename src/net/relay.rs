@@ -155,6 +155,11 @@ where
     }
 }
 
+/// A direction's buffer once its first byte has arrived.
+const SMALL_BUF: usize = 16 * 1024;
+/// A direction's buffer once a read has filled the small one (a bulk transfer).
+const LARGE_BUF: usize = 128 * 1024;
+
 /// Copies until `from` ends, then shuts `to` down.
 async fn copy<R, W>(
     from: &mut R,
@@ -169,22 +174,16 @@ where
 {
     // Allocated when the first byte arrives, not before: idle relays hold no buffers.
     let mut buf = Vec::new();
-    loop {
-        let n = if buf.is_empty() {
+    let mut eof = false;
+    while !eof {
+        let mut n = if buf.is_empty() {
             let mut first = [0u8; 1];
             if from.read(&mut first).await.map_err(|e| ("read", e))? == 0 {
                 break;
             }
-            buf = vec![0u8; 16 * 1024];
+            buf = vec![0u8; SMALL_BUF];
             buf[0] = first[0];
-            // Whatever came with the first byte goes out with it, in one write: try a read
-            // that does not wait.
-            let more = tokio::select! {
-                biased;
-                r = from.read(&mut buf[1..]) => r.map_err(|e| ("read", e))?,
-                _ = std::future::ready(()) => 0,
-            };
-            1 + more
+            1
         } else {
             let n = from.read(&mut buf).await.map_err(|e| ("read", e))?;
             if n == 0 {
@@ -192,10 +191,31 @@ where
             }
             n
         };
+        // Whatever else is there already goes out in the same write: reads that do not wait,
+        // until the buffer is full. A TLS stream gives one record (16 KiB) per read; one write
+        // of several costs the kernel one send and one wake-up of the receiver instead of
+        // several (the larger part of a relay's CPU on loopback).
+        while n < buf.len() {
+            let more = tokio::select! {
+                biased;
+                r = from.read(&mut buf[n..]) => r.map_err(|e| ("read", e))?,
+                _ = std::future::ready(()) => break,
+            };
+            if more == 0 {
+                eof = true;
+                break;
+            }
+            n += more;
+        }
         to.write_all(&buf[..n]).await.map_err(|e| ("write", e))?;
         to.flush().await.map_err(|e| ("write", e))?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // A bulk transfer (the buffer came back full) gets the large buffer; interactive
+        // traffic keeps the small one.
+        if n == buf.len() && buf.len() < LARGE_BUF {
+            buf.resize(LARGE_BUF, 0);
+        }
     }
     to.shutdown().await.map_err(|e| ("write", e))
 }

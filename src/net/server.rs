@@ -32,14 +32,16 @@ use tracing::{info, warn};
 
 use super::accept::{serve_listeners, Gate};
 use super::metered::{Meter, Metered};
+use super::read_ahead::ReadAhead;
 use super::sniff::{classify_first_bytes, client_hello_version, SNIFF_LEN};
 use super::stats::ServerStats;
 use crate::error::Result;
 use crate::service::{BoxStream, Context, End, Router, Service, Shutdown};
 use crate::tls::{FailureCause, HandshakeReport, Side, TlsHandle};
 
-/// The server end of an established TLS connection, before it is handed to a service.
-pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// The server end of an established TLS connection, before it is handed to a service. The
+/// socket is read in large pieces ([`ReadAhead`]), not one TLS record per `recv`.
+pub type ServerStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
 
 /// Limits and deadlines.
 #[derive(Debug, Clone)]
@@ -253,7 +255,7 @@ async fn handshake(
     acceptor: &TlsAcceptor,
 ) -> std::result::Result<ServerStream, FailureCause> {
     let hello_version = sniff(&tcp).await?;
-    acceptor.accept(tcp).await.map_err(|e| {
+    acceptor.accept(ReadAhead::new(tcp)).await.map_err(|e| {
         let cause = FailureCause::classify(&e, Side::Server);
         match (cause, hello_version) {
             // rustls checks other extensions before the version; a hello that says TLS 1.1 or

@@ -14,7 +14,10 @@
 //! - `bulk`: one connection sends N bytes to the server, then waits for the server to close.
 //! - `idle`: opens N connections, completes their handshakes, holds them idle and reports the
 //!   server's RSS per connection.
-//! - `sink`: a plain TCP server that reads and drops everything (upstream of tunnels).
+//! - `sink`: a plain TCP server that reads and drops everything (upstream of tunnels), or with
+//!   `--echo` sends every byte back (the backend of the tunnel's connection and latency rows).
+//! - `latency`: one connection (TLS, or plain TCP with `--plain`) sends N small messages one at
+//!   a time and waits for each to come back; percentiles of the round trip.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,8 +62,10 @@ enum Mode {
     Bulk(BulkArgs),
     /// Many idle connections; RSS per connection.
     Idle(IdleArgs),
-    /// Plain TCP discard server.
+    /// Plain TCP discard (or echo) server.
     Sink(SinkArgs),
+    /// Round trips of small messages through an echo server.
+    Latency(LatencyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -124,6 +129,10 @@ struct HandshakeArgs {
     /// Unmeasured handshakes per client first (they also fetch the first tickets).
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// After each handshake, send one byte and wait for it to come back (a tunnel to an echo
+    /// backend: the handshake plus the backend's connection, as a client sees it).
+    #[arg(long)]
+    echo_byte: bool,
 }
 
 #[derive(Args, Debug)]
@@ -161,13 +170,34 @@ struct SinkArgs {
     /// Stop after this many seconds.
     #[arg(long, default_value_t = 3600.0)]
     max_secs: f64,
+    /// Send every byte back instead of dropping it.
+    #[arg(long)]
+    echo: bool,
+}
+
+#[derive(Args, Debug)]
+struct LatencyArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Plain TCP, no TLS (the direct connection the tunnel is compared with).
+    #[arg(long)]
+    plain: bool,
+    /// Measured round trips.
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    /// Unmeasured round trips first.
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let one_client = match &cli.mode {
         Mode::Handshake(a) => a.concurrency == 1,
-        Mode::Bulk(_) => true,
+        Mode::Bulk(_) | Mode::Latency(_) => true,
         _ => false,
     };
     let threads = cli.threads.unwrap_or(if one_client { 1 } else { 2 });
@@ -188,6 +218,7 @@ fn main() -> Result<()> {
             Mode::Bulk(a) => bulk(a).await,
             Mode::Idle(a) => idle(a).await,
             Mode::Sink(a) => sink(a).await,
+            Mode::Latency(a) => latency(a).await,
         }
     })?;
     println!("{out}");
@@ -240,6 +271,7 @@ async fn one_handshake(
     config: &Arc<ClientConfig>,
     addr: SocketAddr,
     name: &ServerName<'static>,
+    echo_byte: bool,
 ) -> Result<Shake> {
     let tcp = TcpStream::connect(addr).await.context("connect")?;
     tcp.set_nodelay(true)?;
@@ -259,6 +291,14 @@ async fn one_handshake(
             .map(|g| format!("{:?}", g.name()))
             .unwrap_or_default(),
     };
+    if echo_byte {
+        tls.write_all(b"x").await.context("send a byte")?;
+        tls.flush().await.context("send a byte")?;
+        let mut back = [0u8; 1];
+        tls.read_exact(&mut back)
+            .await
+            .context("wait for the byte to come back")?;
+    }
     let _ = tls.shutdown().await;
     let mut buf = [0u8; 2048];
     loop {
@@ -321,11 +361,13 @@ async fn handshakes(a: HandshakeArgs) -> Result<Value> {
     let mut tasks = Vec::new();
     for config in &configs {
         let (config, name, warm) = (config.clone(), name.clone(), warm.clone());
-        let n = a.warmup;
+        let (n, echo_byte) = (a.warmup, a.echo_byte);
         let addr = t.connect;
         tasks.push(tokio::spawn(async move {
             for _ in 0..n {
-                warm.record(bounded(hard_stop, one_handshake(&config, addr, &name)).await);
+                warm.record(
+                    bounded(hard_stop, one_handshake(&config, addr, &name, echo_byte)).await,
+                );
             }
         }));
     }
@@ -347,10 +389,12 @@ async fn handshakes(a: HandshakeArgs) -> Result<Value> {
     for config in &configs {
         let (config, name, tally, next) =
             (config.clone(), name.clone(), tally.clone(), next.clone());
-        let (count, addr) = (a.count, t.connect);
+        let (count, addr, echo_byte) = (a.count, t.connect, a.echo_byte);
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < count && Instant::now() < hard_stop {
-                tally.record(bounded(hard_stop, one_handshake(&config, addr, &name)).await);
+                tally.record(
+                    bounded(hard_stop, one_handshake(&config, addr, &name, echo_byte)).await,
+                );
             }
         }));
     }
@@ -365,6 +409,7 @@ async fn handshakes(a: HandshakeArgs) -> Result<Value> {
     Ok(json!({
         "mode": "handshake",
         "resume": a.resume,
+        "echo_byte": a.echo_byte,
         "mutual": t.cert.is_some(),
         "concurrency": a.concurrency,
         "ok": ok,
@@ -459,7 +504,7 @@ async fn idle(a: IdleArgs) -> Result<Value> {
     // Warm the server up (thread-local allocator arenas, lazy statics), then take the baseline.
     let warm = Tally::default();
     for _ in 0..32 {
-        warm.record(bounded(hard_stop, one_handshake(&config, t.connect, &name)).await);
+        warm.record(bounded(hard_stop, one_handshake(&config, t.connect, &name, false)).await);
     }
     if warm.ok.load(Ordering::Relaxed) == 0 {
         bail!(
@@ -540,6 +585,7 @@ async fn idle(a: IdleArgs) -> Result<Value> {
 
 async fn sink(a: SinkArgs) -> Result<Value> {
     let listener = TcpListener::bind(a.listen).await?;
+    let echo_mode = a.echo;
     let bytes = Arc::new(AtomicU64::new(0));
     let conns = Arc::new(AtomicU64::new(0));
     let serve = {
@@ -552,6 +598,7 @@ async fn sink(a: SinkArgs) -> Result<Value> {
                 };
                 conns.fetch_add(1, Ordering::Relaxed);
                 let bytes = bytes.clone();
+                let echo = echo_mode;
                 tokio::spawn(async move {
                     // No buffer until there is something to read: idle tunnels cost nothing here.
                     if tcp.readable().await.is_err() {
@@ -563,6 +610,9 @@ async fn sink(a: SinkArgs) -> Result<Value> {
                         if n == 0 {
                             break;
                         }
+                        if echo && tcp.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                         bytes.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 });
@@ -572,9 +622,78 @@ async fn sink(a: SinkArgs) -> Result<Value> {
     let _ = tokio::time::timeout(Duration::from_secs_f64(a.max_secs), serve).await;
     Ok(json!({
         "mode": "sink",
+        "echo": a.echo,
         "connections": conns.load(Ordering::Relaxed),
         "bytes": bytes.load(Ordering::Relaxed),
     }))
+}
+
+/// A stream for the latency mode: TLS or plain TCP.
+trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
+
+async fn latency(a: LatencyArgs) -> Result<Value> {
+    let t = &a.target;
+    let limit = Duration::from_secs_f64(t.max_secs);
+    let run = async {
+        let tcp = TcpStream::connect(t.connect).await.context("connect")?;
+        tcp.set_nodelay(true)?;
+        let mut stream: Box<dyn Duplex> = if a.plain {
+            Box::new(tcp)
+        } else {
+            let name = tlsnet::tls::server_name(&t.server_name)?;
+            let tls = TlsConnector::from(client_config(t, false)?)
+                .connect(name, tcp)
+                .await
+                .context("handshake")?;
+            Box::new(tls)
+        };
+        let message: Vec<u8> = (0..a.size).map(|i| (i * 13 + 1) as u8).collect();
+        let mut back = vec![0u8; a.size];
+        let mut micros = Vec::with_capacity(a.count as usize);
+        let before = Usage::read(&t.pid);
+        for i in 0..a.warmup + a.count {
+            let sent = Instant::now();
+            stream.write_all(&message).await.context("write")?;
+            stream.flush().await.context("write")?;
+            stream
+                .read_exact(&mut back)
+                .await
+                .context("read the echo")?;
+            if back != message {
+                bail!("the echo of round trip {i} differs from what was sent");
+            }
+            if i >= a.warmup {
+                micros.push(sent.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        let after = Usage::read(&t.pid);
+        let _ = stream.shutdown().await;
+        micros.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            let i = ((micros.len() as f64 - 1.0) * p).round() as usize;
+            micros.get(i).copied().unwrap_or(0.0)
+        };
+        let n = micros.len();
+        anyhow::Ok(json!({
+            "mode": "latency",
+            "plain": a.plain,
+            "size": a.size,
+            "round_trips": n,
+            "p50_us": pct(0.50),
+            "p90_us": pct(0.90),
+            "p99_us": pct(0.99),
+            "max_us": pct(1.0),
+            "mean_us": if n > 0 { micros.iter().sum::<f64>() / n as f64 } else { 0.0 },
+            "server_cpu_us_per_round_trip":
+                if n > 0 { (after.cpu_secs - before.cpu_secs) * 1e6 / n as f64 } else { 0.0 },
+            "client_cpu_secs": self_cpu_secs(),
+        }))
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| anyhow::anyhow!("latency run timed out"))?
 }
 
 /// CPU time and resident memory of a set of processes and their descendants.
