@@ -6,6 +6,8 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -74,7 +76,11 @@ impl Roamer {
 
 /// Sends numbered messages to `sink` until `stop`, moving to the next node when its node
 /// goes; returns (id, number) of every acknowledged one.
-fn sender(mut roamer: Roamer, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<(u64, u64)>> {
+fn sender(
+    mut roamer: Roamer,
+    stop: CancellationToken,
+    count: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<(u64, u64)>> {
     tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut n = 0u64;
@@ -83,7 +89,10 @@ fn sender(mut roamer: Roamer, stop: CancellationToken) -> tokio::task::JoinHandl
             while !stop.is_cancelled() {
                 n += 1;
                 match c.send(To::User("sink".into()), &n.to_string()).await {
-                    Ok(a) => acked.push((a.id, n)),
+                    Ok(a) => {
+                        acked.push((a.id, n));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(ClientError::Refused(_)) => {
                         // Refused while NATS elects a leader: not stored; the next one goes on.
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -97,6 +106,15 @@ fn sender(mut roamer: Roamer, stop: CancellationToken) -> tokio::task::JoinHandl
         }
         acked
     })
+}
+
+/// Waits until the senders counting into `count` have had `more` acks since `from`, for at most
+/// a minute (a loaded machine is slow, a stuck one fails the test's own assertions after).
+async fn acks_grow(count: &AtomicUsize, from: usize, more: usize) {
+    let start = Instant::now();
+    while count.load(Ordering::Relaxed) < from + more && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What a sink saw: message ids in arrival order (each once), the numbers per sender, and how
@@ -294,21 +312,22 @@ async fn kill_9_of_one_nats_server_of_three_loses_nothing_acked_and_sending_goes
         let mut warm = msg_user(&pki, &a.addr(), "warm").await;
         send_until_accepted(&mut warm, To::User("sink".into()), "0").await;
         let stop = CancellationToken::new();
+        let count = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = ["s1", "s2"]
             .iter()
             .enumerate()
             .map(|(i, name)| {
                 let mut list = addrs.to_vec();
                 list.rotate_left(i);
-                sender(Roamer::new(&pki, name, &list), stop.clone())
+                sender(Roamer::new(&pki, name, &list), stop.clone(), count.clone())
             })
             .collect();
         // Load before, kill -9 of one server, load after: the senders must still be acked.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        acks_grow(&count, 0, 60).await;
         nats.kill9(0).await;
         let mut probe = msg_user(&pki, &b.addr(), "probe").await;
         let after = send_until_accepted(&mut probe, To::User("sink".into()), "1").await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        acks_grow(&count, count.load(Ordering::Relaxed), 30).await;
         stop.cancel();
         let acked = collect(tasks).await;
         let late = acked.keys().filter(|id| **id > after.id).count();
@@ -382,13 +401,14 @@ async fn kill_9_of_a_node_under_load_moves_its_clients_and_delivers_every_acked_
         send_until_accepted(&mut warm, To::User("sink".into()), "0").await;
         drop(warm);
         let stop = CancellationToken::new();
+        let count = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = ["s1", "s2"]
             .iter()
             .enumerate()
             .map(|(i, name)| {
                 let mut list = addrs.to_vec();
                 list.rotate_left(i);
-                sender(Roamer::new(&pki, name, &list), stop.clone())
+                sender(Roamer::new(&pki, name, &list), stop.clone(), count.clone())
             })
             .collect();
         // The sink reads on node A while it is killed, and goes on on node B.
@@ -405,9 +425,10 @@ async fn kill_9_of_a_node_under_load_moves_its_clients_and_delivers_every_acked_
                 sink
             })
         };
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        acks_grow(&count, 0, 60).await;
         a.kill9().await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let killed_at = count.load(Ordering::Relaxed);
+        acks_grow(&count, killed_at, 30).await;
         stop.cancel();
         let acked = collect(tasks).await;
         assert!(acked.len() > 50, "too little load: {}", acked.len());
