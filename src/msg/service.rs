@@ -22,7 +22,7 @@ use super::codec::{
     self, Accepted, CodecError, Decoded, Decoder, ErrorFrame, Frame, Goodbye, Message, Outcome,
     Presence, Receipt, Welcome,
 };
-use super::store::{conversation, Refusal, Store, StoreError, StoreOptions, Target};
+use super::store::{conversation, Acked, Refusal, Sent, Store, StoreError, StoreOptions, Target};
 use crate::error::BoxError;
 use crate::service::user::{UserId, UserIdError, UserIdSource};
 use crate::service::{BoxFuture, BoxStream, Context, End, Service};
@@ -33,6 +33,9 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_PAGE: u32 = 500;
 /// Most receipts waiting for a client that does not read; older ones are dropped, logged.
 pub const MAX_PENDING_RECEIPTS: usize = 1024;
+/// Requests of one client read and not yet answered (SENDs waiting for their commit), at most;
+/// past that the session reads no more until the oldest is answered.
+pub const MAX_PIPELINE: usize = 256;
 
 /// Whether a user or room name is usable: 1 to 256 bytes, no control characters.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
@@ -400,7 +403,13 @@ async fn run_session(
         max_frame: hub.options.max_frame(),
     });
 
+    // Requests are answered in order. A SEND (or an ACK) is queued for the store's next
+    // commit as it is read, and its answer waits in `pending` for that commit while the reader
+    // goes on: a client may have up to MAX_PIPELINE of them in flight.
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(MAX_PIPELINE);
     let reader = async {
+        // Owned here: the answers task ends once the reader has and its last answer is out.
+        let pending_tx = pending_tx;
         let mut decoder = Decoder::new(hub.options.max_frame());
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -419,8 +428,13 @@ async fn run_session(
                     Ok(step) => step,
                     Err(e) => {
                         warn!(peer = %ctx.peer, user, error = %e, "msg: closing a connection that broke the framing");
-                        let _ = tx
-                            .send(error_frame(None, e.code(), e.to_string(), true))
+                        let _ = pending_tx
+                            .send(Pending::Reply(error_frame(
+                                None,
+                                e.code(),
+                                e.to_string(),
+                                true,
+                            )))
                             .await;
                         return Some(End::Failed(Box::new(SessionError::Codec {
                             user: user.to_owned(),
@@ -429,25 +443,76 @@ async fn run_session(
                     }
                 };
                 data = &data[used..];
-                let reply = match decoded {
+                let next = match decoded {
                     None => continue,
                     Some(Decoded::Invalid(e)) => {
                         warn!(peer = %ctx.peer, user, error = %crate::error::chain(&e), "msg: skipped a frame");
-                        Some(error_frame(
+                        Pending::Reply(error_frame(
                             None,
                             e.code(),
                             crate::error::chain(&e).to_string(),
                             false,
                         ))
                     }
-                    Some(Decoded::Frame(frame)) => {
-                        handle(hub, user, session, &in_flight, frame).await
-                    }
+                    Some(Decoded::Frame(frame)) => match handle(hub, user, frame).await {
+                        Some(p) => p,
+                        None => continue,
+                    },
                 };
-                if let Some(reply) = reply {
-                    if tx.send(reply).await.is_err() {
-                        return None;
+                if pending_tx.send(next).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    };
+    // Answers in the order of the requests, each once its commit is done.
+    let answers = async {
+        while let Some(p) = pending_rx.recv().await {
+            let reply = match p {
+                Pending::Reply(frame) => Some(frame),
+                Pending::Send(req, commit) => Some(match commit.await {
+                    Ok(sent) => {
+                        debug!(user, id = sent.message.id, "msg: accepted");
+                        for r in &sent.recipients {
+                            hub.wake(r);
+                        }
+                        Frame::Accepted(Accepted {
+                            req,
+                            id: sent.message.id,
+                            seq: sent.message.seq,
+                            time: sent.message.time,
+                        })
                     }
+                    Err(e) => refused(req, e, user, "storing a message"),
+                }),
+                Pending::Ack(ids, commit) => match commit.await {
+                    Ok(acked) => {
+                        let time = now_ms();
+                        for a in acked {
+                            hub.receipt(
+                                &a.from,
+                                Receipt {
+                                    id: a.id,
+                                    by: user.to_owned(),
+                                    time,
+                                },
+                            );
+                        }
+                        {
+                            let mut f = lock(&in_flight);
+                            for id in &ids {
+                                f.remove(id);
+                            }
+                        }
+                        session.wake.notify_one();
+                        None
+                    }
+                    Err(e) => Some(refused(0, e, user, "an acknowledgement")),
+                },
+            };
+            if let Some(reply) = reply {
+                if tx.send(reply).await.is_err() {
+                    break;
                 }
             }
         }
@@ -471,7 +536,7 @@ async fn run_session(
 
     let (read_end, write_end) = tokio::join!(
         async {
-            let end = reader.await;
+            let (end, ()) = tokio::join!(reader, answers);
             reader_done.cancel();
             end
         },
@@ -487,6 +552,48 @@ async fn run_session(
     }
 }
 
+/// Frames waiting to be written, encoded into one buffer: a turn of the writer is one write
+/// (one TLS record or a few, one system call) whatever the number of frames.
+struct Out {
+    buf: Vec<u8>,
+}
+
+impl Out {
+    /// Past this, the buffer is written before more is added.
+    const HIGH: usize = 64 * 1024;
+    /// A buffer that grew past this is let go once written (idle sessions hold none).
+    const KEEP: usize = 8 * 1024;
+
+    fn push(&mut self, frame: &Frame) {
+        frame.encode_into(&mut self.buf);
+    }
+
+    async fn write(&mut self, wr: &mut (impl AsyncWriteExt + Unpin)) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            wr.write_all(&self.buf).await?;
+            if self.buf.capacity() > Self::KEEP {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
+        }
+        wr.flush().await
+    }
+
+    async fn push_and_write_if_full(
+        &mut self,
+        frame: &Frame,
+        wr: &mut (impl AsyncWriteExt + Unpin),
+    ) -> std::io::Result<()> {
+        self.push(frame);
+        if self.buf.len() >= Self::HIGH {
+            wr.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn deliver(
     hub: &Hub,
@@ -499,22 +606,25 @@ async fn deliver(
     ctx: &Context,
 ) -> Option<End> {
     let io = |e: std::io::Error| Some(End::from_io(e));
-    if let Err(e) = write_frame(wr, &welcome).await {
-        return io(e);
-    }
+    let mut out = Out { buf: Vec::new() };
+    out.push(&welcome);
     let mut cursor = 0u64;
     let window = hub.options.window.max(1);
+    // Whether the queue may hold something new: at the start, and at each wake-up (a message
+    // for the user was committed, or an acknowledgement made room in the window).
+    let mut look = true;
     loop {
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
-        if room > 0 {
-            let who = user.to_owned();
-            match read(&hub.store, move |s| s.pending(&who, cursor, room)).await {
+        if room > 0 && std::mem::take(&mut look) {
+            // A queue read is one read transaction over a few cached pages: done here, not
+            // on a blocking thread (whose hand-offs cost more than the read).
+            match hub.store.pending(user, cursor, room) {
                 Ok(messages) => {
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);
-                        if let Err(e) = write_frame(wr, &Frame::Deliver(m)).await {
+                        if let Err(e) = out.push_and_write_if_full(&Frame::Deliver(m), wr).await {
                             return io(e);
                         }
                     }
@@ -532,60 +642,61 @@ async fn deliver(
             )
         };
         for p in presence.into_values() {
-            if let Err(e) = write_frame(wr, &Frame::Presence(p)).await {
+            if let Err(e) = out.push_and_write_if_full(&Frame::Presence(p), wr).await {
                 return io(e);
             }
         }
         for r in receipts {
-            if let Err(e) = write_frame(wr, &Frame::Receipt(r)).await {
+            if let Err(e) = out.push_and_write_if_full(&Frame::Receipt(r), wr).await {
                 return io(e);
             }
         }
-        if let Err(e) = wr.flush().await {
+        // Everything the reader had to say, in the same write.
+        let mut fatal = false;
+        while let Ok(more) = rx.try_recv() {
+            fatal |= matches!(&more, Frame::Error(e) if e.fatal);
+            if let Err(e) = out.push_and_write_if_full(&more, wr).await {
+                return io(e);
+            }
+        }
+        if let Err(e) = out.write(wr).await {
             return io(e);
+        }
+        if fatal {
+            return None;
         }
         tokio::select! {
             _ = ctx.shutdown.forced() => return Some(End::Shutdown),
             _ = ctx.shutdown.draining() => {
                 let bye = Frame::Goodbye(Goodbye { reason: "server shutting down".into() });
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = write_frame(wr, &bye).await;
-                    let _ = wr.flush().await;
+                    out.push(&bye);
+                    let _ = out.write(wr).await;
                 }).await;
                 return Some(End::Drained);
             }
             frame = rx.recv() => match frame {
                 Some(frame) => {
                     let fatal = matches!(&frame, Frame::Error(e) if e.fatal);
-                    if let Err(e) = write_frame(wr, &frame).await {
-                        return io(e);
-                    }
-                    // Everything the reader had to say, in one flush.
-                    while let Ok(more) = rx.try_recv() {
-                        if let Err(e) = write_frame(wr, &more).await {
-                            return io(e);
-                        }
-                    }
+                    out.push(&frame);
                     if fatal {
-                        let _ = wr.flush().await;
+                        let _ = out.write(wr).await;
                         return None;
                     }
                 }
                 None => {
-                    let _ = wr.flush().await;
+                    let _ = out.write(wr).await;
                     return None;
                 }
             },
             _ = reader_done.cancelled() => {
                 while let Ok(more) = rx.try_recv() {
-                    if let Err(e) = write_frame(wr, &more).await {
-                        return io(e);
-                    }
+                    out.push(&more);
                 }
-                let _ = wr.flush().await;
+                let _ = out.write(wr).await;
                 return None;
             }
-            _ = session.wake.notified() => {}
+            _ = session.wake.notified() => look = true,
         }
     }
 }
@@ -601,65 +712,50 @@ fn refused(req: u64, e: StoreError, user: &str, what: &str) -> Frame {
     }
 }
 
-async fn handle(
-    hub: &Hub,
-    user: &str,
-    session: &Session,
-    in_flight: &Mutex<BTreeSet<u64>>,
-    frame: Frame,
-) -> Option<Frame> {
+/// What the answers task does for a request, in its turn.
+enum Pending {
+    /// Send this frame.
+    Reply(Frame),
+    /// A message queued for commit: `ACCEPTED` (or the refusal) once it is committed.
+    Send(u64, BoxFuture<'static, Result<Sent, StoreError>>),
+    /// An acknowledgement queued for commit: receipts to the senders, and room in the window.
+    Ack(Vec<u64>, BoxFuture<'static, Result<Vec<Acked>, StoreError>>),
+}
+
+async fn handle(hub: &Hub, user: &str, frame: Frame) -> Option<Pending> {
+    let reply = |f: Frame| Some(Pending::Reply(f));
     match frame {
         Frame::Send(send) => Some(send_message(hub, user, send).await),
-        Frame::Ack(ack) => match hub.store.ack(user, ack.ids.clone()).await {
-            Ok(acked) => {
-                let time = now_ms();
-                for a in acked {
-                    hub.receipt(
-                        &a.from,
-                        Receipt {
-                            id: a.id,
-                            by: user.to_owned(),
-                            time,
-                        },
-                    );
-                }
-                {
-                    let mut f = lock(in_flight);
-                    for id in &ack.ids {
-                        f.remove(id);
-                    }
-                }
-                session.wake.notify_one();
-                None
-            }
-            Err(e) => Some(refused(0, e, user, "an acknowledgement")),
+        Frame::Ack(ack) => match hub.store.ack_later(user, ack.ids.clone()).await {
+            Ok(commit) => Some(Pending::Ack(ack.ids, Box::pin(commit))),
+            Err(e) => reply(refused(0, e, user, "an acknowledgement")),
         },
         Frame::Create(r) | Frame::Join(r) | Frame::Leave(r) | Frame::Members(r)
             if check_name(&r.room).is_err() =>
         {
             let why = check_name(&r.room).err().unwrap_or("");
-            Some(error_frame(
+            reply(error_frame(
                 Some(r.req),
                 "invalid_room",
                 format!("invalid room name {:?}: {why}", r.room),
                 false,
             ))
         }
-        Frame::Create(r) => Some(match hub.store.create_room(user, &r.room, now_ms()).await {
+        Frame::Create(r) => reply(match hub.store.create_room(user, &r.room, now_ms()).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "creating a room"),
         }),
-        Frame::Join(r) => Some(match hub.store.join(user, &r.room).await {
+        Frame::Join(r) => reply(match hub.store.join(user, &r.room).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "joining a room"),
         }),
-        Frame::Leave(r) => Some(match hub.store.leave(user, &r.room).await {
+        Frame::Leave(r) => reply(match hub.store.leave(user, &r.room).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "leaving a room"),
         }),
-        Frame::Members(r) => Some(members(hub, user, r.req, r.room).await),
-        Frame::History(h) => Some(history(hub, user, h).await),
-        other => Some(error_frame(
+        Frame::Members(r) => reply(members(hub, user, r.req, r.room).await),
+        Frame::History(h) => reply(history(hub, user, h).await),
+        other => reply(error_frame(
             None,
             "unexpected_frame",
             format!(
@@ -678,11 +774,19 @@ fn ok(req: u64) -> Frame {
     })
 }
 
-async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
+async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Pending {
+    Pending::Reply(match check_send(hub, user, send).await {
+        Ok(pending) => return pending,
+        Err(frame) => frame,
+    })
+}
+
+/// A SEND checked and queued for commit, or the frame that refuses it.
+async fn check_send(hub: &Hub, user: &str, send: codec::Send) -> Result<Pending, Frame> {
     let req = send.req;
     let max = hub.options.max_message_size as usize;
     if send.text.len() > max {
-        return error_frame(
+        return Err(error_frame(
             Some(req),
             "message_too_large",
             format!(
@@ -690,42 +794,42 @@ async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
                 send.text.len()
             ),
             false,
-        );
+        ));
     }
     let target = match (send.to, send.room) {
         (Some(to), None) => match check_name(&to) {
             Ok(()) => Target::User(to),
             Err(why) => {
-                return error_frame(
+                return Err(error_frame(
                     Some(req),
                     "invalid_user_id",
                     format!("invalid user id {to:?}: {why}"),
                     false,
-                )
+                ))
             }
         },
         (None, Some(room)) => match check_name(&room) {
             Ok(()) => Target::Room(room),
             Err(why) => {
-                return error_frame(
+                return Err(error_frame(
                     Some(req),
                     "invalid_room",
                     format!("invalid room name {room:?}: {why}"),
                     false,
-                )
+                ))
             }
         },
         _ => {
-            return error_frame(
+            return Err(error_frame(
                 Some(req),
                 "bad_request",
                 "SEND needs exactly one of `to` and `room`",
                 false,
-            )
+            ))
         }
     };
     if let Err(wait) = hub.rate(user) {
-        return error_frame(
+        return Err(error_frame(
             Some(req),
             "rate_limited",
             format!(
@@ -735,22 +839,15 @@ async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
                 wait.as_millis().max(1)
             ),
             false,
-        );
+        ));
     }
-    match hub.store.send(user, target, send.text, now_ms()).await {
-        Ok(sent) => {
-            debug!(user, id = sent.message.id, "msg: accepted");
-            for r in &sent.recipients {
-                hub.wake(r);
-            }
-            Frame::Accepted(Accepted {
-                req,
-                id: sent.message.id,
-                seq: sent.message.seq,
-                time: sent.message.time,
-            })
-        }
-        Err(e) => refused(req, e, user, "storing a message"),
+    match hub
+        .store
+        .send_later(user, target, send.text, now_ms())
+        .await
+    {
+        Ok(commit) => Ok(Pending::Send(req, Box::pin(commit))),
+        Err(e) => Err(refused(req, e, user, "storing a message")),
     }
 }
 
