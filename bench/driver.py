@@ -23,13 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
+import msg as msg_bench
+
+TLS_SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
+SYSTEMS = TLS_SYSTEMS + [s for s in msg_bench.SYSTEMS if s not in TLS_SYSTEMS]
+SECTIONS = ["tls", "msg"]
 LABELS = {
     "tlsnet": "tlsnet",
     "openssl": "openssl s_server",
     "nginx": "nginx stream",
     "stunnel": "stunnel",
     "python": "Python asyncio",
+    **msg_bench.LABELS,
 }
 GROUPS = {"x25519": "X25519", "x25519mlkem768": "X25519MLKEM768"}
 
@@ -392,7 +397,8 @@ def ratio(row, systems):
 
 
 def render(res, systems, runs, mach, other_share):
-    cols = [s for s in SYSTEMS if s in systems]
+    # Only the columns of systems that have a cell (a --sections run leaves some out).
+    cols = [s for s in SYSTEMS if s in systems and any(s in r["cells"] for r in res.rows.values())]
     out = []
     out.append(f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory']}, Linux {mach['kernel']} "
                f"({mach['os']}); {mach['openssl']}")
@@ -521,6 +527,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--runs", type=int)
     p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--sections", default=",".join(SECTIONS), help="tls (handshakes, bulk, idle), msg")
     p.add_argument("--bin-dir", required=True)
     p.add_argument("--pki", required=True)
     p.add_argument("--work", required=True)
@@ -534,6 +541,8 @@ def main():
     a = p.parse_args()
     PIDFILE = a.pidfile
     systems = [s for s in a.systems.split(",") if s]
+    sections = [s for s in a.sections.split(",") if s]
+    tls_systems = [s for s in systems if s in TLS_SYSTEMS] if "tls" in sections else []
     quick = a.quick
     runs = a.runs or (1 if quick else 3)
     hs_count = {"full": 250, "resumed": 250} if quick else {"full": 2000, "resumed": 3000}
@@ -567,7 +576,7 @@ def main():
     for n in idle_levels:
         res.row(f"idle/{n}/kib", "idle", f"idle mutual-TLS connections, {n:,} asked", "RSS per connection",
                 "KiB", "lower")
-    for s in systems:
+    for s in tls_systems:
         if s not in ("nginx", "stunnel"):
             res.add("bulk/tunnel", s, note="not built yet" if s == "tlsnet" else "n/a")
     if "openssl" in systems:
@@ -579,7 +588,7 @@ def main():
     hs_secs = 60 if quick else 120
     try:
         for run in range(runs):
-            for system in systems:
+            for system in tls_systems:
                 for mutual in (False, True):
                     loads.append({"run": run + 1, "system": system, "mutual": mutual,
                                   "loadavg": open("/proc/loadavg").read().split()[:3]})
@@ -680,8 +689,16 @@ def main():
         if rig.sink:
             stop(rig.sink)
 
+    if "tls" not in sections:
+        for rid in [r for r in res.order if res.rows[r]["section"] in ("handshake", "bulk", "idle")]:
+            del res.rows[rid]
+            res.order.remove(rid)
+    if "msg" in sections:
+        msg_bench.add_rows(rig, res, quick, sys.modules[__name__], systems)
     res.finish()
-    targets = judge(res, systems, quick)
+    targets = judge(res, systems, quick) if "tls" in sections else []
+    if "msg" in sections:
+        targets[-1:-1] = msg_bench.targets(res, quick)
     total_busy = sum(b for b, _ in rig.busy)
     other_share = sum(o for _, o in rig.busy) / total_busy if total_busy else 0.0
     table = render(res, systems, runs, mach, other_share) + "\n" + render_targets(targets)

@@ -890,6 +890,19 @@ async fn nats_client(
     };
     let mut sub = Some(client.subscribe(mine).await?);
     client.flush().await.context("NATS flush")?;
+    let js = async_nats::jetstream::new(client.clone());
+    if a.jetstream && i == 0 {
+        // One stream holds every message (file storage; the server's sync_interval decides
+        // when it is on disk).
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "BENCH".into(),
+            subjects: vec!["u.>".into(), "room.>".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow!("create the JetStream stream: {e}"))?;
+    }
     drop(permit);
     ready.add_permits(1);
 
@@ -911,7 +924,6 @@ async fn nats_client(
             anyhow::Ok(())
         }
     };
-    let js = async_nats::jetstream::new(client.clone());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Result<()>)>();
     let window = Arc::new(Semaphore::new(0));
     let sender = async {
@@ -937,7 +949,12 @@ async fn nats_client(
                     p = window.acquire(), if dest.is_some() => {
                         let Ok(p) = p else { return Ok(()) };
                         p.forget();
-                        if !tally.take(a.messages) { dest = None; continue; }
+                        if !tally.take(a.messages) {
+                            dest = None;
+                            // Core NATS: what is still in the client's buffer goes out now.
+                            client.flush().await.context("NATS flush")?;
+                            continue;
+                        }
                         let subject = match &dest {
                             Some(Dest::User(u)) => format!("u.{u}"),
                             Some(Dest::Room(r)) => format!("room.{r}"),
