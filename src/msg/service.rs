@@ -36,6 +36,9 @@ pub const MAX_PENDING_RECEIPTS: usize = 1024;
 /// Requests of one client read and not yet answered (SENDs waiting for their commit), at most;
 /// past that the session reads no more until the oldest is answered.
 pub const MAX_PIPELINE: usize = 256;
+/// The session's read buffer while the client is quiet, and while it sends a lot.
+const READ_SMALL: usize = 1024;
+const READ_LARGE: usize = 16 * 1024;
 
 /// Whether a user or room name is usable: 1 to 256 bytes, no control characters.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
@@ -392,7 +395,9 @@ async fn run_session(
     ctx: &Context,
 ) -> End {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Frame>(64);
+    // Frames are boxed in the channels: a channel allocates its first block of slots up front,
+    // and an idle session should hold little.
+    let (tx, mut rx) = mpsc::channel::<Box<Frame>>(64);
     let in_flight: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
     let stop = CancellationToken::new();
     let reader_done = CancellationToken::new();
@@ -411,8 +416,15 @@ async fn run_session(
         // Owned here: the answers task ends once the reader has and its last answer is out.
         let pending_tx = pending_tx;
         let mut decoder = Decoder::new(hub.options.max_frame());
-        let mut buf = vec![0u8; 16 * 1024];
+        // A small buffer while the client is quiet, a large one while it sends a lot.
+        let mut buf = vec![0u8; READ_SMALL];
+        let mut last = 0;
         loop {
+            if last == buf.len() && buf.len() < READ_LARGE {
+                buf = vec![0u8; READ_LARGE];
+            } else if last < READ_SMALL / 2 && buf.len() > READ_SMALL {
+                buf = vec![0u8; READ_SMALL];
+            }
             let n = tokio::select! {
                 _ = stop.cancelled() => return None,
                 r = rd.read(&mut buf) => match r {
@@ -422,6 +434,7 @@ async fn run_session(
                     Err(e) => return Some(End::from_io(e)),
                 },
             };
+            last = n;
             let mut data = &buf[..n];
             while !data.is_empty() {
                 let (used, decoded) = match decoder.feed(data) {
@@ -429,12 +442,12 @@ async fn run_session(
                     Err(e) => {
                         warn!(peer = %ctx.peer, user, error = %e, "msg: closing a connection that broke the framing");
                         let _ = pending_tx
-                            .send(Pending::Reply(error_frame(
+                            .send(Pending::Reply(Box::new(error_frame(
                                 None,
                                 e.code(),
                                 e.to_string(),
                                 true,
-                            )))
+                            ))))
                             .await;
                         return Some(End::Failed(Box::new(SessionError::Codec {
                             user: user.to_owned(),
@@ -447,12 +460,12 @@ async fn run_session(
                     None => continue,
                     Some(Decoded::Invalid(e)) => {
                         warn!(peer = %ctx.peer, user, error = %crate::error::chain(&e), "msg: skipped a frame");
-                        Pending::Reply(error_frame(
+                        Pending::Reply(Box::new(error_frame(
                             None,
                             e.code(),
                             crate::error::chain(&e).to_string(),
                             false,
-                        ))
+                        )))
                     }
                     Some(Decoded::Frame(frame)) => match handle(hub, user, frame).await {
                         Some(p) => p,
@@ -469,7 +482,7 @@ async fn run_session(
     let answers = async {
         while let Some(p) = pending_rx.recv().await {
             let reply = match p {
-                Pending::Reply(frame) => Some(frame),
+                Pending::Reply(frame) => Some(*frame),
                 Pending::Send(req, commit) => Some(match commit.await {
                     Ok(sent) => {
                         debug!(user, id = sent.message.id, "msg: accepted");
@@ -511,7 +524,7 @@ async fn run_session(
                 },
             };
             if let Some(reply) = reply {
-                if tx.send(reply).await.is_err() {
+                if tx.send(Box::new(reply)).await.is_err() {
                     break;
                 }
             }
@@ -562,7 +575,7 @@ impl Out {
     /// Past this, the buffer is written before more is added.
     const HIGH: usize = 64 * 1024;
     /// A buffer that grew past this is let go once written (idle sessions hold none).
-    const KEEP: usize = 8 * 1024;
+    const KEEP: usize = 2 * 1024;
 
     fn push(&mut self, frame: &Frame) {
         frame.encode_into(&mut self.buf);
@@ -601,7 +614,7 @@ async fn deliver(
     session: &Session,
     in_flight: &Mutex<BTreeSet<u64>>,
     wr: &mut (impl AsyncWriteExt + Unpin),
-    (rx, reader_done): (&mut mpsc::Receiver<Frame>, &CancellationToken),
+    (rx, reader_done): (&mut mpsc::Receiver<Box<Frame>>, &CancellationToken),
     welcome: Frame,
     ctx: &Context,
 ) -> Option<End> {
@@ -654,7 +667,7 @@ async fn deliver(
         // Everything the reader had to say, in the same write.
         let mut fatal = false;
         while let Ok(more) = rx.try_recv() {
-            fatal |= matches!(&more, Frame::Error(e) if e.fatal);
+            fatal |= matches!(&*more, Frame::Error(e) if e.fatal);
             if let Err(e) = out.push_and_write_if_full(&more, wr).await {
                 return io(e);
             }
@@ -677,7 +690,7 @@ async fn deliver(
             }
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    let fatal = matches!(&frame, Frame::Error(e) if e.fatal);
+                    let fatal = matches!(&*frame, Frame::Error(e) if e.fatal);
                     out.push(&frame);
                     if fatal {
                         let _ = out.write(wr).await;
@@ -715,7 +728,7 @@ fn refused(req: u64, e: StoreError, user: &str, what: &str) -> Frame {
 /// What the answers task does for a request, in its turn.
 enum Pending {
     /// Send this frame.
-    Reply(Frame),
+    Reply(Box<Frame>),
     /// A message queued for commit: `ACCEPTED` (or the refusal) once it is committed.
     Send(u64, BoxFuture<'static, Result<Sent, StoreError>>),
     /// An acknowledgement queued for commit: receipts to the senders, and room in the window.
@@ -723,7 +736,7 @@ enum Pending {
 }
 
 async fn handle(hub: &Hub, user: &str, frame: Frame) -> Option<Pending> {
-    let reply = |f: Frame| Some(Pending::Reply(f));
+    let reply = |f: Frame| Some(Pending::Reply(Box::new(f)));
     match frame {
         Frame::Send(send) => Some(send_message(hub, user, send).await),
         Frame::Ack(ack) => match hub.store.ack_later(user, ack.ids.clone()).await {
@@ -775,10 +788,10 @@ fn ok(req: u64) -> Frame {
 }
 
 async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Pending {
-    Pending::Reply(match check_send(hub, user, send).await {
+    Pending::Reply(Box::new(match check_send(hub, user, send).await {
         Ok(pending) => return pending,
         Err(frame) => frame,
-    })
+    }))
 }
 
 /// A SEND checked and queued for commit, or the frame that refuses it.
