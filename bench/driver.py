@@ -24,15 +24,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import msg as msg_bench  # noqa: E402  (bench/msg.py: the messaging rows)
 import tunnel  # noqa: E402  (bench/tunnel.py: the tunnel and Python-sender rows)
 
-SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
+TLS_SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
+SYSTEMS = TLS_SYSTEMS + [s for s in msg_bench.SYSTEMS if s not in TLS_SYSTEMS]
+# tls: handshakes, bulk, idle; tunnel: bench/tunnel.py; msg: bench/msg.py.
+SECTIONS = ["tls", "tunnel", "msg"]
 LABELS = {
     "tlsnet": "tlsnet",
     "openssl": "openssl s_server",
     "nginx": "nginx stream",
     "stunnel": "stunnel",
     "python": "Python asyncio",
+    **msg_bench.LABELS,
 }
 GROUPS = {"x25519": "X25519", "x25519mlkem768": "X25519MLKEM768"}
 
@@ -400,7 +405,8 @@ def ratio(row, systems):
 
 
 def render(res, systems, runs, mach, other_share):
-    cols = [s for s in SYSTEMS if s in systems]
+    # Only the columns of systems that have a cell (a --sections run leaves some out).
+    cols = [s for s in SYSTEMS if s in systems and any(s in r["cells"] for r in res.rows.values())]
     out = []
     out.append(f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory']}, Linux {mach['kernel']} "
                f"({mach['os']}); {mach['openssl']}")
@@ -532,6 +538,8 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--runs", type=int)
     p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated, of: " + ", ".join(SECTIONS))
     p.add_argument("--bin-dir", required=True)
     p.add_argument("--pki", required=True)
     p.add_argument("--work", required=True)
@@ -542,12 +550,14 @@ def main():
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--stunnel", default=shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4")
     p.add_argument("--python", default=sys.executable)
-    p.add_argument("--sections", default="core,tunnel",
-                   help="comma-separated: core (handshakes, bulk, idle), tunnel (bench/tunnel.py)")
     a = p.parse_args()
-    sections = set(a.sections.split(","))
     PIDFILE = a.pidfile
+    sections = set(s for s in a.sections.split(",") if s)
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
     systems = [s for s in a.systems.split(",") if s]
+    tls_systems = [s for s in systems if s in TLS_SYSTEMS]
     quick = a.quick
     runs = a.runs or (1 if quick else 3)
     hs_count = {"full": 250, "resumed": 250} if quick else {"full": 2000, "resumed": 3000}
@@ -577,7 +587,7 @@ def main():
     blabel = f"bulk {bulk_bytes >> 20} MiB, 1 stream, client to server"
     res.row("bulk/wall", "bulk", blabel, "wall", "MB/s", "higher")
     res.row("bulk/cpu", "bulk", blabel, "per server CPU", "MB/CPU-s", "higher")
-    tunnel.rows(res, systems, quick, bulk_bytes)
+    tunnel.rows(res, tls_systems, quick, bulk_bytes)
     for n in idle_levels:
         res.row(f"idle/{n}/kib", "idle", f"idle mutual-TLS connections, {n:,} asked", "RSS per connection",
                 "KiB", "lower")
@@ -589,8 +599,8 @@ def main():
     no_pq = set()
     hs_secs = 60 if quick else 120
     try:
-        for run in range(runs if "core" in sections else 0):
-            for system in systems:
+        for run in range(runs if "tls" in sections else 0):
+            for system in tls_systems:
                 for mutual in (False, True):
                     loads.append({"run": run + 1, "system": system, "mutual": mutual,
                                   "loadavg": open("/proc/loadavg").read().split()[:3]})
@@ -686,18 +696,22 @@ def main():
                         inst.stop()
                         time.sleep(0.5)
         if "tunnel" in sections:
-            tunnel.run(rig, res, systems, quick, runs, bulk_bytes, log)
+            tunnel.run(rig, res, tls_systems, quick, runs, bulk_bytes, log)
     finally:
         if rig.sink:
             stop(rig.sink)
 
+    if "msg" in sections:
+        msg_bench.add_rows(rig, res, quick, sys.modules[__name__], systems)
     res.finish()
     # Rows of sections not run are left out (not reported as unmeasured).
     for rid in [r for r in res.order if not any(c["values"] for c in res.rows[r]["cells"].values())]:
-        if not ({"core", "tunnel"} <= sections):
+        if not ({"tls", "tunnel"} <= sections):
             res.order.remove(rid)
             del res.rows[rid]
-    targets = judge(res, systems, quick)
+    targets = judge(res, systems, quick) if sections & {"tls", "tunnel"} else []
+    if "msg" in sections:
+        targets[-1:-1] = msg_bench.targets(res, quick)
     total_busy = sum(b for b, _ in rig.busy)
     other_share = sum(o for _, o in rig.busy) / total_busy if total_busy else 0.0
     table = render(res, systems, runs, mach, other_share) + "\n" + render_targets(targets)

@@ -638,3 +638,73 @@ async fn chat_as_alice_and_bob_on_the_development_pki() {
     })
     .await;
 }
+
+/// A client may pipeline: many SENDs (and other requests) in one write, before any answer.
+/// Each is answered in the order of the requests, by its `ref`, every one only once it is
+/// committed; the recipient gets the messages in the order they were sent.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    bounded(async {
+        let pki = TestPki::new();
+        let server = MsgServer::start(&pki, &["--rate-limit", "0"]).await;
+        let mut alice = msg_user(&pki, &server.addr(), "alice").await;
+        let mut bob = msg_user(&pki, &server.addr(), "bob").await;
+        let mut bytes = Vec::new();
+        for req in 1..=60u64 {
+            let frame = match req {
+                // A room request and a refused SEND among the messages.
+                20 => Frame::Create(codec::RoomRequest {
+                    req,
+                    room: "pipe".into(),
+                }),
+                40 => Frame::Send(codec::Send {
+                    req,
+                    to: Some("bob".into()),
+                    room: Some("pipe".into()),
+                    text: "both".into(),
+                }),
+                _ => Frame::Send(codec::Send {
+                    req,
+                    to: Some("bob".into()),
+                    room: None,
+                    text: format!("n{req}"),
+                }),
+            };
+            frame.encode_into(&mut bytes);
+        }
+        alice.write_raw(&bytes).await.unwrap();
+        let mut ids = Vec::new();
+        for req in 1..=60u64 {
+            let answer = expect(&mut alice, "an answer", |f| match f {
+                Frame::Accepted(_) | Frame::Result(_) | Frame::Error(_) => Some(f),
+                _ => None,
+            })
+            .await;
+            match (req, answer) {
+                (20, Frame::Result(r)) => assert_eq!(r.req, 20),
+                (40, Frame::Error(e)) => {
+                    assert_eq!((e.req, e.code.as_str()), (Some(40), "bad_request"))
+                }
+                (_, Frame::Accepted(a)) => {
+                    assert_eq!(a.req, req, "answers in the order of the requests");
+                    ids.push(a.id);
+                }
+                (_, other) => panic!("request {req} answered with {other:?}"),
+            }
+        }
+        assert_eq!(ids.len(), 58);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+        let got = receive(&mut bob, 58).await;
+        assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=58).collect::<Vec<_>>()
+        );
+        let texts: Vec<String> = (1..=60)
+            .filter(|r| *r != 20 && *r != 40)
+            .map(|r| format!("n{r}"))
+            .collect();
+        assert_eq!(got.into_iter().map(|m| m.text).collect::<Vec<_>>(), texts);
+    })
+    .await;
+}

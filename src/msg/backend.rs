@@ -20,6 +20,9 @@ use super::codec::{Message, Presence, Receipt};
 use super::nats::Cluster;
 use super::store::{conversation, Acked, Refusal, Sent, Store, StoreError, Target};
 
+/// A commit that was queued: it resolves once the data is durable.
+pub type Commit<T> = crate::service::BoxFuture<'static, Result<T, StoreError>>;
+
 /// Where the service keeps its state.
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -65,6 +68,41 @@ impl Backend {
         match self {
             Backend::Embedded(s) => s.send(from, target, text, time).await,
             Backend::Nats(c) => c.send(from, target, text, time).await,
+        }
+    }
+
+    /// Queues a message for the next group commit and returns at once with a future of its
+    /// commit: a session reads on while earlier sends are committed (pipelining). NATS sends
+    /// are published here, one after the other, so that order per conversation holds; their
+    /// future is ready.
+    pub async fn send_later(
+        &self,
+        from: &str,
+        target: Target,
+        text: String,
+        time: u64,
+    ) -> Result<Commit<Sent>, StoreError> {
+        match self {
+            Backend::Embedded(s) => Ok(Box::pin(s.send_later(from, target, text, time).await?)),
+            Backend::Nats(c) => {
+                let sent = c.send(from, target, text, time).await;
+                Ok(Box::pin(std::future::ready(sent)))
+            }
+        }
+    }
+
+    /// [`Backend::ack`] as [`Backend::send_later`] does it: queued now, committed later.
+    pub async fn ack_later(
+        &self,
+        user: &str,
+        ids: Vec<u64>,
+    ) -> Result<Commit<Vec<Acked>>, StoreError> {
+        match self {
+            Backend::Embedded(s) => Ok(Box::pin(s.ack_later(user, ids).await?)),
+            Backend::Nats(c) => {
+                let acked = c.ack(user, ids).await;
+                Ok(Box::pin(std::future::ready(acked)))
+            }
         }
     }
 
@@ -117,10 +155,9 @@ impl Backend {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         match self {
-            Backend::Embedded(s) => {
-                let who = user.to_owned();
-                read(s, move |s| s.pending(&who, after, limit)).await
-            }
+            // One read transaction over a few cached pages: done on the worker, not on a
+            // blocking thread (whose hand-offs cost more than the read).
+            Backend::Embedded(s) => s.pending(user, after, limit),
             Backend::Nats(c) => c.pending(user, limit).await,
         }
     }

@@ -272,25 +272,39 @@ impl Frame {
 
     /// The frame as bytes: header and payload.
     pub fn encode(&self) -> Vec<u8> {
-        let payload = match self {
-            Frame::Send(f) => serde_json::to_vec(f),
-            Frame::Ack(f) => serde_json::to_vec(f),
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the frame (header and payload) to `out`, with no other allocation: the
+    /// payload is serialized in place and its length written into the header after.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[VERSION, self.kind(), 0, 0, 0, 0]);
+        let written = match self {
+            Frame::Send(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Ack(f) => serde_json::to_writer(&mut *out, f),
             Frame::Create(f) | Frame::Join(f) | Frame::Leave(f) | Frame::Members(f) => {
-                serde_json::to_vec(f)
+                serde_json::to_writer(&mut *out, f)
             }
-            Frame::History(f) => serde_json::to_vec(f),
-            Frame::Welcome(f) => serde_json::to_vec(f),
-            Frame::Accepted(f) => serde_json::to_vec(f),
-            Frame::Deliver(f) => serde_json::to_vec(f),
-            Frame::Receipt(f) => serde_json::to_vec(f),
-            Frame::Presence(f) => serde_json::to_vec(f),
-            Frame::Result(f) => serde_json::to_vec(f),
-            Frame::Error(f) => serde_json::to_vec(f),
-            Frame::Goodbye(f) => serde_json::to_vec(f),
-        }
+            Frame::History(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Welcome(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Accepted(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Deliver(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Receipt(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Presence(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Result(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Error(f) => serde_json::to_writer(&mut *out, f),
+            Frame::Goodbye(f) => serde_json::to_writer(&mut *out, f),
+        };
         // These structs hold only strings, numbers and lists: serializing cannot fail.
-        .unwrap_or_else(|_| b"{}".to_vec());
-        encode_raw(self.kind(), &payload)
+        if written.is_err() {
+            out.truncate(start + HEADER_LEN);
+            out.extend_from_slice(b"{}");
+        }
+        let len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
+        out[start + 2..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     }
 }
 
@@ -554,6 +568,17 @@ mod tests {
         }
         assert_eq!(got, frames);
         assert!(!decoder.is_mid_frame());
+    }
+
+    #[test]
+    fn encode_into_appends_whole_frames() {
+        let mut out = b"before".to_vec();
+        send("one").encode_into(&mut out);
+        send("two").encode_into(&mut out);
+        let (frames, err) = decode_all(1024, &out[6..]);
+        assert!(err.is_none());
+        assert_eq!(frames.len(), 2);
+        assert!(matches!(&frames[1], Decoded::Frame(f) if *f == send("two")));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::codec::{
     Presence, Receipt, Welcome,
 };
 use super::nats::NatsOptions;
-use super::store::{Refusal, Store, StoreError, StoreOptions, Target};
+use super::store::{Acked, Refusal, Sent, Store, StoreError, StoreOptions, Target};
 use crate::error::BoxError;
 use crate::service::user::{UserId, UserIdError, UserIdSource};
 use crate::service::{BoxFuture, BoxStream, Context, End, Service};
@@ -35,6 +35,12 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_PAGE: u32 = 500;
 /// Most receipts waiting for a client that does not read; older ones are dropped, logged.
 pub const MAX_PENDING_RECEIPTS: usize = 1024;
+/// Requests of one client read and not yet answered (SENDs waiting for their commit), at most;
+/// past that the session reads no more until the oldest is answered.
+pub const MAX_PIPELINE: usize = 256;
+/// The session's read buffer while the client is quiet, and while it sends a lot.
+const READ_SMALL: usize = 1024;
+const READ_LARGE: usize = 16 * 1024;
 
 /// Whether a user or room name is usable: 1 to 256 bytes, no control characters.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
@@ -443,7 +449,9 @@ async fn run_session(
     ctx: &Context,
 ) -> End {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Frame>(64);
+    // Frames are boxed in the channels: a channel allocates its first block of slots up front,
+    // and an idle session should hold little.
+    let (tx, mut rx) = mpsc::channel::<Box<Frame>>(64);
     let in_flight: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
     let stop = CancellationToken::new();
     let reader_done = CancellationToken::new();
@@ -454,10 +462,23 @@ async fn run_session(
         max_frame: hub.options.max_frame(),
     });
 
+    // Requests are answered in order. A SEND (or an ACK) is queued for the store's next
+    // commit as it is read, and its answer waits in `pending` for that commit while the reader
+    // goes on: a client may have up to MAX_PIPELINE of them in flight.
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(MAX_PIPELINE);
     let reader = async {
+        // Owned here: the answers task ends once the reader has and its last answer is out.
+        let pending_tx = pending_tx;
         let mut decoder = Decoder::new(hub.options.max_frame());
-        let mut buf = vec![0u8; 16 * 1024];
+        // A small buffer while the client is quiet, a large one while it sends a lot.
+        let mut buf = vec![0u8; READ_SMALL];
+        let mut last = 0;
         loop {
+            if last == buf.len() && buf.len() < READ_LARGE {
+                buf = vec![0u8; READ_LARGE];
+            } else if last < READ_SMALL / 2 && buf.len() > READ_SMALL {
+                buf = vec![0u8; READ_SMALL];
+            }
             let n = tokio::select! {
                 _ = stop.cancelled() => return None,
                 r = rd.read(&mut buf) => match r {
@@ -467,14 +488,20 @@ async fn run_session(
                     Err(e) => return Some(End::from_io(e)),
                 },
             };
+            last = n;
             let mut data = &buf[..n];
             while !data.is_empty() {
                 let (used, decoded) = match decoder.feed(data) {
                     Ok(step) => step,
                     Err(e) => {
                         warn!(peer = %ctx.peer, user, error = %e, "msg: closing a connection that broke the framing");
-                        let _ = tx
-                            .send(error_frame(None, e.code(), e.to_string(), true))
+                        let _ = pending_tx
+                            .send(Pending::Reply(Box::new(error_frame(
+                                None,
+                                e.code(),
+                                e.to_string(),
+                                true,
+                            ))))
                             .await;
                         return Some(End::Failed(Box::new(SessionError::Codec {
                             user: user.to_owned(),
@@ -483,25 +510,76 @@ async fn run_session(
                     }
                 };
                 data = &data[used..];
-                let reply = match decoded {
+                let next = match decoded {
                     None => continue,
                     Some(Decoded::Invalid(e)) => {
                         warn!(peer = %ctx.peer, user, error = %crate::error::chain(&e), "msg: skipped a frame");
-                        Some(error_frame(
+                        Pending::Reply(Box::new(error_frame(
                             None,
                             e.code(),
                             crate::error::chain(&e).to_string(),
                             false,
-                        ))
+                        )))
                     }
-                    Some(Decoded::Frame(frame)) => {
-                        handle(hub, user, session, &in_flight, frame).await
-                    }
+                    Some(Decoded::Frame(frame)) => match handle(hub, user, frame).await {
+                        Some(p) => p,
+                        None => continue,
+                    },
                 };
-                if let Some(reply) = reply {
-                    if tx.send(reply).await.is_err() {
-                        return None;
+                if pending_tx.send(next).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    };
+    // Answers in the order of the requests, each once its commit is done.
+    let answers = async {
+        while let Some(p) = pending_rx.recv().await {
+            let reply = match p {
+                Pending::Reply(frame) => Some(*frame),
+                Pending::Send(req, commit) => Some(match commit.await {
+                    Ok(sent) => {
+                        debug!(user, id = sent.message.id, "msg: accepted");
+                        for r in &sent.recipients {
+                            hub.wake(r);
+                        }
+                        Frame::Accepted(Accepted {
+                            req,
+                            id: sent.message.id,
+                            seq: sent.message.seq,
+                            time: sent.message.time,
+                        })
                     }
+                    Err(e) => refused(req, e, user, "storing a message"),
+                }),
+                Pending::Ack(ids, commit) => match commit.await {
+                    Ok(acked) => {
+                        let time = now_ms();
+                        for a in acked {
+                            hub.receipt(
+                                &a.from,
+                                Receipt {
+                                    id: a.id,
+                                    by: user.to_owned(),
+                                    time,
+                                },
+                            );
+                        }
+                        {
+                            let mut f = lock(&in_flight);
+                            for id in &ids {
+                                f.remove(id);
+                            }
+                        }
+                        session.wake.notify_one();
+                        None
+                    }
+                    Err(e) => Some(refused(0, e, user, "an acknowledgement")),
+                },
+            };
+            if let Some(reply) = reply {
+                if tx.send(Box::new(reply)).await.is_err() {
+                    break;
                 }
             }
         }
@@ -525,7 +603,7 @@ async fn run_session(
 
     let (read_end, write_end) = tokio::join!(
         async {
-            let end = reader.await;
+            let (end, ()) = tokio::join!(reader, answers);
             reader_done.cancel();
             end
         },
@@ -541,6 +619,48 @@ async fn run_session(
     }
 }
 
+/// Frames waiting to be written, encoded into one buffer: a turn of the writer is one write
+/// (one TLS record or a few, one system call) whatever the number of frames.
+struct Out {
+    buf: Vec<u8>,
+}
+
+impl Out {
+    /// Past this, the buffer is written before more is added.
+    const HIGH: usize = 64 * 1024;
+    /// A buffer that grew past this is let go once written (idle sessions hold none).
+    const KEEP: usize = 2 * 1024;
+
+    fn push(&mut self, frame: &Frame) {
+        frame.encode_into(&mut self.buf);
+    }
+
+    async fn write(&mut self, wr: &mut (impl AsyncWriteExt + Unpin)) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            wr.write_all(&self.buf).await?;
+            if self.buf.capacity() > Self::KEEP {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
+        }
+        wr.flush().await
+    }
+
+    async fn push_and_write_if_full(
+        &mut self,
+        frame: &Frame,
+        wr: &mut (impl AsyncWriteExt + Unpin),
+    ) -> std::io::Result<()> {
+        self.push(frame);
+        if self.buf.len() >= Self::HIGH {
+            wr.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn deliver(
     hub: &Hub,
@@ -548,26 +668,28 @@ async fn deliver(
     session: &Session,
     in_flight: &Mutex<BTreeSet<u64>>,
     wr: &mut (impl AsyncWriteExt + Unpin),
-    (rx, reader_done): (&mut mpsc::Receiver<Frame>, &CancellationToken),
+    (rx, reader_done): (&mut mpsc::Receiver<Box<Frame>>, &CancellationToken),
     welcome: Frame,
     ctx: &Context,
 ) -> Option<End> {
     let io = |e: std::io::Error| Some(End::from_io(e));
-    if let Err(e) = write_frame(wr, &welcome).await {
-        return io(e);
-    }
+    let mut out = Out { buf: Vec::new() };
+    out.push(&welcome);
     let mut cursor = 0u64;
     let window = hub.options.window.max(1);
+    // Whether the queue may hold something new: at the start, and at each wake-up (a message
+    // for the user was committed, or an acknowledgement made room in the window).
+    let mut look = true;
     loop {
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
-        if room > 0 {
+        if room > 0 && std::mem::take(&mut look) {
             match hub.store.pending(user, cursor, room).await {
                 Ok(messages) => {
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);
-                        if let Err(e) = write_frame(wr, &Frame::Deliver(m)).await {
+                        if let Err(e) = out.push_and_write_if_full(&Frame::Deliver(m), wr).await {
                             return io(e);
                         }
                     }
@@ -585,61 +707,62 @@ async fn deliver(
             )
         };
         for p in presence.into_values() {
-            if let Err(e) = write_frame(wr, &Frame::Presence(p)).await {
+            if let Err(e) = out.push_and_write_if_full(&Frame::Presence(p), wr).await {
                 return io(e);
             }
         }
         for r in receipts {
-            if let Err(e) = write_frame(wr, &Frame::Receipt(r)).await {
+            if let Err(e) = out.push_and_write_if_full(&Frame::Receipt(r), wr).await {
                 return io(e);
             }
         }
-        if let Err(e) = wr.flush().await {
+        // Everything the reader had to say, in the same write.
+        let mut fatal = false;
+        while let Ok(more) = rx.try_recv() {
+            fatal |= matches!(&*more, Frame::Error(e) if e.fatal);
+            if let Err(e) = out.push_and_write_if_full(&more, wr).await {
+                return io(e);
+            }
+        }
+        if let Err(e) = out.write(wr).await {
             return io(e);
+        }
+        if fatal {
+            return None;
         }
         tokio::select! {
             _ = ctx.shutdown.forced() => return Some(End::Shutdown),
             _ = ctx.shutdown.draining() => {
                 let bye = Frame::Goodbye(Goodbye { reason: "server shutting down".into() });
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = write_frame(wr, &bye).await;
-                    let _ = wr.flush().await;
+                    out.push(&bye);
+                    let _ = out.write(wr).await;
                 }).await;
                 return Some(End::Drained);
             }
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    let fatal = matches!(&frame, Frame::Error(e) if e.fatal);
-                    if let Err(e) = write_frame(wr, &frame).await {
-                        return io(e);
-                    }
-                    // Everything the reader had to say, in one flush.
-                    while let Ok(more) = rx.try_recv() {
-                        if let Err(e) = write_frame(wr, &more).await {
-                            return io(e);
-                        }
-                    }
+                    let fatal = matches!(&*frame, Frame::Error(e) if e.fatal);
+                    out.push(&frame);
                     if fatal {
-                        let _ = wr.flush().await;
+                        let _ = out.write(wr).await;
                         return None;
                     }
                 }
                 None => {
-                    let _ = wr.flush().await;
+                    let _ = out.write(wr).await;
                     return None;
                 }
             },
             _ = reader_done.cancelled() => {
                 while let Ok(more) = rx.try_recv() {
-                    if let Err(e) = write_frame(wr, &more).await {
-                        return io(e);
-                    }
+                    out.push(&more);
                 }
-                let _ = wr.flush().await;
+                let _ = out.write(wr).await;
                 return None;
             }
-            _ = session.wake.notified() => {}
-            _ = poll(hub.store.poll_every()) => {}
+            _ = session.wake.notified() => look = true,
+            _ = poll(hub.store.poll_every()) => look = true,
         }
     }
 }
@@ -668,65 +791,50 @@ fn refused(req: u64, e: StoreError, user: &str, what: &str) -> Frame {
     }
 }
 
-async fn handle(
-    hub: &Hub,
-    user: &str,
-    session: &Session,
-    in_flight: &Mutex<BTreeSet<u64>>,
-    frame: Frame,
-) -> Option<Frame> {
+/// What the answers task does for a request, in its turn.
+enum Pending {
+    /// Send this frame.
+    Reply(Box<Frame>),
+    /// A message queued for commit: `ACCEPTED` (or the refusal) once it is committed.
+    Send(u64, BoxFuture<'static, Result<Sent, StoreError>>),
+    /// An acknowledgement queued for commit: receipts to the senders, and room in the window.
+    Ack(Vec<u64>, BoxFuture<'static, Result<Vec<Acked>, StoreError>>),
+}
+
+async fn handle(hub: &Hub, user: &str, frame: Frame) -> Option<Pending> {
+    let reply = |f: Frame| Some(Pending::Reply(Box::new(f)));
     match frame {
         Frame::Send(send) => Some(send_message(hub, user, send).await),
-        Frame::Ack(ack) => match hub.store.ack(user, ack.ids.clone()).await {
-            Ok(acked) => {
-                let time = now_ms();
-                for a in acked {
-                    hub.receipt(
-                        &a.from,
-                        Receipt {
-                            id: a.id,
-                            by: user.to_owned(),
-                            time,
-                        },
-                    );
-                }
-                {
-                    let mut f = lock(in_flight);
-                    for id in &ack.ids {
-                        f.remove(id);
-                    }
-                }
-                session.wake.notify_one();
-                None
-            }
-            Err(e) => Some(refused(0, e, user, "an acknowledgement")),
+        Frame::Ack(ack) => match hub.store.ack_later(user, ack.ids.clone()).await {
+            Ok(commit) => Some(Pending::Ack(ack.ids, Box::pin(commit))),
+            Err(e) => reply(refused(0, e, user, "an acknowledgement")),
         },
         Frame::Create(r) | Frame::Join(r) | Frame::Leave(r) | Frame::Members(r)
             if check_name(&r.room).is_err() =>
         {
             let why = check_name(&r.room).err().unwrap_or("");
-            Some(error_frame(
+            reply(error_frame(
                 Some(r.req),
                 "invalid_room",
                 format!("invalid room name {:?}: {why}", r.room),
                 false,
             ))
         }
-        Frame::Create(r) => Some(match hub.store.create_room(user, &r.room, now_ms()).await {
+        Frame::Create(r) => reply(match hub.store.create_room(user, &r.room, now_ms()).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "creating a room"),
         }),
-        Frame::Join(r) => Some(match hub.store.join(user, &r.room).await {
+        Frame::Join(r) => reply(match hub.store.join(user, &r.room).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "joining a room"),
         }),
-        Frame::Leave(r) => Some(match hub.store.leave(user, &r.room).await {
+        Frame::Leave(r) => reply(match hub.store.leave(user, &r.room).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "leaving a room"),
         }),
-        Frame::Members(r) => Some(members(hub, user, r.req, r.room).await),
-        Frame::History(h) => Some(history(hub, user, h).await),
-        other => Some(error_frame(
+        Frame::Members(r) => reply(members(hub, user, r.req, r.room).await),
+        Frame::History(h) => reply(history(hub, user, h).await),
+        other => reply(error_frame(
             None,
             "unexpected_frame",
             format!(
@@ -745,11 +853,19 @@ fn ok(req: u64) -> Frame {
     })
 }
 
-async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
+async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Pending {
+    Pending::Reply(Box::new(match check_send(hub, user, send).await {
+        Ok(pending) => return pending,
+        Err(frame) => frame,
+    }))
+}
+
+/// A SEND checked and queued for commit, or the frame that refuses it.
+async fn check_send(hub: &Hub, user: &str, send: codec::Send) -> Result<Pending, Frame> {
     let req = send.req;
     let max = hub.options.max_message_size as usize;
     if send.text.len() > max {
-        return error_frame(
+        return Err(error_frame(
             Some(req),
             "message_too_large",
             format!(
@@ -757,42 +873,42 @@ async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
                 send.text.len()
             ),
             false,
-        );
+        ));
     }
     let target = match (send.to, send.room) {
         (Some(to), None) => match check_name(&to) {
             Ok(()) => Target::User(to),
             Err(why) => {
-                return error_frame(
+                return Err(error_frame(
                     Some(req),
                     "invalid_user_id",
                     format!("invalid user id {to:?}: {why}"),
                     false,
-                )
+                ))
             }
         },
         (None, Some(room)) => match check_name(&room) {
             Ok(()) => Target::Room(room),
             Err(why) => {
-                return error_frame(
+                return Err(error_frame(
                     Some(req),
                     "invalid_room",
                     format!("invalid room name {room:?}: {why}"),
                     false,
-                )
+                ))
             }
         },
         _ => {
-            return error_frame(
+            return Err(error_frame(
                 Some(req),
                 "bad_request",
                 "SEND needs exactly one of `to` and `room`",
                 false,
-            )
+            ))
         }
     };
     if let Err(wait) = hub.rate(user) {
-        return error_frame(
+        return Err(error_frame(
             Some(req),
             "rate_limited",
             format!(
@@ -802,22 +918,15 @@ async fn send_message(hub: &Hub, user: &str, send: codec::Send) -> Frame {
                 wait.as_millis().max(1)
             ),
             false,
-        );
+        ));
     }
-    match hub.store.send(user, target, send.text, now_ms()).await {
-        Ok(sent) => {
-            debug!(user, id = sent.message.id, "msg: accepted");
-            for r in &sent.recipients {
-                hub.wake(r);
-            }
-            Frame::Accepted(Accepted {
-                req,
-                id: sent.message.id,
-                seq: sent.message.seq,
-                time: sent.message.time,
-            })
-        }
-        Err(e) => refused(req, e, user, "storing a message"),
+    match hub
+        .store
+        .send_later(user, target, send.text, now_ms())
+        .await
+    {
+        Ok(commit) => Ok(Pending::Send(req, Box::pin(commit))),
+        Err(e) => Err(refused(req, e, user, "storing a message")),
     }
 }
 

@@ -26,7 +26,7 @@ use tracing::{debug, error};
 use super::codec::Message;
 
 /// The most jobs committed together.
-pub const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -312,14 +312,84 @@ impl Store {
     }
 
     async fn submit(&self, op: Op) -> Result<Done, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let jobs = self.inner.jobs.clone().ok_or(StoreError::Closed)?;
-        // A full channel blocks the sender: not on a runtime worker.
-        tokio::task::spawn_blocking(move || jobs.send(Job { op, reply }))
+        self.enqueue(op)
+            .await?
             .await
             .map_err(|_| StoreError::Closed)?
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Puts `op` in the writer's queue (in the order of the calls) and returns the receiver of
+    /// its result. Only a full queue waits, and then off the runtime's workers.
+    async fn enqueue(
+        &self,
+        op: Op,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Done, StoreError>>, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let jobs = self.inner.jobs.as_ref().ok_or(StoreError::Closed)?;
+        match jobs.try_send(Job { op, reply }) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(job)) => {
+                let jobs = jobs.clone();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| StoreError::Closed)?
+                    .map_err(|_| StoreError::Closed)?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        Ok(answer)
+    }
+
+    /// Queues a message for the next commit and returns, once it is queued (so that a
+    /// session's messages keep their order), the future of its commit: [`Store::send`] in two
+    /// steps, for a session that has several messages in flight.
+    pub async fn send_later(
+        &self,
+        from: &str,
+        target: Target,
+        text: String,
+        time: u64,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Sent, StoreError>> + Send + 'static,
+        StoreError,
+    > {
+        let answer = self
+            .enqueue(Op::Send {
+                from: from.to_owned(),
+                target,
+                text,
+                time,
+            })
+            .await?;
+        Ok(async move {
+            match answer.await.map_err(|_| StoreError::Closed)?? {
+                Done::Sent(sent) => Ok(sent),
+                _ => Err(StoreError::Closed),
+            }
+        })
+    }
+
+    /// [`Store::ack`] in two steps, like [`Store::send_later`].
+    pub async fn ack_later(
+        &self,
+        user: &str,
+        ids: Vec<u64>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Vec<Acked>, StoreError>> + Send + 'static,
+        StoreError,
+    > {
+        let answer = self
+            .enqueue(Op::Ack {
+                user: user.to_owned(),
+                ids,
+            })
+            .await?;
+        Ok(async move {
+            match answer.await.map_err(|_| StoreError::Closed)?? {
+                Done::Acked(acked) => Ok(acked),
+                _ => Err(StoreError::Closed),
+            }
+        })
     }
 
     /// Stores a message and queues it for its recipients; returns it once it is committed.

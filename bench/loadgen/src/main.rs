@@ -18,6 +18,8 @@
 //!   `--echo` sends every byte back (the backend of the tunnel's connection and latency rows).
 //! - `latency`: one connection (TLS, or plain TCP with `--plain`) sends N small messages one at
 //!   a time and waits for each to come back; percentiles of the round trip.
+//! - `msg-tlsnet`, `msg-mqtt`, `msg-nats`: messaging load (direct messages, room fan-out,
+//!   idle users) against tlsnet's msg service, an MQTT broker and NATS; see `msg.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +40,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
+mod msg;
+
 #[derive(Parser, Debug)]
 #[command(name = "tlsnet-loadgen", version)]
 struct Cli {
@@ -55,6 +59,9 @@ enum Mode {
         /// Directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Also this many user certificates (CN u0, u1, ...) in DIR/users.
+        #[arg(long, default_value_t = 0)]
+        users: usize,
     },
     /// Full or resumed handshakes.
     Handshake(HandshakeArgs),
@@ -66,6 +73,12 @@ enum Mode {
     Sink(SinkArgs),
     /// Round trips of small messages through an echo server.
     Latency(LatencyArgs),
+    /// Messaging load against tlsnet's msg service.
+    MsgTlsnet(msg::MsgArgs),
+    /// The same against an MQTT broker (QoS 1).
+    MsgMqtt(msg::MsgArgs),
+    /// The same against NATS (core, or JetStream with --jetstream).
+    MsgNats(msg::MsgArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -213,12 +226,15 @@ fn main() -> Result<()> {
     };
     let out = runtime.block_on(async move {
         match cli.mode {
-            Mode::Pki { dir } => pki(dir),
+            Mode::Pki { dir, users } => pki(dir, users),
             Mode::Handshake(a) => handshakes(a).await,
             Mode::Bulk(a) => bulk(a).await,
             Mode::Idle(a) => idle(a).await,
             Mode::Sink(a) => sink(a).await,
             Mode::Latency(a) => latency(a).await,
+            Mode::MsgTlsnet(a) => msg::run(msg::System::Tlsnet, a).await,
+            Mode::MsgMqtt(a) => msg::run(msg::System::Mqtt, a).await,
+            Mode::MsgNats(a) => msg::run(msg::System::Nats, a).await,
         }
     })?;
     println!("{out}");
@@ -226,12 +242,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn pki(dir: PathBuf) -> Result<Value> {
+fn pki(dir: PathBuf, users: usize) -> Result<Value> {
     let pki = tlsnet::pki::dev::DevPki::at(&dir);
     let state = pki
         .ensure()
         .with_context(|| format!("PKI in {}", dir.display()))?;
-    Ok(json!({ "dir": dir, "state": format!("{state:?}") }))
+    let users = if users > 0 {
+        Some(msg::make_users(&dir, users)?)
+    } else {
+        None
+    };
+    Ok(json!({ "dir": dir, "state": format!("{state:?}"), "users": users }))
 }
 
 fn client_config(t: &Target, resume: bool) -> Result<Arc<ClientConfig>> {
@@ -697,13 +718,13 @@ async fn latency(a: LatencyArgs) -> Result<Value> {
 }
 
 /// CPU time and resident memory of a set of processes and their descendants.
-struct Usage {
-    cpu_secs: f64,
-    rss_kib: f64,
+pub(crate) struct Usage {
+    pub(crate) cpu_secs: f64,
+    pub(crate) rss_kib: f64,
 }
 
 impl Usage {
-    fn read(pids: &[u32]) -> Usage {
+    pub(crate) fn read(pids: &[u32]) -> Usage {
         let mut usage = Usage {
             cpu_secs: 0.0,
             rss_kib: 0.0,
@@ -771,6 +792,6 @@ fn process_tree(roots: &[u32]) -> Vec<u32> {
     tree
 }
 
-fn self_cpu_secs() -> f64 {
+pub(crate) fn self_cpu_secs() -> f64 {
     cpu_secs(std::process::id()).unwrap_or(0.0)
 }
