@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import files as file_rows  # bench/files.py: the file-transfer rows
+
 SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
 LABELS = {
     "tlsnet": "tlsnet",
@@ -531,9 +533,11 @@ def main():
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--stunnel", default=shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--sections", default="tls,files", help="tls (handshake, bulk, idle rows), files")
     a = p.parse_args()
     PIDFILE = a.pidfile
-    systems = [s for s in a.systems.split(",") if s]
+    sections = set(a.sections.split(","))
+    systems = [s for s in a.systems.split(",") if s] if "tls" in sections else []
     quick = a.quick
     runs = a.runs or (1 if quick else 3)
     hs_count = {"full": 250, "resumed": 250} if quick else {"full": 2000, "resumed": 3000}
@@ -679,12 +683,17 @@ def main():
     finally:
         if rig.sink:
             stop(rig.sink)
+    fres = file_rows.run(rig, quick, runs, sys.modules[__name__]) if "files" in sections else None
 
     res.finish()
     targets = judge(res, systems, quick)
+    if fres:
+        targets += file_rows.targets(fres, res, quick, sys.modules[__name__])
     total_busy = sum(b for b, _ in rig.busy)
     other_share = sum(o for _, o in rig.busy) / total_busy if total_busy else 0.0
     table = render(res, systems, runs, mach, other_share) + "\n" + render_targets(targets)
+    if fres:
+        table = table.replace("\nTargets:", file_rows.render(fres, sys.modules[__name__]) + "\n\nTargets:", 1)
     print(table)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -699,6 +708,7 @@ def main():
                      "cipher_suite": "TLS13_AES_256_GCM_SHA384 (the client's first choice)",
                      "certificates": "ECDSA P-256 leaf signed by an ECDSA P-256 CA (tlsnet dev PKI)"},
         "rows": [res.rows[r] for r in res.order],
+        "file_rows": [fres.rows[r] for r in fres.order] if fres else [],
         "targets": targets,
         "load_before_each_server": loads,
         "other_processes_cpu_share": round(other_share, 3),
@@ -716,6 +726,10 @@ def main():
             log(f"bench: no tlsnet measurement for {b}")
         if broken:
             sys.exit(1)
+    for b in file_rows.missing(fres) if fres else []:
+        log(f"bench: no tlsnet measurement for {b}")
+    if fres and file_rows.missing(fres):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
