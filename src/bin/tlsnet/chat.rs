@@ -7,16 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use tlsnet::msg::client::{MsgClient, To};
 use tlsnet::msg::codec::{Frame, Message};
 use tlsnet::msg::service::{MsgOptions, MsgService};
 use tlsnet::msg::store::{StoreOptions, SyncMode};
 use tlsnet::net::client::{split_host_port, ClientStream, Connector};
-use tlsnet::pki::dev::{is_local_host, DevPki};
 use tlsnet::service::user::UserIdSource;
-use tlsnet::tls::{server_name, Identity};
+use tlsnet::tls::server_name;
 use tokio::io::AsyncBufReadExt;
 
 use crate::tls_args::ClientTlsArgs;
@@ -190,28 +189,7 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode> {
     let alpn = vec![String::from_utf8_lossy(tlsnet::msg::ALPN).into_owned()];
     let mut options = args.tls.options(&host, false, true, &alpn)?;
     if let Some(user) = &args.as_user {
-        if !is_local_host(&host) {
-            return Err(
-                UsageError("--as works with a local server's development PKI only".into()).into(),
-            );
-        }
-        let dir = args
-            .tls
-            .pki_dir
-            .clone()
-            .or_else(DevPki::default_dir)
-            .ok_or_else(|| UsageError("--as: no development PKI: set --pki-dir DIR".into()))?;
-        let pki = DevPki::at(dir);
-        if !pki.exists() {
-            return Err(anyhow!(
-                "--as: no development PKI in {} (run `tlsnet serve` once, or give --pki-dir)",
-                pki.dir().display()
-            ));
-        }
-        let (cert, key) = pki
-            .client_identity_for(user)
-            .with_context(|| format!("--as {user}: a certificate in {}", pki.dir().display()))?;
-        options.identity = Some(Identity::from_files(&cert, &key)?);
+        options.identity = Some(args.tls.identity_as(&host, user)?);
     }
     let config = tokio::task::spawn_blocking(move || options.build()).await??;
     let mut connector = Connector::new(config);
