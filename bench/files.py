@@ -8,8 +8,9 @@ work directory and are deleted as soon as their rows are measured.
 
 Rows (MB = 10^6 bytes):
 - one big file (2 GiB; 64 MiB in quick mode) up and down: wall MB/s, and MB per server
-  CPU-second (utime + stime of the server's whole process tree, children that ended
-  included: for sshd, the listener, the session's sshd processes and sftp-server or rsync);
+  CPU-second (utime + stime of every process of the server's tree, sampled every 20 ms: for
+  sshd, the listener, the session's sshd processes and sftp-server or rsync; for vsftpd its
+  session processes);
 - a tree of 10,000 files of 4 KiB (500 in quick mode) up: files per second;
 - the big file's upload cut at half (SIGKILL of the client once the server holds half of it),
   then run again: the time to finish, and that time against the same system's full upload.
@@ -49,25 +50,69 @@ def log(msg):
     print(msg, flush=True, file=__import__("sys").stderr)
 
 
-def tree_cpu(root):
-    """CPU seconds of a process and all its descendants, those that ended and were waited for
-    included (utime + stime + cutime + cstime of every live process in the tree)."""
-    stats = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
+def _cpu_of(pid):
+    """utime + stime of one process (all its threads), in seconds; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / CLK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _children(pid):
+    kids = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids.extend(int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        pass
+    return kids
+
+
+def tree_snapshot(root):
+    """{pid: CPU seconds} of a process and its descendants."""
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        cpu = _cpu_of(pid)
+        if cpu is None:
             continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-            stats[int(d)] = (int(rest[1]), sum(int(x) for x in rest[11:15]) / CLK)
-        except (OSError, IndexError, ValueError):
-            pass
-    tree, total, i = [root], 0.0, 0
-    while i < len(tree):
-        total += stats.get(tree[i], (0, 0.0))[1]
-        tree.extend(p for p, (pp, _) in stats.items() if pp == tree[i])
-        i += 1
-    return total
+        out[pid] = cpu
+        todo.extend(_children(pid))
+    return out
+
+
+class TreeCpu:
+    """CPU seconds a process tree spends while it is watched: every process seen in the tree
+    (sampled every 20 ms, from /proc/PID/task/*/children) counts with the last CPU time read
+    from it. Sessions that fork per connection (sshd, vsftpd) and whose processes end without
+    being waited for by the tree (so that no cutime catches them) are counted so too; what a
+    process spends in its last 20 ms before it ends is missed."""
+
+    def __init__(self, root):
+        import threading
+        self.root = root
+        self.start = tree_snapshot(root)
+        self.seen = dict(self.start)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self):
+        while not self.done.wait(0.02):
+            self._sample()
+
+    def _sample(self):
+        for pid, cpu in tree_snapshot(self.root).items():
+            self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        self._sample()
+        return sum(self.seen.values()) - sum(self.start.values())
 
 
 def make_file(path, size):
@@ -393,18 +438,16 @@ data_connection_timeout=600
         # What earlier cases left in the page cache is written out first, so that nobody's
         # fsync pays for another's writes.
         os.sync()
-        cpu0 = tree_cpu(server.pid)
+        watch = TreeCpu(server.pid)
         t0 = time.perf_counter()
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.limit,
                                start_new_session=True)
         except subprocess.TimeoutExpired:
+            watch.stop()
             raise Failed(f"no end within {self.limit} s")
         wall = time.perf_counter() - t0
-        # The session's server processes may still be ending (sshd): give them a moment to be
-        # waited for, so that their CPU is counted.
-        time.sleep(0.2)
-        cpu = tree_cpu(server.pid) - cpu0
+        cpu = watch.stop()
         if r.returncode != 0:
             raise Failed(f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-160:]}")
         return wall, cpu

@@ -59,7 +59,7 @@ impl<T> Committer<T> {
         for (part, dest, tag) in staged {
             let result = match &synced {
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                Ok(()) => std::fs::rename(&part, &dest),
+                Ok(()) => rename_into(&part, &dest),
             };
             if result.is_ok() {
                 if let Some(dir) = dest.parent() {
@@ -149,11 +149,24 @@ impl Drop for Flusher {
 /// Syncs `file`, renames `part` to `dest` and syncs the directory: for a large file, alone.
 pub fn commit_now(file: &File, part: &Path, dest: &Path) -> io::Result<()> {
     file.sync_all()?;
-    std::fs::rename(part, dest)?;
+    rename_into(part, dest)?;
     if let Some(dir) = dest.parent() {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Renames `part` to `dest`, making `dest`'s directory first if it is missing.
+fn rename_into(part: &Path, dest: &Path) -> io::Result<()> {
+    match std::fs::rename(part, dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && part.exists() => {
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::rename(part, dest)
+        }
+        other => other,
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -10,6 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use super::codec::{
 use super::paths::{resolve_inside, RemotePath, RESERVED};
 use super::service::COMMIT_ALONE;
 use super::space::read_prefix;
-use super::tree::{resume_point, FileHash};
+use super::tree::{resume_point, FileHash, Prefix};
 use super::wire::{read_frame, write_frame, WireError};
 use super::FilesError;
 use crate::error::chain;
@@ -649,27 +650,41 @@ async fn put_file<W: AsyncWrite + Unpin>(
         let _ = exp_tx.send(Expect::Ready { tx });
         w.send(&open).await?;
         w.flush().await?;
-        let (offset, prefix) = match rx.await {
+        // While the server hashes what it has, hash our first chunks: the prefix it names
+        // is then (mostly) hashed already.
+        let until = Arc::new(AtomicU64::new(u64::MAX));
+        let hashing = {
+            let (local, size, until) = (item.local.clone(), item.meta.size, until.clone());
+            tokio::task::spawn_blocking(move || hash_ahead(&local, size, &until))
+        };
+        let ready = rx.await;
+        let wanted = match &ready {
+            Ok(Some((offset, _))) if resume_point(item.meta.size, *offset) == *offset => *offset,
+            _ => 0,
+        };
+        until.store(wanted, Ordering::Release);
+        let hashed = hashing.await;
+        let (offset, prefix) = match ready {
             Ok(Some(ready)) => ready,
             // Refused (the reader noted why).
             Ok(None) => return Ok(true),
             Err(_) => return Ok(false),
         };
-        if offset > 0 && resume_point(item.meta.size, offset) == offset {
-            let (local, size) = (item.local.clone(), item.meta.size);
-            let checked = tokio::task::spawn_blocking(move || {
-                let mut f = File::open(&local)?;
-                read_prefix(&mut f, offset, size)
-            })
-            .await;
-            match checked {
-                Ok(Ok(p)) if p.hash() == prefix => {
+        if offset > 0 {
+            let matched = match hashed {
+                Ok(Ok(mut p)) if wanted == offset => {
+                    (p.truncate(offset) && p.hash() == prefix).then_some(p)
+                }
+                _ => None,
+            };
+            match matched {
+                Some(p) => {
                     start = offset;
                     hash = p.into_file();
                     progress.advance(offset);
                     lock(summary).resumed_bytes += offset;
                 }
-                _ => progress.note(&format!(
+                None => progress.note(&format!(
                     "{}: the server's partial copy does not match the local file (changed or corrupted); starting over",
                     item.remote
                 )),
@@ -709,6 +724,23 @@ async fn put_file<W: AsyncWrite + Unpin>(
     w.send(&Frame::End { hash }).await?;
     lock(summary).bytes += sent;
     Ok(true)
+}
+
+/// Hashes a local file's whole chunks from the start until `until` bytes (which the caller
+/// lowers from `u64::MAX` once it knows how many it needs).
+fn hash_ahead(local: &Path, size: u64, until: &AtomicU64) -> io::Result<Prefix> {
+    let mut file = File::open(local)?;
+    let mut prefix = Prefix::new(size);
+    let most = resume_point(size, size);
+    let mut buf = vec![0u8; MAX_CHUNK];
+    while prefix.len() < most.min(until.load(Ordering::Acquire)) {
+        file.read_exact(&mut buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("{e} (did the file shrink?)")))?;
+        if !prefix.push(&buf) {
+            return Err(io::Error::other("the file changed while it was read"));
+        }
+    }
+    Ok(prefix)
 }
 
 /// Reads a file from `start` in chunks (hashed here, on a blocking thread, once: the

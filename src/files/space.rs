@@ -248,6 +248,8 @@ pub struct Upload {
     flusher: Flusher,
     part: PathBuf,
     sidecar: PathBuf,
+    /// Whether `sidecar` may exist (resumable uploads only).
+    described: bool,
     dest: PathBuf,
     old_size: u64,
     _active: Active,
@@ -462,11 +464,9 @@ impl Spaces {
             Ok(m) => m.len(),
             Err(_) => 0,
         };
+        // The partial directory is made when the first open finds it missing; the file's
+        // own directory at its rename (atomic::rename_into): no calls per file for them.
         let partial_dir = owner_dir.join(".partial");
-        std::fs::create_dir_all(&partial_dir).map_err(io("make the partial directory"))?;
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(io("make its directory"))?;
-        }
         let key = blake3::hash(target.under_owner.as_str().as_bytes()).to_hex();
         let part = partial_dir.join(format!("{}.part", &key[..32]));
         let sidecar = partial_dir.join(format!("{}.json", &key[..32]));
@@ -509,19 +509,32 @@ impl Spaces {
                 });
             }
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(io("open the partial file"))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&part)
+        };
+        let mut file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&partial_dir).map_err(io("make the partial directory"))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(io("open the partial file"))?;
         let prefix =
             read_prefix(&mut file, keep, meta.size).map_err(io("read the partial file"))?;
-        file.set_len(keep)
-            .map_err(io("truncate the partial file"))?;
-        file.seek(SeekFrom::Start(keep))
-            .map_err(io("seek in the partial file"))?;
+        if on_disk > keep {
+            file.set_len(keep)
+                .map_err(io("truncate the partial file"))?;
+        }
+        if keep > 0 {
+            file.seek(SeekFrom::Start(keep))
+                .map_err(io("seek in the partial file"))?;
+        }
         if resume && !same {
             let json = serde_json::to_vec(&wanted).unwrap_or_default();
             std::fs::write(&sidecar, json).map_err(io("write the partial's description"))?;
@@ -538,6 +551,7 @@ impl Spaces {
                 flusher: Flusher::default(),
                 part,
                 sidecar,
+                described: resume || on_disk > 0,
                 dest,
                 old_size,
                 _active: active,
@@ -648,7 +662,9 @@ impl Spaces {
         let mut up = up;
         up.flusher.wait();
         atomic::apply_file_meta(&up.file, &up.meta).map_err(io("set the mode and time"))?;
-        let _ = std::fs::remove_file(&up.sidecar);
+        if up.described {
+            let _ = std::fs::remove_file(&up.sidecar);
+        }
         self.charge(&up.target.owner, -(up.old_size as i128));
         if commit_alone {
             atomic::commit_now(&up.file, &up.part, &up.dest).map_err(io("store"))?;
@@ -828,11 +844,11 @@ pub fn tree_size(dir: &Path) -> u64 {
 /// Reads and hashes the first `len` bytes of a `size`-byte file (a chunk boundary, see
 /// [`resume_point`]) in one pass, and leaves the file there.
 pub fn read_prefix(file: &mut File, len: u64, size: u64) -> io::Result<Prefix> {
-    file.seek(SeekFrom::Start(0))?;
     let mut prefix = Prefix::new(size);
     if len == 0 {
         return Ok(prefix);
     }
+    file.seek(SeekFrom::Start(0))?;
     let refused = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,

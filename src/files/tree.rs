@@ -177,6 +177,25 @@ impl Prefix {
         self.file.offset()
     }
 
+    /// Keeps only the first `len` bytes (a chunk boundary, at most [`Prefix::len`]); false,
+    /// and nothing changes, otherwise.
+    pub fn truncate(&mut self, len: u64) -> bool {
+        if len > self.len() || len % CHUNK != 0 {
+            return false;
+        }
+        let keep = (len / CHUNK) as usize;
+        self.chunks.truncate(keep);
+        let mut file = FileHash::new(self.file.size);
+        for h in &self.chunks {
+            file.push(MAX_CHUNK, *h);
+        }
+        self.file = file;
+        if keep == 0 {
+            self.first_root = None;
+        }
+        true
+    }
+
     /// Whether nothing is covered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -285,6 +304,20 @@ mod tests {
             }
             assert_eq!(file.finalize(), Some(*blake3::hash(&data).as_bytes()));
         }
+        // Hashed too far, then cut back to what the other side has.
+        let mut prefix = Prefix::new(size);
+        for piece in data[..5 * c].chunks(c) {
+            assert!(prefix.push(piece));
+        }
+        assert!(!prefix.truncate(c as u64 + 1) && !prefix.truncate(6 * c as u64));
+        assert!(prefix.truncate(2 * c as u64));
+        assert_eq!(prefix.hash(), *blake3::hash(&data[..2 * c]).as_bytes());
+        let mut file = prefix.into_file();
+        for (i, piece) in data[2 * c..].chunks(c).enumerate() {
+            let offset = ((2 + i) * c) as u64;
+            assert!(file.push(piece.len(), chunk_hash(size, offset, piece).unwrap()));
+        }
+        assert_eq!(file.finalize(), Some(*blake3::hash(&data).as_bytes()));
     }
 
     #[test]
