@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic::{self, meta_of, Flusher};
 use super::codec::{Area, Entry, EntryKind, ErrorCode, Failure, Hash, Meta, Mtime, MAX_CHUNK};
-use super::paths::{resolve_inside, PathError, RemotePath};
+use super::paths::{open_beneath, resolve_inside, OpenError, PathError, RemotePath};
 use super::tree::{resume_point, FileHash, Prefix};
 use crate::error::chain;
 use crate::service::UserId;
@@ -699,8 +699,13 @@ impl Spaces {
         let base = self
             .area_dir(user, area)
             .map_err(|e| StoreError::io(path, "open the space", e))?;
-        let full = resolve(&base, path)?;
-        let mut file = File::open(&full).map_err(|e| StoreError::io(path, "open", e))?;
+        let mut file = open_beneath(&base, path).map_err(|e| match e {
+            OpenError::Name(source) => StoreError::BadName {
+                path: path.to_string(),
+                source,
+            },
+            OpenError::Io(e) => StoreError::io(path, "open", e),
+        })?;
         let metadata = file
             .metadata()
             .map_err(|e| StoreError::io(path, "read", e))?;
