@@ -683,7 +683,8 @@ def main():
     finally:
         if rig.sink:
             stop(rig.sink)
-    fres = file_rows.run(rig, quick, runs, sys.modules[__name__]) if "files" in sections else None
+    # One run of the file rows unless --runs asks for more (a full run of them takes ~10 minutes).
+    fres = file_rows.run(rig, quick, a.runs or 1, sys.modules[__name__]) if "files" in sections else None
 
     res.finish()
     targets = judge(res, systems, quick)
