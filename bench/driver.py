@@ -24,13 +24,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import files as file_rows  # noqa: E402  (bench/files.py: the file-transfer rows)
 import msg as msg_bench  # noqa: E402  (bench/msg.py: the messaging rows)
 import tunnel  # noqa: E402  (bench/tunnel.py: the tunnel and Python-sender rows)
 
 TLS_SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
 SYSTEMS = TLS_SYSTEMS + [s for s in msg_bench.SYSTEMS if s not in TLS_SYSTEMS]
-# tls: handshakes, bulk, idle; tunnel: bench/tunnel.py; msg: bench/msg.py.
-SECTIONS = ["tls", "tunnel", "msg"]
+# tls: handshakes, bulk, idle; tunnel: bench/tunnel.py; msg: bench/msg.py; files: bench/files.py
+# (its peers, scp, sftp, rsync and FTPS, are its own: not in --systems).
+SECTIONS = ["tls", "tunnel", "msg", "files"]
 LABELS = {
     "tlsnet": "tlsnet",
     "openssl": "openssl s_server",
@@ -700,6 +702,8 @@ def main():
     finally:
         if rig.sink:
             stop(rig.sink)
+    # One run of the file rows unless --runs asks for more (a full run of them takes ~10 minutes).
+    fres = file_rows.run(rig, quick, a.runs or 1, sys.modules[__name__]) if "files" in sections else None
 
     if "msg" in sections:
         msg_bench.add_rows(rig, res, quick, sys.modules[__name__], systems)
@@ -712,9 +716,13 @@ def main():
     targets = judge(res, systems, quick) if sections & {"tls", "tunnel"} else []
     if "msg" in sections:
         targets[-1:-1] = msg_bench.targets(res, quick)
+    if fres:
+        targets += file_rows.targets(fres, res, quick, sys.modules[__name__])
     total_busy = sum(b for b, _ in rig.busy)
     other_share = sum(o for _, o in rig.busy) / total_busy if total_busy else 0.0
     table = render(res, systems, runs, mach, other_share) + "\n" + render_targets(targets)
+    if fres:
+        table = table.replace("\nTargets:", file_rows.render(fres, sys.modules[__name__]) + "\n\nTargets:", 1)
     print(table)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -729,6 +737,7 @@ def main():
                      "cipher_suite": "TLS13_AES_256_GCM_SHA384 (the client's first choice)",
                      "certificates": "ECDSA P-256 leaf signed by an ECDSA P-256 CA (tlsnet dev PKI)"},
         "rows": [res.rows[r] for r in res.order],
+        "file_rows": [fres.rows[r] for r in fres.order] if fres else [],
         "targets": targets,
         "load_before_each_server": loads,
         "other_processes_cpu_share": round(other_share, 3),
@@ -746,6 +755,10 @@ def main():
             log(f"bench: no tlsnet measurement for {b}")
         if broken:
             sys.exit(1)
+    for b in file_rows.missing(fres) if fres else []:
+        log(f"bench: no tlsnet measurement for {b}")
+    if fres and file_rows.missing(fres):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -643,7 +643,7 @@ impl Service for Hostile {
                         Frame::ListEnd { count: 1 },
                     ],
                     Frame::Get(g) => {
-                        let chunk = Chunk::new(0, data);
+                        let chunk = Chunk::new(data.len() as u64, 0, data);
                         let chunk = if g.path == "corrupt.txt" {
                             chunk.corrupt()
                         } else {
@@ -745,4 +745,76 @@ async fn get_refuses_what_a_hostile_server_sends() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     assert!(!Path::new("/tmp/abs.txt").exists());
     server.shutdown().await;
+}
+
+/// Partial uploads untouched for longer than `--partial-ttl` are removed: at the server's
+/// start, and when their user's next session starts. Fresh ones (and the user's files) stay,
+/// and the removed bytes leave the quota.
+#[test]
+fn stale_partial_uploads_are_removed_after_their_ttl() {
+    let pki = TestPki::new();
+    files_user(&pki, "alice");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let partials = root.join("users/alice/.partial");
+    std::fs::create_dir_all(&partials).unwrap();
+    std::fs::create_dir_all(root.join("users/alice/files")).unwrap();
+    std::fs::write(root.join("users/alice/files/keep.txt"), b"mine").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let partial = |key: &str, len: usize, age: u64| {
+        let part = partials.join(format!("{key}.part"));
+        let sidecar = partials.join(format!("{key}.json"));
+        std::fs::write(&part, vec![7u8; len]).unwrap();
+        std::fs::write(&sidecar, b"{}").unwrap();
+        set_mtime(&part, now - age);
+        set_mtime(&sidecar, now - age);
+        (part, sidecar)
+    };
+    let (old_part, old_json) = partial("old", 3000, 3 * 3600);
+    let (new_part, new_json) = partial("new", 2000, 60);
+
+    // 1. At the start: the old one goes, the fresh one stays.
+    let server = start_files_server(&pki, &root, &["--partial-ttl", "1h"]);
+    assert!(!old_part.exists() && !old_json.exists());
+    assert!(new_part.exists() && new_json.exists());
+    let listing = files_run(&pki, &server.addr(), "alice", "ls", &["--json"]).ok();
+    // Its file, the fresh partial and its description ("{}").
+    assert_eq!(listing.json()["used"], 4 + 2000 + 2, "{}", listing.stdout);
+
+    // 2. At the user's next session: the one that got old meanwhile goes too.
+    set_mtime(&new_part, now - 2 * 3600);
+    let listing = files_run(&pki, &server.addr(), "alice", "ls", &["--json"]).ok();
+    assert!(!new_part.exists() && !new_json.exists());
+    assert_eq!(listing.json()["used"], 4, "{}", listing.stdout);
+    assert!(root.join("users/alice/files/keep.txt").exists());
+}
+
+/// `--as NAME` (one implementation for `chat` and `files`) is for a local server's
+/// development PKI only.
+#[test]
+fn as_name_is_refused_for_a_server_elsewhere() {
+    let work = tempfile::tempdir().unwrap();
+    let mut command = tlsnet_cmd();
+    command
+        .args([
+            "files",
+            "ls",
+            "192.0.2.1:8443",
+            "--as",
+            "alice",
+            "--pki-dir",
+        ])
+        .arg(work.path());
+    let refused = run(command, None, RUN_LIMIT);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("--as works with a local server's development PKI only"),
+        "{}",
+        refused.stderr
+    );
 }

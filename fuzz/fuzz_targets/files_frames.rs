@@ -50,7 +50,13 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Frame::Entry(e) => check_name(&e.path),
                     Frame::Data(chunk) => {
-                        let _ = chunk.verify();
+                        for size in [
+                            chunk.data().len() as u64,
+                            chunk.offset().saturating_add(chunk.data().len() as u64),
+                            u64::MAX,
+                        ] {
+                            let _ = (chunk.fits(size), chunk.verify(size));
+                        }
                     }
                     _ => {}
                 }

@@ -185,6 +185,9 @@ with_server_keys! {
         /// `max_file_size`: bytes per file (`"4G"` or a number).
         #[serde(default, deserialize_with = "de::size")]
         pub max_file_size: Option<u64>,
+        /// `partial_ttl`: how long an untouched partial upload is kept (`"7d"`).
+        #[serde(default, deserialize_with = "de::duration")]
+        pub partial_ttl: Option<Duration>,
     }
 }
 

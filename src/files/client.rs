@@ -10,6 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,14 +18,15 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
-use super::atomic::{self, meta_of, Committer};
+use super::atomic::{self, meta_of, Committer, Flusher};
 use super::codec::{
     Area, Chunk, Entry, EntryKind, Failure, FileStart, Frame, Get, Hash, Have, Meta, Open, Welcome,
     MAX_CHUNK, VERSION,
 };
 use super::paths::{resolve_inside, RemotePath, RESERVED};
 use super::service::COMMIT_ALONE;
-use super::space::hash_prefix;
+use super::space::read_prefix;
+use super::tree::{resume_point, FileHash, Prefix};
 use super::wire::{read_frame, write_frame, WireError};
 use super::FilesError;
 use crate::error::chain;
@@ -257,30 +259,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FilesClient<S> {
         let (exp_tx, exp_rx) = mpsc::unbounded_channel();
         let peer = self.peer.clone();
         let writing = async {
+            let mut w = Sender {
+                wr: &mut self.wr,
+                scratch: &mut self.scratch,
+                peer: &peer,
+            };
             for path in paths {
                 let _ = exp_tx.send(Expect::Removed);
-                write_frame(
-                    &mut self.wr,
-                    &Frame::Remove {
-                        area,
-                        path: path.as_str().to_owned(),
-                    },
-                    &mut self.scratch,
-                )
-                .await
-                .map_err(|e| wire_error(&peer, e))?;
+                w.send(&Frame::Remove {
+                    area,
+                    path: path.as_str().to_owned(),
+                })
+                .await?;
             }
             drop(exp_tx);
-            self.wr.flush().await.map_err(|e| FilesError::Connection {
-                peer: peer.clone(),
-                source: e,
-            })
+            w.flush().await
         };
         let reading = read_answers(&mut self.rd, &peer, exp_rx, &summary);
         tokio::try_join!(writing, reading)?;
-        let mut summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
-        summary.seconds = started.elapsed().as_secs_f64();
-        Ok(summary)
+        Ok(finished(summary, started))
     }
 
     /// Sends local files and directories (recursively, with modes and times) to the own
@@ -348,9 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FilesClient<S> {
         let result = tokio::try_join!(writing, reading);
         progress.finish();
         result?;
-        let mut summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
-        summary.seconds = started.elapsed().as_secs_f64();
-        Ok(summary)
+        Ok(finished(summary, started))
     }
 
     /// Fetches files and directory trees into `options.out`. An interrupted download goes
@@ -433,7 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FilesClient<S> {
             };
             for file in &files {
                 let (part, sidecar) = partial_names(&partial_dir, area, &file.remote);
-                let (have, hasher) = {
+                let (have, hash) = {
                     let (part, sidecar, remote, meta) = (
                         part.clone(),
                         sidecar.clone(),
@@ -450,7 +445,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FilesClient<S> {
                     part,
                     sidecar,
                     have,
-                    hasher,
+                    hash,
                 });
                 w.send(&Frame::Get(Get {
                     area,
@@ -488,9 +483,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FilesClient<S> {
         for dir in wanted.iter().filter(|w| w.kind == EntryKind::Dir).rev() {
             let _ = atomic::apply_dir_meta(&dir.local, dir.meta.mode, dir.meta.mtime);
         }
-        let mut summary = Arc::try_unwrap(summary)
-            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-            .unwrap_or_else(|arc| arc.lock().map(|s| s.clone()).unwrap_or_default());
+        let summary = Arc::try_unwrap(summary).unwrap_or_else(|arc| Mutex::new(lock(&arc).clone()));
+        let mut summary = finished(summary, started);
         if options.inbox {
             let failed: Vec<&str> = summary.failed.iter().map(|f| f.path.as_str()).collect();
             let done: Vec<RemotePath> = files
@@ -650,35 +644,47 @@ async fn put_file<W: AsyncWrite + Unpin>(
         path: item.remote.as_str().to_owned(),
     });
     let mut start = 0;
-    let mut hasher = blake3::Hasher::new();
+    let mut hash = FileHash::new(item.meta.size);
     if resume {
         let (tx, rx) = oneshot::channel();
         let _ = exp_tx.send(Expect::Ready { tx });
         w.send(&open).await?;
         w.flush().await?;
-        let (offset, prefix) = match rx.await {
+        // While the server hashes what it has, hash our first chunks: the prefix it names
+        // is then (mostly) hashed already.
+        let until = Arc::new(AtomicU64::new(u64::MAX));
+        let hashing = {
+            let (local, size, until) = (item.local.clone(), item.meta.size, until.clone());
+            tokio::task::spawn_blocking(move || hash_ahead(&local, size, &until))
+        };
+        let ready = rx.await;
+        let wanted = match &ready {
+            Ok(Some((offset, _))) if resume_point(item.meta.size, *offset) == *offset => *offset,
+            _ => 0,
+        };
+        until.store(wanted, Ordering::Release);
+        let hashed = hashing.await;
+        let (offset, prefix) = match ready {
             Ok(Some(ready)) => ready,
             // Refused (the reader noted why).
             Ok(None) => return Ok(true),
             Err(_) => return Ok(false),
         };
-        if offset > 0 && offset <= item.meta.size {
-            let local = item.local.clone();
-            let checked = tokio::task::spawn_blocking(move || {
-                let mut h = blake3::Hasher::new();
-                let mut f = File::open(&local)?;
-                hash_prefix(&mut f, offset, &mut h)?;
-                Ok::<_, io::Error>(h)
-            })
-            .await;
-            match checked {
-                Ok(Ok(h)) if h.finalize().as_bytes() == &prefix => {
+        if offset > 0 {
+            let matched = match hashed {
+                Ok(Ok(mut p)) if wanted == offset => {
+                    (p.truncate(offset) && p.hash() == prefix).then_some(p)
+                }
+                _ => None,
+            };
+            match matched {
+                Some(p) => {
                     start = offset;
-                    hasher = h;
+                    hash = p.into_file();
                     progress.advance(offset);
                     lock(summary).resumed_bytes += offset;
                 }
-                _ => progress.note(&format!(
+                None => progress.note(&format!(
                     "{}: the server's partial copy does not match the local file (changed or corrupted); starting over",
                     item.remote
                 )),
@@ -691,7 +697,7 @@ async fn put_file<W: AsyncWrite + Unpin>(
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Chunk>(4);
     let reading = {
         let (local, size) = (item.local.clone(), item.meta.size);
-        tokio::task::spawn_blocking(move || read_chunks(&local, start, size, hasher, &chunk_tx))
+        tokio::task::spawn_blocking(move || read_chunks(&local, start, size, hash, &chunk_tx))
     };
     let mut sent = 0u64;
     while let Some(chunk) = chunk_rx.recv().await {
@@ -720,13 +726,31 @@ async fn put_file<W: AsyncWrite + Unpin>(
     Ok(true)
 }
 
-/// Reads a file from `start` in chunks (hashed here, on a blocking thread); returns the
-/// whole file's hash (`hasher` has the bytes before `start`).
+/// Hashes a local file's whole chunks from the start until `until` bytes (which the caller
+/// lowers from `u64::MAX` once it knows how many it needs).
+fn hash_ahead(local: &Path, size: u64, until: &AtomicU64) -> io::Result<Prefix> {
+    let mut file = File::open(local)?;
+    let mut prefix = Prefix::new(size);
+    let most = resume_point(size, size);
+    let mut buf = vec![0u8; MAX_CHUNK];
+    while prefix.len() < most.min(until.load(Ordering::Acquire)) {
+        file.read_exact(&mut buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("{e} (did the file shrink?)")))?;
+        if !prefix.push(&buf) {
+            return Err(io::Error::other("the file changed while it was read"));
+        }
+    }
+    Ok(prefix)
+}
+
+/// Reads a file from `start` in chunks (hashed here, on a blocking thread, once: the
+/// chunks' hashes make the file's); returns the whole file's hash (`hash` has the chunks
+/// before `start`).
 fn read_chunks(
     local: &Path,
     start: u64,
     size: u64,
-    mut hasher: blake3::Hasher,
+    mut hash: FileHash,
     tx: &mpsc::Sender<Chunk>,
 ) -> io::Result<Hash> {
     let mut file = File::open(local)?;
@@ -739,14 +763,15 @@ fn read_chunks(
         let mut chunk = Chunk::buffer(want);
         file.read_exact(chunk.data_mut())
             .map_err(|e| io::Error::new(e.kind(), format!("{e} (did the file shrink?)")))?;
-        chunk.seal(offset);
-        hasher.update(chunk.data());
+        chunk.seal(size, offset);
+        hash.push(want, chunk.hash());
         offset += want as u64;
         if tx.blocking_send(chunk).is_err() {
             return Err(io::Error::other("the connection ended"));
         }
     }
-    Ok(*hasher.finalize().as_bytes())
+    hash.finalize()
+        .ok_or_else(|| io::Error::other("the file's hash is incomplete"))
 }
 
 /// Reads one answer per expectation, in order, until the writer is done.
@@ -838,7 +863,7 @@ fn local_have(
     sidecar: &Path,
     remote: &RemotePath,
     meta: &Meta,
-) -> (Option<Have>, Option<blake3::Hasher>) {
+) -> (Option<Have>, Option<FileHash>) {
     let described = std::fs::read(sidecar)
         .ok()
         .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).ok());
@@ -851,24 +876,24 @@ fn local_have(
     let Ok(mut file) = File::open(part) else {
         return (None, None);
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0).min(d.size);
+    let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let len = resume_point(d.size, on_disk);
     if len == 0 {
         return (None, None);
     }
-    let mut hasher = blake3::Hasher::new();
-    if hash_prefix(&mut file, len, &mut hasher).is_err() {
+    let Ok(prefix) = read_prefix(&mut file, len, d.size) else {
         return (None, None);
-    }
+    };
     let have = Have {
         offset: len,
-        prefix: *hasher.finalize().as_bytes(),
+        prefix: prefix.hash(),
         size: d.size,
         mtime: super::codec::Mtime {
             secs: d.mtime_secs,
             nanos: d.mtime_nanos,
         },
     };
-    (Some(have), Some(hasher))
+    (Some(have), Some(prefix.into_file()))
 }
 
 /// A GET on its way.
@@ -878,7 +903,7 @@ struct Fetch {
     part: PathBuf,
     sidecar: PathBuf,
     have: Option<Have>,
-    hasher: Option<blake3::Hasher>,
+    hash: Option<FileHash>,
 }
 
 enum DiskCmd {
@@ -929,7 +954,7 @@ async fn receive_file<R: AsyncRead + Unpin>(
             "{}: the file changed on the server (or our partial copy does not match); starting over",
             fetch.remote
         ));
-        fetch.hasher = None;
+        fetch.hash = None;
     }
     let gone = || FilesError::Protocol("the local disk writer stopped".into());
     disk.send(DiskCmd::Begin(Box::new((fetch, start))))
@@ -964,7 +989,8 @@ struct Writing {
     meta: Meta,
     file: File,
     written: u64,
-    hasher: blake3::Hasher,
+    hash: FileHash,
+    flusher: Flusher,
     failed: bool,
 }
 
@@ -1042,7 +1068,7 @@ fn code_of(e: &FilesError) -> &'static str {
     }
 }
 
-fn begin_download(fetch: Fetch, start: &FileStart) -> Result<Writing, (String, FilesError)> {
+fn begin_download(mut fetch: Fetch, start: &FileStart) -> Result<Writing, (String, FilesError)> {
     let name = fetch.remote.to_string();
     let fail = |action, e| (name.clone(), FilesError::local(&fetch.part, action, e));
     let mut file = OpenOptions::new()
@@ -1067,16 +1093,16 @@ fn begin_download(fetch: Fetch, start: &FileStart) -> Result<Writing, (String, F
         serde_json::to_vec(&sidecar).unwrap_or_default(),
     )
     .map_err(|e| fail("write the description of", e))?;
-    let hasher = if start.offset > 0 {
-        fetch.hasher.clone().unwrap_or_default()
-    } else {
-        blake3::Hasher::new()
+    let hash = match fetch.hash.take() {
+        Some(h) if start.offset > 0 && h.offset() == start.offset => h,
+        _ => FileHash::new(start.meta.size),
     };
     Ok(Writing {
         meta: start.meta,
         file,
         written: start.offset,
-        hasher,
+        hash,
+        flusher: Flusher::default(),
         failed: false,
         fetch,
     })
@@ -1091,7 +1117,15 @@ fn write_chunk(w: &mut Writing, chunk: &Chunk) -> Result<(), FilesError> {
             w.written
         )));
     }
-    if !chunk.verify() {
+    if !chunk.fits(w.meta.size) {
+        return Err(FilesError::Protocol(format!(
+            "{name}: the server sent {} bytes at offset {}, which have no place in a file of {} bytes",
+            chunk.data().len(),
+            chunk.offset(),
+            w.meta.size
+        )));
+    }
+    if !chunk.verify(w.meta.size) {
         return Err(FilesError::Integrity {
             path: name,
             what: format!(
@@ -1106,17 +1140,23 @@ fn write_chunk(w: &mut Writing, chunk: &Chunk) -> Result<(), FilesError> {
             w.meta.size
         )));
     }
+    if !w.hash.push(chunk.data().len(), chunk.hash()) {
+        return Err(FilesError::Protocol(format!(
+            "{name}: a chunk out of order at offset {}",
+            chunk.offset()
+        )));
+    }
     w.file
         .write_all(chunk.data())
         .map_err(|e| FilesError::local(&w.fetch.part, "write", e))?;
-    w.hasher.update(chunk.data());
     w.written += chunk.data().len() as u64;
+    w.flusher.wrote(&w.file, chunk.data().len() as u64);
     Ok(())
 }
 
 type Staged = Option<(PathBuf, PathBuf, u64)>;
 
-fn end_download(w: Writing, hash: &Hash) -> Result<Staged, FilesError> {
+fn end_download(mut w: Writing, hash: &Hash) -> Result<Staged, FilesError> {
     let name = w.fetch.remote.to_string();
     if w.written != w.meta.size {
         return Err(FilesError::Protocol(format!(
@@ -1124,7 +1164,7 @@ fn end_download(w: Writing, hash: &Hash) -> Result<Staged, FilesError> {
             w.written, w.meta.size
         )));
     }
-    if w.hasher.finalize().as_bytes() != hash {
+    if w.hash.finalize().as_ref() != Some(hash) {
         let _ = std::fs::remove_file(&w.fetch.part);
         let _ = std::fs::remove_file(&w.fetch.sidecar);
         return Err(FilesError::Integrity {
@@ -1132,6 +1172,7 @@ fn end_download(w: Writing, hash: &Hash) -> Result<Staged, FilesError> {
             what: "the whole file's BLAKE3 does not match what the server sent; discarded".into(),
         });
     }
+    w.flusher.wait();
     atomic::apply_file_meta(&w.file, &w.meta)
         .map_err(|e| FilesError::local(&w.fetch.part, "set the mode and time of", e))?;
     let _ = std::fs::remove_file(&w.fetch.sidecar);
@@ -1175,6 +1216,13 @@ impl Rate {
             tokio::time::sleep(due - elapsed).await;
         }
     }
+}
+
+/// The summary of a transfer that ended, with its wall time.
+fn finished(summary: Mutex<Summary>, started: Instant) -> Summary {
+    let mut summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

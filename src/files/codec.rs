@@ -18,6 +18,8 @@
 
 use std::fmt;
 
+use super::tree::{chunk_hash, fits};
+
 /// The protocol version this codec speaks.
 pub const VERSION: u16 = 1;
 /// Bytes in a frame header.
@@ -442,13 +444,13 @@ impl Chunk {
         }
     }
 
-    /// A chunk of `data` at `offset`, hashed.
-    pub fn new(offset: u64, data: &[u8]) -> Chunk {
+    /// A chunk of `data` at `offset` of a `size`-byte file, hashed.
+    pub fn new(size: u64, offset: u64, data: &[u8]) -> Chunk {
         let mut chunk = Chunk::buffer(data.len());
         chunk
             .data_mut()
             .copy_from_slice(&data[..data.len().min(MAX_CHUNK)]);
-        chunk.seal(offset);
+        chunk.seal(size, offset);
         chunk
     }
 
@@ -462,9 +464,11 @@ impl Chunk {
         self.payload.truncate(DATA_PREFIX + len);
     }
 
-    /// Writes the offset and the hash of the bytes.
-    pub fn seal(&mut self, offset: u64) {
-        let hash = *blake3::hash(&self.payload[DATA_PREFIX..]).as_bytes();
+    /// Writes the offset and the hash of the bytes as a chunk of a `size`-byte file (see
+    /// [`tree`](super::tree); a chunk that has no place in such a file gets a hash of
+    /// zeros, which no receiver accepts).
+    pub fn seal(&mut self, size: u64, offset: u64) {
+        let hash = chunk_hash(size, offset, &self.payload[DATA_PREFIX..]).unwrap_or_default();
         self.payload[..8].copy_from_slice(&offset.to_be_bytes());
         self.payload[8..DATA_PREFIX].copy_from_slice(&hash);
     }
@@ -488,9 +492,15 @@ impl Chunk {
         &self.payload[DATA_PREFIX..]
     }
 
-    /// Whether the bytes match the hash.
-    pub fn verify(&self) -> bool {
-        blake3::hash(self.data()).as_bytes() == &self.hash()
+    /// Whether the chunk has a place in a `size`-byte file (on a chunk boundary, whole
+    /// unless it is the last): checked without hashing.
+    pub fn fits(&self, size: u64) -> bool {
+        fits(size, self.offset(), self.data().len())
+    }
+
+    /// Whether the bytes match the hash, as a chunk of a `size`-byte file.
+    pub fn verify(&self, size: u64) -> bool {
+        chunk_hash(size, self.offset(), self.data()) == Some(self.hash())
     }
 
     /// A chunk whose hash (or data) was changed after sealing: for tests of the receivers.
@@ -1040,8 +1050,8 @@ mod tests {
                 to: String::new(),
                 path: "x.bin".into(),
             }),
-            Frame::Data(Chunk::new(1 << 33, b"hello")),
-            Frame::Data(Chunk::new(0, b"")),
+            Frame::Data(Chunk::new((1 << 33) + 5, 1 << 33, b"hello")),
+            Frame::Data(Chunk::new(0, 0, b"")),
             Frame::End {
                 hash: *blake3::hash(b"hello").as_bytes(),
             },
@@ -1166,9 +1176,16 @@ mod tests {
 
     #[test]
     fn chunks_verify() {
-        let chunk = Chunk::new(4, b"data");
-        assert!(chunk.verify());
-        assert_eq!(chunk.offset(), 4);
-        assert!(!chunk.corrupt().verify());
+        let chunk = Chunk::new(4, 0, b"data");
+        assert!(chunk.verify(4));
+        assert!(!chunk.verify(5), "as a chunk of another file");
+        assert!(!chunk.clone().corrupt().verify(4));
+        let size = (MAX_CHUNK as u64) * 2 + 4;
+        let last = Chunk::new(size, 2 * MAX_CHUNK as u64, b"data");
+        assert!(last.fits(size) && last.verify(size));
+        assert_eq!(last.offset(), 2 * MAX_CHUNK as u64);
+        assert!(!last.corrupt().verify(size));
+        let misplaced = Chunk::new(size, 4, b"data");
+        assert!(!misplaced.fits(size) && !misplaced.verify(size));
     }
 }

@@ -4,6 +4,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`codec`] | the frames, bytes in and out (no I/O) |
+//! | [`tree`] | chunk and file hashes in one BLAKE3 pass (no I/O) |
 //! | [`wire`] | frames over an async stream |
 //! | [`paths`] | name rules, shared by the server and the client |
 //! | [`space`] | per-user spaces on disk, quota, partial uploads |
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod paths;
 pub mod service;
 pub mod space;
+pub mod tree;
 pub mod wire;
 
 pub use client::{connect, FilesClient, GetOptions, NoProgress, Progress, PutOptions, Summary};

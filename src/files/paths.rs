@@ -244,6 +244,46 @@ pub fn resolve_inside(dir: &Path, path: &RemotePath) -> Result<PathBuf, PathErro
     Ok(here)
 }
 
+/// Opens the file `path` below `dir` for reading. On Linux the kernel resolves it in one call
+/// (`openat2` with `RESOLVE_BENEATH`): a path that leads out of `dir` (through a symbolic link,
+/// also one made or swapped in while we look) is refused, with no gap between a check and the
+/// use. Elsewhere, or where `openat2` is missing (kernels before 5.6, some sandboxes), the
+/// path checked by [`resolve_inside`] is opened.
+pub fn open_beneath(dir: &Path, path: &RemotePath) -> Result<std::fs::File, OpenError> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        let base = std::fs::File::open(dir).map_err(OpenError::Io)?;
+        match openat2(
+            &base,
+            path.to_path(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => return Ok(std::fs::File::from(fd)),
+            Err(rustix::io::Errno::XDEV) => {
+                return Err(OpenError::Name(PathError::SymlinkOut(path.to_path())))
+            }
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(OpenError::Io(e.into())),
+        }
+    }
+    let full = resolve_inside(dir, path).map_err(OpenError::Name)?;
+    std::fs::File::open(full).map_err(OpenError::Io)
+}
+
+/// Why [`open_beneath`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The path leads out of the directory.
+    #[error("refused name")]
+    Name(#[source] PathError),
+    /// The file system refused (not found, permissions, ...).
+    #[error("cannot open")]
+    Io(#[source] io::Error),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +384,39 @@ mod tests {
             resolve_inside(&space, &p("new/deeper")).unwrap(),
             space.join("new/deeper")
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn open_beneath_refuses_links_out_and_follows_links_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = dir.path().join("space");
+        std::fs::create_dir_all(space.join("real")).unwrap();
+        std::fs::write(space.join("real/f"), b"in").unwrap();
+        std::fs::write(dir.path().join("secret"), b"out").unwrap();
+        std::os::unix::fs::symlink(dir.path(), space.join("out")).unwrap();
+        std::os::unix::fs::symlink("real", space.join("in")).unwrap();
+        std::os::unix::fs::symlink("../secret", space.join("up")).unwrap();
+        let p = |t| RemotePath::parse(t).unwrap();
+        for bad in ["out/secret", "up"] {
+            assert!(
+                matches!(
+                    open_beneath(&space, &p(bad)),
+                    Err(OpenError::Name(PathError::SymlinkOut(_)))
+                ),
+                "{bad}"
+            );
+        }
+        let mut text = String::new();
+        use std::io::Read;
+        open_beneath(&space, &p("in/f"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "in");
+        assert!(matches!(
+            open_beneath(&space, &p("missing")),
+            Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound
+        ));
     }
 }

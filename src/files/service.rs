@@ -117,9 +117,12 @@ async fn serve(service: &FilesService, stream: BoxStream, ctx: &Context) -> End 
     let spaces = service.spaces.clone();
     let used = {
         let (spaces, user) = (spaces.clone(), user.clone());
-        tokio::task::spawn_blocking(move || spaces.used(&user))
-            .await
-            .unwrap_or(0)
+        tokio::task::spawn_blocking(move || {
+            spaces.sweep(&user);
+            spaces.used(&user)
+        })
+        .await
+        .unwrap_or(0)
     };
     let limits = spaces.limits();
     let welcome = Frame::Welcome(Welcome {
@@ -481,7 +484,21 @@ impl Session {
             return self.fatal(format!("{} outside a file", Kind::Data));
         };
         let shown = up.target.path.to_string();
-        if !chunk.verify() {
+        if !chunk.fits(up.meta.size) {
+            let e = StoreError::Protocol {
+                path: shown.clone(),
+                what: format!(
+                    "a chunk of {} bytes at offset {} has no place in a file of {} bytes",
+                    chunk.data().len(),
+                    chunk.offset(),
+                    up.meta.size
+                ),
+            };
+            self.spaces.abandon(up, false);
+            self.skipping = Some(shown.clone());
+            return self.fail(&shown, &e);
+        }
+        if !chunk.verify(up.meta.size) {
             let e = StoreError::Integrity {
                 path: shown.clone(),
                 what: format!(
@@ -493,7 +510,10 @@ impl Session {
             self.skipping = Some(shown.clone());
             return self.fail(&shown, &e);
         }
-        match self.spaces.write(&mut up, chunk.offset(), chunk.data()) {
+        match self
+            .spaces
+            .write(&mut up, chunk.offset(), chunk.data(), chunk.hash())
+        {
             Ok(()) => {
                 self.bytes_in += chunk.data().len() as u64;
                 self.upload = Some(up);
@@ -536,7 +556,7 @@ impl Session {
 
     fn get(&mut self, area: Area, path: &RemotePath, have: Option<super::codec::Have>) -> bool {
         let shown = path.to_string();
-        let (mut file, meta, start, mut hasher) =
+        let (mut file, meta, start, mut hash) =
             match self.spaces.open_download(&self.user, area, path, have) {
                 Ok(x) => x,
                 Err(e) => return self.fail(&shown, &e),
@@ -562,8 +582,8 @@ impl Session {
                 };
                 return self.fail(&shown, &e);
             }
-            chunk.seal(offset);
-            hasher.update(chunk.data());
+            chunk.seal(meta.size, offset);
+            hash.push(want, chunk.hash());
             offset += want as u64;
             self.bytes_out += want as u64;
             if !self.send(Frame::Data(chunk)) {
@@ -572,7 +592,7 @@ impl Session {
         }
         debug!(user = %self.user, path = %shown, start, size = meta.size, "files: sent");
         self.send(Frame::End {
-            hash: *hasher.finalize().as_bytes(),
+            hash: hash.finalize().unwrap_or_default(),
         })
     }
 }
@@ -594,6 +614,7 @@ mod tests {
             Limits {
                 quota,
                 max_file: 1 << 20,
+                ..Limits::default()
             },
         )
         .unwrap();
@@ -647,12 +668,12 @@ mod tests {
         let (mut s, mut rx) = session(dir.path(), None);
         let data = b"0123456789";
         assert!(s.handle(open("bad.txt", 10)));
-        assert!(s.handle(Frame::Data(Chunk::new(0, data).corrupt())));
+        assert!(s.handle(Frame::Data(Chunk::new(10, 0, data).corrupt())));
         assert!(s.handle(Frame::End {
             hash: *blake3::hash(data).as_bytes()
         }));
         assert!(s.handle(open("good.txt", 10)));
-        assert!(s.handle(Frame::Data(Chunk::new(0, data))));
+        assert!(s.handle(Frame::Data(Chunk::new(10, 0, data))));
         assert!(s.handle(Frame::End {
             hash: *blake3::hash(data).as_bytes()
         }));
@@ -677,7 +698,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, mut rx) = session(dir.path(), None);
         s.handle(open("x", 3));
-        s.handle(Frame::Data(Chunk::new(0, b"abc")));
+        s.handle(Frame::Data(Chunk::new(3, 0, b"abc")));
         s.handle(Frame::End { hash: [0; 32] });
         let frames = drain(&mut rx);
         assert!(
@@ -699,7 +720,7 @@ mod tests {
             ("over", 101, ErrorCode::Quota),
         ] {
             assert!(s.handle(open(name, size)));
-            assert!(s.handle(Frame::Data(Chunk::new(0, b"z"))));
+            assert!(s.handle(Frame::Data(Chunk::new(1, 0, b"z"))));
             assert!(s.handle(Frame::End { hash: [0; 32] }));
             let frames = drain(&mut rx);
             assert!(

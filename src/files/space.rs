@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{self, meta_of};
-use super::codec::{Area, Entry, EntryKind, ErrorCode, Failure, Hash, Meta, Mtime};
-use super::paths::{resolve_inside, PathError, RemotePath};
+use super::atomic::{self, meta_of, Flusher};
+use super::codec::{Area, Entry, EntryKind, ErrorCode, Failure, Hash, Meta, Mtime, MAX_CHUNK};
+use super::paths::{open_beneath, resolve_inside, OpenError, PathError, RemotePath};
+use super::tree::{resume_point, FileHash, Prefix};
 use crate::error::chain;
 use crate::service::UserId;
 
@@ -33,13 +34,20 @@ pub struct Limits {
     pub quota: Option<u64>,
     /// Largest file.
     pub max_file: u64,
+    /// A partial upload untouched for this long is removed (at the server's start, and when
+    /// its user's next session starts).
+    pub partial_ttl: Duration,
 }
+
+/// The default of [`Limits::partial_ttl`]: a week.
+pub const PARTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             quota: Some(10 << 30),
             max_file: 4 << 30,
+            partial_ttl: PARTIAL_TTL,
         }
     }
 }
@@ -236,9 +244,12 @@ pub struct Upload {
     /// Bytes written so far.
     pub written: u64,
     file: File,
-    hasher: blake3::Hasher,
+    hash: FileHash,
+    flusher: Flusher,
     part: PathBuf,
     sidecar: PathBuf,
+    /// Whether `sidecar` may exist (resumable uploads only).
+    described: bool,
     dest: PathBuf,
     old_size: u64,
     _active: Active,
@@ -259,12 +270,79 @@ impl Spaces {
         let root = root.into();
         crate::pki::files::create_private_dir(&root.join("users"))
             .map_err(|e| io::Error::other(chain(&e).to_string()))?;
-        Ok(Spaces {
+        let spaces = Spaces {
             root,
             limits,
             usage: Mutex::new(HashMap::new()),
             active: Arc::default(),
-        })
+        };
+        spaces.sweep_all();
+        Ok(spaces)
+    }
+
+    /// Removes every user's stale partial uploads (see [`Spaces::sweep`]); returns how many.
+    pub fn sweep_all(&self) -> usize {
+        let Ok(users) = std::fs::read_dir(self.root.join("users")) else {
+            return 0;
+        };
+        users
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| UserId::parse(&name).ok())
+            .map(|user| self.sweep(&user))
+            .sum()
+    }
+
+    /// Removes `user`'s partial uploads (and their descriptions) untouched for longer than
+    /// [`Limits::partial_ttl`], except those being written now; returns how many. Their bytes
+    /// leave the user's quota.
+    pub fn sweep(&self, user: &UserId) -> usize {
+        let dir = self.user_dir(user).join(".partial");
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        let stale = |meta: &std::fs::Metadata| {
+            meta.modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > self.limits.partial_ttl)
+        };
+        let mut removed = 0;
+        let mut freed = 0u64;
+        let _ = self.used(user);
+        for entry in read.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            // A description goes with its partial file: judged by the partial's age.
+            let part = path.with_extension("part");
+            let judged = if part == path {
+                meta.clone()
+            } else {
+                std::fs::metadata(&part).unwrap_or_else(|_| meta.clone())
+            };
+            if !meta.is_file() || !stale(&judged) {
+                continue;
+            }
+            let busy = self
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&part);
+            if busy || std::fs::remove_file(&path).is_err() {
+                continue;
+            }
+            freed += meta.len();
+            if path.extension().is_some_and(|e| e == "part") {
+                removed += 1;
+                tracing::info!(
+                    user = %user, file = %path.display(), bytes = meta.len(),
+                    "files: stale partial upload removed"
+                );
+            }
+        }
+        self.charge(user, -(freed as i128));
+        removed
     }
 
     /// The root.
@@ -386,11 +464,9 @@ impl Spaces {
             Ok(m) => m.len(),
             Err(_) => 0,
         };
+        // The partial directory is made when the first open finds it missing; the file's
+        // own directory at its rename (atomic::rename_into): no calls per file for them.
         let partial_dir = owner_dir.join(".partial");
-        std::fs::create_dir_all(&partial_dir).map_err(io("make the partial directory"))?;
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(io("make its directory"))?;
-        }
         let key = blake3::hash(target.under_owner.as_str().as_bytes()).to_hex();
         let part = partial_dir.join(format!("{}.part", &key[..32]));
         let sidecar = partial_dir.join(format!("{}.json", &key[..32]));
@@ -406,12 +482,15 @@ impl Spaces {
             mtime_nanos: meta.mtime.nanos,
         };
         let on_disk = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        let same = std::fs::read(&sidecar)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).ok())
-            .is_some_and(|m| m == wanted);
+        // A file sent without resume (one chunk at most) is never resumed: no description.
+        let same = resume
+            && std::fs::read(&sidecar)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).ok())
+                .is_some_and(|m| m == wanted);
+        // A resume starts on a chunk boundary (the bytes after it are sent again).
         let keep = if resume && same && on_disk <= meta.size {
-            on_disk
+            resume_point(meta.size, on_disk)
         } else {
             0
         };
@@ -430,42 +509,55 @@ impl Spaces {
                 });
             }
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(io("open the partial file"))?;
-        let mut hasher = blake3::Hasher::new();
-        if keep > 0 {
-            hash_prefix(&mut file, keep, &mut hasher).map_err(io("read the partial file"))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&part)
+        };
+        let mut file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&partial_dir).map_err(io("make the partial directory"))?;
+                open()
+            }
+            other => other,
         }
-        file.set_len(keep)
-            .map_err(io("truncate the partial file"))?;
-        file.seek(SeekFrom::Start(keep))
-            .map_err(io("seek in the partial file"))?;
-        if !same {
+        .map_err(io("open the partial file"))?;
+        let prefix =
+            read_prefix(&mut file, keep, meta.size).map_err(io("read the partial file"))?;
+        if on_disk > keep {
+            file.set_len(keep)
+                .map_err(io("truncate the partial file"))?;
+        }
+        if keep > 0 {
+            file.seek(SeekFrom::Start(keep))
+                .map_err(io("seek in the partial file"))?;
+        }
+        if resume && !same {
             let json = serde_json::to_vec(&wanted).unwrap_or_default();
             std::fs::write(&sidecar, json).map_err(io("write the partial's description"))?;
         }
         self.charge(&target.owner, meta.size as i128 - on_disk as i128);
-        let prefix = *hasher.finalize().as_bytes();
+        let prefix_hash = prefix.hash();
         Ok((
             Upload {
                 target,
                 meta,
                 written: keep,
                 file,
-                hasher,
+                hash: prefix.into_file(),
+                flusher: Flusher::default(),
                 part,
                 sidecar,
+                described: resume || on_disk > 0,
                 dest,
                 old_size,
                 _active: active,
             },
             keep,
-            prefix,
+            prefix_hash,
         ))
     }
 
@@ -488,8 +580,15 @@ impl Spaces {
         }
     }
 
-    /// Writes a verified chunk's bytes at `offset`: the next byte, or 0 to start over.
-    pub fn write(&self, up: &mut Upload, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+    /// Writes a verified chunk's bytes (`hash` is its hash, checked by the caller) at
+    /// `offset`: the next byte, or 0 to start over.
+    pub fn write(
+        &self,
+        up: &mut Upload,
+        offset: u64,
+        data: &[u8],
+        hash: Hash,
+    ) -> Result<(), StoreError> {
         let path = up.target.path.clone();
         let io = |action: &'static str| {
             let p = path.clone();
@@ -503,7 +602,7 @@ impl Spaces {
                 .seek(SeekFrom::Start(0))
                 .map_err(io("seek in the partial file"))?;
             up.written = 0;
-            up.hasher = blake3::Hasher::new();
+            up.hash = FileHash::new(up.meta.size);
         }
         if offset != up.written {
             return Err(StoreError::Protocol {
@@ -511,15 +610,19 @@ impl Spaces {
                 what: format!("chunk at offset {offset}, expected {}", up.written),
             });
         }
-        if up.written + data.len() as u64 > up.meta.size {
+        if !up.hash.push(data.len(), hash) {
             return Err(StoreError::Protocol {
                 path: up.target.path.to_string(),
-                what: format!("more than the {} bytes announced", up.meta.size),
+                what: format!(
+                    "a chunk of {} bytes at offset {offset} has no place in a file of {} bytes",
+                    data.len(),
+                    up.meta.size
+                ),
             });
         }
         up.file.write_all(data).map_err(io("write"))?;
-        up.hasher.update(data);
         up.written += data.len() as u64;
+        up.flusher.wrote(&up.file, data.len() as u64);
         Ok(())
     }
 
@@ -544,7 +647,7 @@ impl Spaces {
                 what: "the file ended early".into(),
             });
         }
-        if up.hasher.finalize().as_bytes() != hash {
+        if up.hash.finalize().as_ref() != Some(hash) {
             let owner = up.target.owner.clone();
             let size = up.meta.size;
             let _ = std::fs::remove_file(&up.part);
@@ -556,8 +659,12 @@ impl Spaces {
                     .into(),
             });
         }
+        let mut up = up;
+        up.flusher.wait();
         atomic::apply_file_meta(&up.file, &up.meta).map_err(io("set the mode and time"))?;
-        let _ = std::fs::remove_file(&up.sidecar);
+        if up.described {
+            let _ = std::fs::remove_file(&up.sidecar);
+        }
         self.charge(&up.target.owner, -(up.old_size as i128));
         if commit_alone {
             atomic::commit_now(&up.file, &up.part, &up.dest).map_err(io("store"))?;
@@ -588,12 +695,17 @@ impl Spaces {
         area: Area,
         path: &RemotePath,
         have: Option<super::codec::Have>,
-    ) -> Result<(File, Meta, u64, blake3::Hasher), StoreError> {
+    ) -> Result<(File, Meta, u64, FileHash), StoreError> {
         let base = self
             .area_dir(user, area)
             .map_err(|e| StoreError::io(path, "open the space", e))?;
-        let full = resolve(&base, path)?;
-        let mut file = File::open(&full).map_err(|e| StoreError::io(path, "open", e))?;
+        let mut file = open_beneath(&base, path).map_err(|e| match e {
+            OpenError::Name(source) => StoreError::BadName {
+                path: path.to_string(),
+                source,
+            },
+            OpenError::Io(e) => StoreError::io(path, "open", e),
+        })?;
         let metadata = file
             .metadata()
             .map_err(|e| StoreError::io(path, "read", e))?;
@@ -604,22 +716,22 @@ impl Spaces {
             });
         }
         let meta = meta_of(&metadata);
-        let mut hasher = blake3::Hasher::new();
+        let mut hash = FileHash::new(meta.size);
         let mut start = 0;
         if let Some(have) = have {
-            if have.size == meta.size && have.mtime == meta.mtime && have.offset <= meta.size {
-                hash_prefix(&mut file, have.offset, &mut hasher)
+            let same = have.size == meta.size && have.mtime == meta.mtime;
+            if same && have.offset > 0 && resume_point(meta.size, have.offset) == have.offset {
+                let prefix = read_prefix(&mut file, have.offset, meta.size)
                     .map_err(|e| StoreError::io(path, "read", e))?;
-                if hasher.finalize().as_bytes() == &have.prefix {
+                if prefix.hash() == have.prefix {
                     start = have.offset;
-                } else {
-                    hasher = blake3::Hasher::new();
+                    hash = prefix.into_file();
                 }
             }
         }
         file.seek(SeekFrom::Start(start))
             .map_err(|e| StoreError::io(path, "seek", e))?;
-        Ok((file, meta, start, hasher))
+        Ok((file, meta, start, hash))
     }
 
     /// Removes a file or a directory tree; in the inbox, also the directories it leaves
@@ -734,19 +846,29 @@ pub fn tree_size(dir: &Path) -> u64 {
     total
 }
 
-/// Feeds the first `len` bytes of `file` to `hasher` (and leaves the file there).
-pub fn hash_prefix(file: &mut File, len: u64, hasher: &mut blake3::Hasher) -> io::Result<()> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = len;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
+/// Reads and hashes the first `len` bytes of a `size`-byte file (a chunk boundary, see
+/// [`resume_point`]) in one pass, and leaves the file there.
+pub fn read_prefix(file: &mut File, len: u64, size: u64) -> io::Result<Prefix> {
+    let mut prefix = Prefix::new(size);
+    if len == 0 {
+        return Ok(prefix);
     }
-    Ok(())
+    file.seek(SeekFrom::Start(0))?;
+    let refused = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{len} bytes are not a whole number of chunks of a {size}-byte file"),
+        )
+    };
+    if resume_point(size, len) != len {
+        return Err(refused());
+    }
+    let mut buf = vec![0u8; MAX_CHUNK];
+    while prefix.len() < len {
+        file.read_exact(&mut buf)?;
+        if !prefix.push(&buf) {
+            return Err(refused());
+        }
+    }
+    Ok(prefix)
 }

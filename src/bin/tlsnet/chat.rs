@@ -16,9 +16,9 @@ use tlsnet::msg::nats::NatsOptions;
 use tlsnet::msg::service::{MsgOptions, MsgService};
 use tlsnet::msg::store::{StoreOptions, SyncMode};
 use tlsnet::net::client::{split_host_port, ClientStream, Connector};
-use tlsnet::pki::dev::{is_local_host, DevPki};
+use tlsnet::pki::dev::is_local_host;
 use tlsnet::service::user::UserIdSource;
-use tlsnet::tls::{server_name, Identity};
+use tlsnet::tls::server_name;
 use tokio::io::AsyncBufReadExt;
 
 use crate::tls_args::ClientTlsArgs;
@@ -312,28 +312,14 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode> {
     let alpn = vec![String::from_utf8_lossy(tlsnet::msg::ALPN).into_owned()];
     let mut options = args.tls.options(&host, false, true, &alpn)?;
     if let Some(user) = &args.as_user {
-        if !hosts.iter().all(|h| is_local_host(h)) {
-            return Err(
-                UsageError("--as works with a local server's development PKI only".into()).into(),
-            );
+        // Every server of the list must be local: the certificate is for this machine's PKI.
+        if let Some(far) = hosts.iter().find(|h| !is_local_host(h)) {
+            return Err(UsageError(format!(
+                "--as works with a local server's development PKI only ({far} is not local)"
+            ))
+            .into());
         }
-        let dir = args
-            .tls
-            .pki_dir
-            .clone()
-            .or_else(DevPki::default_dir)
-            .ok_or_else(|| UsageError("--as: no development PKI: set --pki-dir DIR".into()))?;
-        let pki = DevPki::at(dir);
-        if !pki.exists() {
-            return Err(anyhow!(
-                "--as: no development PKI in {} (run `tlsnet serve` once, or give --pki-dir)",
-                pki.dir().display()
-            ));
-        }
-        let (cert, key) = pki
-            .client_identity_for(user)
-            .with_context(|| format!("--as {user}: a certificate in {}", pki.dir().display()))?;
-        options.identity = Some(Identity::from_files(&cert, &key)?);
+        options.identity = Some(args.tls.identity_as(&host, user)?);
     }
     let config = tokio::task::spawn_blocking(move || options.build()).await??;
     let mut connector = Connector::new(config);

@@ -17,9 +17,8 @@ use tlsnet::files::{
 };
 use tlsnet::net::client::{split_host_port, Connector};
 use tlsnet::net::ClientStream;
-use tlsnet::pki::dev::DevPki;
 use tlsnet::service::{Service, UserIdSource};
-use tlsnet::tls::{server_name, Identity};
+use tlsnet::tls::server_name;
 use tracing::info;
 
 use crate::tls_args::ClientTlsArgs;
@@ -41,6 +40,11 @@ pub struct FilesServeArgs {
     /// Largest file the files service stores.
     #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
     pub max_file_size: u64,
+
+    /// A partial upload untouched for this long is removed (at start, and when its user's
+    /// next session starts): 7d, 12h, ...
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub partial_ttl: Duration,
 
     /// Do not run the files service (ALPN tlsnet-files/1).
     #[arg(long)]
@@ -69,6 +73,7 @@ impl FilesServeArgs {
         let limits = Limits {
             quota: (self.quota > 0).then_some(self.quota),
             max_file: self.max_file_size,
+            partial_ttl: self.partial_ttl,
         };
         let spaces = Spaces::open(&root, limits)
             .with_context(|| format!("files service: cannot use {}", root.display()))?;
@@ -76,6 +81,7 @@ impl FilesServeArgs {
             root = %root.display(),
             quota = %limits.quota.map_or("none".to_owned(), |q| q.to_string()),
             max_file = limits.max_file,
+            partial_ttl = ?limits.partial_ttl,
             user_id = %user_id,
             "files service on ALPN tlsnet-files/1"
         );
@@ -200,18 +206,7 @@ impl Common {
             .tls
             .options(&host, false, self.quiet || self.json, &alpn)?;
         if let Some(user) = &self.as_name {
-            let dir = self
-                .tls
-                .pki_dir
-                .clone()
-                .or_else(DevPki::default_dir)
-                .ok_or_else(|| UsageError("--as: set --pki-dir DIR (or HOME)".into()))?;
-            let pki = DevPki::at(dir);
-            let (cert, key) = {
-                let (pki, user) = (pki.clone(), user.clone());
-                tokio::task::spawn_blocking(move || pki.client_identity_for(&user)).await??
-            };
-            options.identity = Some(Identity::from_files(&cert, &key)?);
+            options.identity = Some(self.tls.identity_as(&host, user)?);
         }
         let config = tokio::task::spawn_blocking(move || options.build()).await??;
         let mut connector = Connector::new(config);
@@ -284,6 +279,24 @@ fn remote_paths(texts: &[String]) -> Result<Vec<RemotePath>> {
     texts.iter().map(|t| remote_path(t)).collect()
 }
 
+/// A put or a get, with its flags parsed.
+enum Transfer {
+    Put(Vec<PathBuf>, PutOptions),
+    Get(Vec<RemotePath>, GetOptions),
+}
+
+/// Runs a put or a get: connect, transfer with a progress bar, close, report.
+async fn transfer(common: &Common, job: Transfer) -> Result<ExitCode> {
+    let mut client = common.connect().await?;
+    let bar = common.progress();
+    let (what, summary) = match &job {
+        Transfer::Put(local, options) => ("put", client.put(local, options, &bar).await?),
+        Transfer::Get(remote, options) => ("get", client.get(remote, options, &bar).await?),
+    };
+    client.close().await;
+    report(what, common, &summary)
+}
+
 pub async fn run(args: FilesArgs) -> Result<ExitCode> {
     match args.command {
         FilesCommand::Put {
@@ -297,11 +310,7 @@ pub async fn run(args: FilesArgs) -> Result<ExitCode> {
                 dir: remote_path(dir.as_deref().unwrap_or(""))?,
                 limit_rate: common.limit_rate,
             };
-            let mut client = common.connect().await?;
-            let bar = common.progress();
-            let summary = client.put(&local, &options, &bar).await?;
-            client.close().await;
-            report("put", &common, &summary)
+            transfer(&common, Transfer::Put(local, options)).await
         }
         FilesCommand::Get {
             common,
@@ -309,17 +318,12 @@ pub async fn run(args: FilesArgs) -> Result<ExitCode> {
             inbox,
             out,
         } => {
-            let remote = remote_paths(&remote)?;
             let options = GetOptions {
                 inbox,
                 out,
                 limit_rate: common.limit_rate,
             };
-            let mut client = common.connect().await?;
-            let bar = common.progress();
-            let summary = client.get(&remote, &options, &bar).await?;
-            client.close().await;
-            report("get", &common, &summary)
+            transfer(&common, Transfer::Get(remote_paths(&remote)?, options)).await
         }
         FilesCommand::Rm {
             common,

@@ -222,6 +222,7 @@ fn merge(args: &mut ServeArgs, file: ServeFile, given: impl Fn(&str) -> bool) {
     take!(files.files_root, files_root, Some);
     take!(files.quota, quota);
     take!(files.max_file_size, max_file_size);
+    take!(files.partial_ttl, partial_ttl);
 }
 
 /// A server ready to run, with its reloader and metrics endpoint: what `serve` and `tunnel

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, Context, Result};
 use clap::{Args, ValueEnum};
 use tlsnet::config::{ClientTlsSettings, Naming, ServerLimits, ServerTlsSettings, SettingError};
 use tlsnet::net::ServerOptions;
-use tlsnet::pki::dev::DevPki;
-use tlsnet::tls::{ClientAuth, ClientTlsOptions, Pattern, ServerTlsSource, SpkiPin};
+use tlsnet::pki::dev::{is_local_host, DevPki};
+use tlsnet::tls::{ClientAuth, ClientTlsOptions, Identity, Pattern, ServerTlsSource, SpkiPin};
 use tracing::info;
 
 use crate::keylog::KeyLogArgs;
@@ -286,6 +286,33 @@ impl ClientTlsArgs {
         options.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         options.key_log = self.keylog.open()?;
         Ok(options)
+    }
+
+    /// `--as NAME` of `chat` and `files`: a client certificate for NAME from the development
+    /// PKI (of `--pki-dir`, else the default one), issued on first use. Only for a server on
+    /// this machine (whose development PKI it is).
+    pub fn identity_as(&self, host: &str, name: &str) -> Result<Identity> {
+        if !is_local_host(host) {
+            return Err(
+                UsageError("--as works with a local server's development PKI only".into()).into(),
+            );
+        }
+        let dir = self
+            .pki_dir
+            .clone()
+            .or_else(DevPki::default_dir)
+            .ok_or_else(|| UsageError("--as: no development PKI: set --pki-dir DIR".into()))?;
+        let pki = DevPki::at(dir);
+        if !pki.exists() {
+            return Err(anyhow!(
+                "--as: no development PKI in {} (run `tlsnet serve` once, or give --pki-dir)",
+                pki.dir().display()
+            ));
+        }
+        let (cert, key) = pki
+            .client_identity_for(name)
+            .with_context(|| format!("--as {name}: a certificate in {}", pki.dir().display()))?;
+        Ok(Identity::from_files(&cert, &key)?)
     }
 }
 
