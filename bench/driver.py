@@ -26,13 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import files as file_rows  # noqa: E402  (bench/files.py: the file-transfer rows)
 import msg as msg_bench  # noqa: E402  (bench/msg.py: the messaging rows)
+import scale  # noqa: E402  (bench/scale.py: cross-node messaging, 1 node vs 2 on NATS)
 import tunnel  # noqa: E402  (bench/tunnel.py: the tunnel and Python-sender rows)
 
 TLS_SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
 SYSTEMS = TLS_SYSTEMS + [s for s in msg_bench.SYSTEMS if s not in TLS_SYSTEMS]
 # tls: handshakes, bulk, idle; tunnel: bench/tunnel.py; msg: bench/msg.py; files: bench/files.py
-# (its peers, scp, sftp, rsync and FTPS, are its own: not in --systems).
-SECTIONS = ["tls", "tunnel", "msg", "files"]
+# (its peers, scp, sftp, rsync and FTPS, are its own: not in --systems); scale: bench/scale.py.
+SECTIONS = ["tls", "tunnel", "msg", "files", "scale"]
 LABELS = {
     "tlsnet": "tlsnet",
     "openssl": "openssl s_server",
@@ -707,6 +708,8 @@ def main():
 
     if "msg" in sections:
         msg_bench.add_rows(rig, res, quick, sys.modules[__name__], systems)
+    if "scale" in sections and "tlsnet" in systems:
+        scale.add_rows(rig, res, quick, sys.modules[__name__])
     res.finish()
     # Rows of sections not run are left out (not reported as unmeasured).
     for rid in [r for r in res.order if not any(c["values"] for c in res.rows[r]["cells"].values())]:
@@ -716,6 +719,8 @@ def main():
     targets = judge(res, systems, quick) if sections & {"tls", "tunnel"} else []
     if "msg" in sections:
         targets[-1:-1] = msg_bench.targets(res, quick)
+    if "scale" in sections and "tlsnet" in systems:
+        targets += scale.targets(res, quick)
     if fres:
         targets += file_rows.targets(fres, res, quick, sys.modules[__name__])
     total_busy = sum(b for b, _ in rig.busy)

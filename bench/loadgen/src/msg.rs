@@ -47,6 +47,10 @@ pub struct MsgArgs {
     /// Server address (IP:PORT).
     #[arg(long)]
     connect: SocketAddr,
+    /// More servers (repeatable): client i connects to the (i mod K)-th of `--connect` and
+    /// these. With two, every `direct` message (client i to i+1) goes from one to the other.
+    #[arg(long)]
+    also_connect: Vec<SocketAddr>,
     /// Name the server certificate is checked against (and SNI).
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -90,6 +94,16 @@ pub struct MsgArgs {
     /// publish ack is the ack) instead of core NATS (no ack).
     #[arg(long)]
     jetstream: bool,
+}
+
+impl MsgArgs {
+    /// The server client `i` connects to.
+    fn addr(&self, i: usize) -> SocketAddr {
+        match i % (1 + self.also_connect.len()) {
+            0 => self.connect,
+            k => self.also_connect[k - 1],
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -570,7 +584,7 @@ async fn tlsnet_client(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<()> {
     let name = tlsnet::tls::server_name(&a.server_name)?;
-    let tcp = TcpStream::connect(a.connect).await.context("connect")?;
+    let tcp = TcpStream::connect(a.addr(i)).await.context("connect")?;
     tcp.set_nodelay(true)?;
     let tls = TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
@@ -775,7 +789,7 @@ async fn mqtt_client(
     use rumqttc::{
         AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
     };
-    let mut opts = MqttOptions::new(user(i), a.server_name.clone(), a.connect.port());
+    let mut opts = MqttOptions::new(user(i), a.server_name.clone(), a.addr(i).port());
     opts.set_keep_alive(Duration::from_secs(60));
     opts.set_clean_session(true);
     opts.set_inflight(a.window.clamp(1, 65535) as u16);
@@ -876,7 +890,7 @@ async fn nats_client(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<()> {
     use futures_util::StreamExt;
-    let url = format!("tls://{}:{}", a.server_name, a.connect.port());
+    let url = format!("tls://{}:{}", a.server_name, a.addr(i).port());
     let client = async_nats::ConnectOptions::new()
         .tls_client_config(config)
         .require_tls(true)
