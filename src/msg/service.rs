@@ -680,12 +680,17 @@ async fn deliver(
     // Whether the queue may hold something new: at the start, and at each wake-up (a message
     // for the user was committed, or an acknowledgement made room in the window).
     let mut look = true;
+    // A wake-up whose look found nothing, on a backend that polls (NATS): the message may not
+    // be visible to the user's consumer yet, so look once more shortly instead of waiting for
+    // the next poll.
+    let (mut woken, mut soon) = (false, false);
     loop {
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
         if room > 0 && std::mem::take(&mut look) {
             match hub.store.pending(user, cursor, room).await {
                 Ok(messages) => {
+                    soon = woken && messages.is_empty() && hub.store.poll_every().is_some();
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);
@@ -761,11 +766,16 @@ async fn deliver(
                 let _ = out.write(wr).await;
                 return None;
             }
-            _ = session.wake.notified() => look = true,
-            _ = poll(hub.store.poll_every()) => look = true,
+            _ = session.wake.notified() => (look, woken) = (true, true),
+            _ = poll(if soon { Some(RECHECK) } else { hub.store.poll_every() }) => {
+                (look, woken, soon) = (true, false, false);
+            }
         }
     }
 }
+
+/// How soon a session looks at its queue again after a wake-up that found it empty.
+const RECHECK: Duration = Duration::from_millis(300);
 
 /// Waits `every`, or forever.
 async fn poll(every: Option<Duration>) {

@@ -110,7 +110,8 @@ impl Cluster {
         Ok(bytes.map(|b| serde_json::from_slice(&b).unwrap_or_default()))
     }
 
-    /// Reads, changes and writes one record with compare-and-set, again on a conflict. `f`
+    /// Reads, changes and writes one record with compare-and-set, again on a conflict (see
+    /// [`lost_race`] for the conflicts the client library does not name). `f`
     /// may refuse (nothing is written).
     async fn update<T: Serialize + DeserializeOwned + Default, R>(
         &self,
@@ -136,13 +137,13 @@ impl Cluster {
             let written = match revision {
                 Some(rev) => kv.update(&key, bytes.into(), rev).await.map_err(|e| {
                     (
-                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision || lost_race(&e),
                         self.fail("write a KV bucket")(e),
                     )
                 }),
                 None => kv.create(&key, bytes.into()).await.map_err(|e| {
                     (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.kind() == kv::CreateErrorKind::AlreadyExists || lost_race(&e),
                         self.fail("write a KV bucket")(e),
                     )
                 }),
@@ -619,4 +620,22 @@ impl Cluster {
         let _ = ready.stream.delete_consumer(&name).await;
         Ok((page.into(), more))
     }
+}
+
+/// Whether a KV write failed because another writer got there first, as JetStream says it
+/// with code 10164 ("wrong last sequence" without a number: a create that lost against
+/// another node's create of the same key). async-nats 0.46 names only code 10071 as a
+/// revision conflict and reports this one as `Other`, so its text is read here. Seen in the
+/// rig's scale rows: two nodes made one user's record at the same moment, and the send
+/// that lost was refused instead of tried again.
+fn lost_race(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if text.contains("10164") || text.contains("wrong last sequence") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
