@@ -556,6 +556,8 @@ def main():
     a = p.parse_args()
     PIDFILE = a.pidfile
     sections = set(s for s in a.sections.split(",") if s)
+    if not sections:
+        p.error("no section to run (--sections is empty)")
     unknown = sections - set(SECTIONS)
     if unknown:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
@@ -756,6 +758,8 @@ def main():
     if "tlsnet" in systems:
         broken = [r["case"] + " " + r["metric"] for r in res.rows.values()
                   if "median" not in r["cells"].get("tlsnet", {})]
+        if not res.rows and not fres:
+            broken = ["every row: none was measured"]
         for b in broken:
             log(f"bench: no tlsnet measurement for {b}")
         if broken:
