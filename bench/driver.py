@@ -28,6 +28,7 @@ import files as file_rows  # noqa: E402  (bench/files.py: the file-transfer rows
 import msg as msg_bench  # noqa: E402  (bench/msg.py: the messaging rows)
 import scale  # noqa: E402  (bench/scale.py: cross-node messaging, 1 node vs 2 on NATS)
 import tunnel  # noqa: E402  (bench/tunnel.py: the tunnel and Python-sender rows)
+from procstat import CLK, tree_cpu  # noqa: E402,F401  (tree_cpu: also for the sections, as d.tree_cpu)
 
 TLS_SYSTEMS = ["tlsnet", "openssl", "nginx", "stunnel", "python"]
 SYSTEMS = TLS_SYSTEMS + [s for s in msg_bench.SYSTEMS if s not in TLS_SYSTEMS]
@@ -291,7 +292,6 @@ sslVersionMax = TLSv1.3
         return out
 
 
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_busy():
@@ -300,24 +300,6 @@ def cpu_busy():
         v = [int(x) for x in f.readline().split()[1:9]]
     return (sum(v) - v[3] - v[4]) / CLK
 
-
-def tree_cpu(root):
-    """utime + stime of a process and its descendants."""
-    stats = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-                stats[int(d)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK)
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, total, i = [root], 0.0, 0
-    while i < len(tree):
-        total += stats.get(tree[i], (0, 0.0))[1]
-        tree.extend(p for p, (pp, _) in stats.items() if pp == tree[i])
-        i += 1
-    return total
 
 
 def children_cpu():

@@ -16,26 +16,9 @@ import ssl
 import sys
 import time
 
-CLK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from procstat import tree_cpu  # noqa: E402  (bench/procstat.py, as the driver measures)
 
-
-def tree_cpu(root):
-    """utime + stime of a process and its descendants, in seconds."""
-    stats = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-                stats[int(d)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK)
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, total, i = [root], 0.0, 0
-    while i < len(tree):
-        total += stats.get(tree[i], (0, 0.0))[1]
-        tree.extend(p for p, (pp, _) in stats.items() if pp == tree[i])
-        i += 1
-    return total
 
 
 def main():
