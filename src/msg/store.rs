@@ -7,7 +7,9 @@
 //! answers every job of the batch: an `ACCEPTED` frame is sent only for a message that is on
 //! disk. A job that is refused (a full queue, an unknown room) changes nothing and is
 //! answered with the reason; a storage error fails the whole batch, and nothing of it is
-//! answered as done.
+//! answered as done. What many jobs of a batch change (the message counter, a conversation's
+//! sequence, a queue's length) is kept in memory during the batch and written once, before
+//! the commit: the same transaction, so a crash keeps all of the batch or none of it.
 //!
 //! What is kept: each message once (by id, as JSON), its place in its conversation
 //! (conversation, sequence → id), one queue entry per recipient that has not acknowledged it
