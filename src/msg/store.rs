@@ -1162,6 +1162,58 @@ mod tests {
         });
     }
 
+    /// Sends queued together (most of them in one group commit): consecutive ids and
+    /// sequences, the queue limit counted across the batch, and the counters on disk after.
+    #[test]
+    fn a_batch_counts_ids_sequences_and_queue_lengths_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            max_queue: 3,
+            ..StoreOptions::default()
+        };
+        rt().block_on(async {
+            let store = Store::open(dir.path(), options).unwrap();
+            let mut commits = Vec::new();
+            for i in 0..5 {
+                let to = Target::User("bob".into());
+                commits.push(
+                    store
+                        .send_later("alice", to, format!("m{i}"), i)
+                        .await
+                        .unwrap(),
+                );
+            }
+            let mut accepted = Vec::new();
+            let mut full = 0;
+            for c in commits {
+                match c.await {
+                    Ok(sent) => accepted.push((sent.message.id, sent.message.seq)),
+                    Err(StoreError::Refused(Refusal::QueueFull { limit: 3, .. })) => full += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(accepted, [(1, 1), (2, 2), (3, 3)]);
+            assert_eq!(full, 2);
+            assert_eq!(store.queue_len("bob").unwrap(), 3);
+            let acked = store.ack("bob", vec![1, 2]).await.unwrap();
+            assert_eq!(acked.len(), 2);
+            assert_eq!(acked[0].from, "alice");
+        });
+        rt().block_on(async {
+            let store = Store::open(dir.path(), options).unwrap();
+            assert_eq!(store.queue_len("bob").unwrap(), 1);
+            let raw = store.pending_raw("bob", 0, 10).unwrap();
+            assert_eq!(raw.len(), 1);
+            let m: Message = serde_json::from_slice(&raw[0].body).unwrap();
+            assert_eq!((raw[0].id, m.id, m.text.as_str()), (3, 3, "m2"));
+            let next = store
+                .send("bob", Target::User("alice".into()), "back".into(), 9)
+                .await
+                .unwrap();
+            assert_eq!((next.message.id, next.message.seq), (4, 4));
+        });
+    }
+
     #[test]
     fn rooms_and_refusals_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
