@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{Message, Presence, Receipt};
 use super::nats::Cluster;
-use super::store::{conversation, Acked, Refusal, Sent, Store, StoreError, Target};
+use super::store::{conversation, Acked, Queued, Refusal, Sent, Store, StoreError, Target};
 
 /// A commit that was queued: it resolves once the data is durable.
 pub type Commit<T> = crate::service::BoxFuture<'static, Result<T, StoreError>>;
@@ -67,7 +67,7 @@ impl Backend {
     ) -> Result<Sent, StoreError> {
         match self {
             Backend::Embedded(s) => s.send(from, target, text, time).await,
-            Backend::Nats(c) => c.send(from, target, text, time).await,
+            Backend::Nats(c) => Box::pin(c.send(from, target, text, time)).await,
         }
     }
 
@@ -85,7 +85,7 @@ impl Backend {
         match self {
             Backend::Embedded(s) => Ok(Box::pin(s.send_later(from, target, text, time).await?)),
             Backend::Nats(c) => {
-                let sent = c.send(from, target, text, time).await;
+                let sent = Box::pin(c.send(from, target, text, time)).await;
                 Ok(Box::pin(std::future::ready(sent)))
             }
         }
@@ -100,7 +100,7 @@ impl Backend {
         match self {
             Backend::Embedded(s) => Ok(Box::pin(s.ack_later(user, ids).await?)),
             Backend::Nats(c) => {
-                let acked = c.ack(user, ids).await;
+                let acked = Box::pin(c.ack(user, ids)).await;
                 Ok(Box::pin(std::future::ready(acked)))
             }
         }
@@ -110,7 +110,7 @@ impl Backend {
     pub async fn ack(&self, user: &str, ids: Vec<u64>) -> Result<Vec<Acked>, StoreError> {
         match self {
             Backend::Embedded(s) => s.ack(user, ids).await,
-            Backend::Nats(c) => c.ack(user, ids).await,
+            Backend::Nats(c) => Box::pin(c.ack(user, ids)).await,
         }
     }
 
@@ -118,7 +118,7 @@ impl Backend {
     pub async fn create_room(&self, user: &str, room: &str, time: u64) -> Result<(), StoreError> {
         match self {
             Backend::Embedded(s) => s.create_room(user, room, time).await,
-            Backend::Nats(c) => c.create_room(user, room, time).await,
+            Backend::Nats(c) => Box::pin(c.create_room(user, room, time)).await,
         }
     }
 
@@ -126,7 +126,7 @@ impl Backend {
     pub async fn join(&self, user: &str, room: &str) -> Result<(), StoreError> {
         match self {
             Backend::Embedded(s) => s.join(user, room).await,
-            Backend::Nats(c) => c.join(user, room).await,
+            Backend::Nats(c) => Box::pin(c.join(user, room)).await,
         }
     }
 
@@ -134,7 +134,7 @@ impl Backend {
     pub async fn leave(&self, user: &str, room: &str) -> Result<(), StoreError> {
         match self {
             Backend::Embedded(s) => s.leave(user, room).await,
-            Backend::Nats(c) => c.leave(user, room).await,
+            Backend::Nats(c) => Box::pin(c.leave(user, room)).await,
         }
     }
 
@@ -142,34 +142,42 @@ impl Backend {
     pub async fn seen(&self, user: &str, time: u64) -> Result<(), StoreError> {
         match self {
             Backend::Embedded(s) => s.seen(user, time).await,
-            Backend::Nats(c) => c.seen(user, time).await,
+            Backend::Nats(c) => Box::pin(c.seen(user, time)).await,
         }
     }
 
     /// Up to `limit` queued messages for `user` (ids over `after` in the embedded store; the
-    /// next ones of the user's consumer in NATS), in each conversation's order.
+    /// next ones of the user's consumer in NATS), in each conversation's order, each as its
+    /// `DELIVER` payload.
     pub async fn pending(
         &self,
         user: &str,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<Vec<Queued>, StoreError> {
         match self {
             // One read transaction over a few cached pages: done on the worker, not on a
-            // blocking thread (whose hand-offs cost more than the read).
-            Backend::Embedded(s) => s.pending(user, after, limit),
-            Backend::Nats(c) => c.pending(user, limit).await,
+            // blocking thread (whose hand-offs cost more than the read). The messages come as
+            // stored, `DELIVER` payloads that are written as they are.
+            Backend::Embedded(s) => s.pending_raw(user, after, limit),
+            Backend::Nats(c) => Ok(Box::pin(c.pending(user, limit))
+                .await?
+                .into_iter()
+                .map(|m| Queued {
+                    id: m.id,
+                    body: serde_json::to_vec(&m).unwrap_or_default(),
+                })
+                .collect()),
         }
     }
 
     /// Everyone who shares a room or a direct conversation with `user`.
     pub async fn peers(&self, user: &str) -> Result<BTreeSet<String>, StoreError> {
         match self {
-            Backend::Embedded(s) => {
-                let who = user.to_owned();
-                read(s, move |s| s.peers(&who)).await
-            }
-            Backend::Nats(c) => c.peers(user).await,
+            // A few cached pages, at login and logout: on the worker, as `pending` does (a
+            // blocking thread per login would also stay alive, and hold memory, for 10 s).
+            Backend::Embedded(s) => s.peers(user),
+            Backend::Nats(c) => Box::pin(c.peers(user)).await,
         }
     }
 
@@ -192,7 +200,7 @@ impl Backend {
                 })
                 .await
             }
-            Backend::Nats(c) => c.members(room).await,
+            Backend::Nats(c) => Box::pin(c.members(room)).await,
         }
     }
 
@@ -222,7 +230,7 @@ impl Backend {
                 })
                 .await
             }
-            Backend::Nats(c) => c.history(user, target, before, limit).await,
+            Backend::Nats(c) => Box::pin(c.history(user, target, before, limit)).await,
         }
     }
 
@@ -230,7 +238,7 @@ impl Backend {
     pub async fn online_elsewhere(&self, user: &str) -> bool {
         match self {
             Backend::Embedded(_) => false,
-            Backend::Nats(c) => c.online_elsewhere(user).await,
+            Backend::Nats(c) => Box::pin(c.online_elsewhere(user)).await,
         }
     }
 
@@ -238,14 +246,14 @@ impl Backend {
     /// for them, announce their presence, take over their queue.
     pub async fn opened(&self, user: &str) {
         if let Backend::Nats(c) = self {
-            c.opened(user).await;
+            Box::pin(c.opened(user)).await;
         }
     }
 
     /// The user's last session on this node ended.
     pub async fn closed(&self, user: &str) {
         if let Backend::Nats(c) = self {
-            c.closed(user).await;
+            Box::pin(c.closed(user)).await;
         }
     }
 

@@ -311,13 +311,21 @@ impl Frame {
 /// A header and `payload` as bytes (any type byte; the tests and the fuzz target use it for
 /// frames the codec would not make). A payload longer than `u32::MAX` bytes is cut there.
 pub fn encode_raw(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_raw_into(kind, payload, &mut out);
+    out
+}
+
+/// Appends a frame of type `kind` with `payload` (already the type's JSON) to `out`: the
+/// server sends a stored message this way, as it was stored, with no decoding and encoding
+/// again per recipient. A payload longer than `u32::MAX` bytes is cut there.
+pub fn encode_raw_into(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(HEADER_LEN + len as usize);
+    out.reserve(HEADER_LEN + len as usize);
     out.push(VERSION);
     out.push(kind);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&payload[..len as usize]);
-    out
 }
 
 /// The name of a frame type, `None` for an unknown one.

@@ -39,7 +39,7 @@ pub const MAX_PENDING_RECEIPTS: usize = 1024;
 /// past that the session reads no more until the oldest is answered.
 pub const MAX_PIPELINE: usize = 256;
 /// The session's read buffer while the client is quiet, and while it sends a lot.
-const READ_SMALL: usize = 1024;
+const READ_SMALL: usize = 512;
 const READ_LARGE: usize = 16 * 1024;
 
 /// Whether a user or room name is usable: 1 to 256 bytes, no control characters.
@@ -465,7 +465,8 @@ async fn run_session(
     // Requests are answered in order. A SEND (or an ACK) is queued for the store's next
     // commit as it is read, and its answer waits in `pending` for that commit while the reader
     // goes on: a client may have up to MAX_PIPELINE of them in flight.
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(MAX_PIPELINE);
+    // Boxed too (the first block of 32 slots would be 1.3 KiB of an idle session otherwise).
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Box<Pending>>(MAX_PIPELINE);
     let reader = async {
         // Owned here: the answers task ends once the reader has and its last answer is out.
         let pending_tx = pending_tx;
@@ -496,12 +497,12 @@ async fn run_session(
                     Err(e) => {
                         warn!(peer = %ctx.peer, user, error = %e, "msg: closing a connection that broke the framing");
                         let _ = pending_tx
-                            .send(Pending::Reply(Box::new(error_frame(
+                            .send(Box::new(Pending::Reply(Box::new(error_frame(
                                 None,
                                 e.code(),
                                 e.to_string(),
                                 true,
-                            ))))
+                            )))))
                             .await;
                         return Some(End::Failed(Box::new(SessionError::Codec {
                             user: user.to_owned(),
@@ -521,12 +522,14 @@ async fn run_session(
                             false,
                         )))
                     }
-                    Some(Decoded::Frame(frame)) => match handle(hub, user, frame).await {
+                    // Boxed: a request's future (a kilobyte) is not kept in every idle
+                    // session's reader; the allocation is small against the request.
+                    Some(Decoded::Frame(frame)) => match Box::pin(handle(hub, user, frame)).await {
                         Some(p) => p,
                         None => continue,
                     },
                 };
-                if pending_tx.send(next).await.is_err() {
+                if pending_tx.send(Box::new(next)).await.is_err() {
                     return None;
                 }
             }
@@ -535,7 +538,7 @@ async fn run_session(
     // Answers in the order of the requests, each once its commit is done.
     let answers = async {
         while let Some(p) = pending_rx.recv().await {
-            let reply = match p {
+            let reply = match *p {
                 Pending::Reply(frame) => Some(*frame),
                 Pending::Send(req, commit) => Some(match commit.await {
                     Ok(sent) => {
@@ -647,12 +650,24 @@ impl Out {
         wr.flush().await
     }
 
+    /// A frame whose payload is ready (a stored message).
+    fn push_raw(&mut self, kind: u8, payload: &[u8]) {
+        codec::encode_raw_into(kind, payload, &mut self.buf);
+    }
+
     async fn push_and_write_if_full(
         &mut self,
         frame: &Frame,
         wr: &mut (impl AsyncWriteExt + Unpin),
     ) -> std::io::Result<()> {
         self.push(frame);
+        self.write_if_full(wr).await
+    }
+
+    async fn write_if_full(
+        &mut self,
+        wr: &mut (impl AsyncWriteExt + Unpin),
+    ) -> std::io::Result<()> {
         if self.buf.len() >= Self::HIGH {
             wr.write_all(&self.buf).await?;
             self.buf.clear();
@@ -694,7 +709,8 @@ async fn deliver(
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);
-                        if let Err(e) = out.push_and_write_if_full(&Frame::Deliver(m), wr).await {
+                        out.push_raw(codec::kind::DELIVER, &m.body);
+                        if let Err(e) = out.write_if_full(wr).await {
                             return io(e);
                         }
                     }
@@ -830,20 +846,23 @@ async fn handle(hub: &Hub, user: &str, frame: Frame) -> Option<Pending> {
                 false,
             ))
         }
-        Frame::Create(r) => reply(match hub.store.create_room(user, &r.room, now_ms()).await {
-            Ok(()) => ok(r.req),
-            Err(e) => refused(r.req, e, user, "creating a room"),
-        }),
-        Frame::Join(r) => reply(match hub.store.join(user, &r.room).await {
+        Frame::Create(r) => reply(
+            match Box::pin(hub.store.create_room(user, &r.room, now_ms())).await {
+                Ok(()) => ok(r.req),
+                Err(e) => refused(r.req, e, user, "creating a room"),
+            },
+        ),
+        Frame::Join(r) => reply(match Box::pin(hub.store.join(user, &r.room)).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "joining a room"),
         }),
-        Frame::Leave(r) => reply(match hub.store.leave(user, &r.room).await {
+        Frame::Leave(r) => reply(match Box::pin(hub.store.leave(user, &r.room)).await {
             Ok(()) => ok(r.req),
             Err(e) => refused(r.req, e, user, "leaving a room"),
         }),
-        Frame::Members(r) => reply(members(hub, user, r.req, r.room).await),
-        Frame::History(h) => reply(history(hub, user, h).await),
+        // Boxed: the rare requests' futures are not kept in every session's reader.
+        Frame::Members(r) => reply(Box::pin(members(hub, user, r.req, r.room)).await),
+        Frame::History(h) => reply(Box::pin(history(hub, user, h)).await),
         other => reply(error_frame(
             None,
             "unexpected_frame",
@@ -1003,6 +1022,17 @@ pub type Page = Vec<Message>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An idle user is mostly its session future and what it holds: keep it small (the
+    /// NATS backend's futures are boxed, not inline in every embedded session).
+    #[test]
+    fn session_future_is_small() {
+        fn size<F>(_: &impl Fn(Arc<Hub>, BoxStream, &'static Context) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let session = size(&|h, s, c| serve(h, s, c));
+        assert!(session < 4096, "session future: {session} bytes");
+    }
 
     #[test]
     fn names() {

@@ -7,14 +7,16 @@
 //! answers every job of the batch: an `ACCEPTED` frame is sent only for a message that is on
 //! disk. A job that is refused (a full queue, an unknown room) changes nothing and is
 //! answered with the reason; a storage error fails the whole batch, and nothing of it is
-//! answered as done.
+//! answered as done. What many jobs of a batch change (the message counter, a conversation's
+//! sequence, a queue's length) is kept in memory during the batch and written once, before
+//! the commit: the same transaction, so a crash keeps all of the batch or none of it.
 //!
 //! What is kept: each message once (by id, as JSON), its place in its conversation
 //! (conversation, sequence → id), one queue entry per recipient that has not acknowledged it
 //! (user, id), rooms and their members, who has talked to whom (for presence), and when each
 //! user was last seen. Messages stay for history after every recipient has acknowledged them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -189,6 +191,16 @@ pub struct Sent {
     pub message: Message,
     /// The users it was queued for (not the sender).
     pub recipients: Vec<String>,
+}
+
+/// A queued message as stored: its id and its `DELIVER` payload (the JSON of its
+/// [`Message`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The message id.
+    pub id: u64,
+    /// The payload of its `DELIVER` frame.
+    pub body: Vec<u8>,
 }
 
 /// A removed queue entry: message `id`, sent by `from`.
@@ -473,6 +485,23 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        let mut out = Vec::new();
+        for q in self.pending_raw(user, after, limit)? {
+            if let Some(m) = parse(q.id, &q.body) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Store::pending`] as stored: each message's `DELIVER` payload, not decoded (a session
+    /// writes it as it is).
+    pub fn pending_raw(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("read"))?;
         let queue = tx.open_table(QUEUE).map_err(db_err("read the queue"))?;
         let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
@@ -486,8 +515,11 @@ impl Store {
         {
             let (key, _) = entry.map_err(db_err("read the queue"))?;
             let id = key.value().1;
-            if let Some(m) = load(&messages, id)? {
-                out.push(m);
+            if let Some(body) = messages.get(id).map_err(db_err("read a message"))? {
+                out.push(Queued {
+                    id,
+                    body: body.value().to_vec(),
+                });
             }
             if out.len() >= limit {
                 break;
@@ -628,10 +660,37 @@ fn load(
     let Some(bytes) = messages.get(id).map_err(db_err("read a message"))? else {
         return Ok(None);
     };
-    match serde_json::from_slice(bytes.value()) {
-        Ok(m) => Ok(Some(m)),
+    Ok(parse(id, bytes.value()))
+}
+
+fn parse(id: u64, bytes: &[u8]) -> Option<Message> {
+    match serde_json::from_slice(bytes) {
+        Ok(m) => Some(m),
         Err(e) => {
             error!(id, error = %e, "message store: a stored message does not parse; skipped");
+            None
+        }
+    }
+}
+
+/// The sender of a stored message, read without decoding the rest into owned fields (an
+/// `ACK` needs only that, for the receipt).
+fn sender_of(
+    messages: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<String>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct From<'a> {
+        #[serde(borrow)]
+        from: std::borrow::Cow<'a, str>,
+    }
+    let Some(bytes) = messages.get(id).map_err(db_err("read a message"))? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<From<'_>>(bytes.value()) {
+        Ok(f) => Ok(Some(f.from.into_owned())),
+        Err(e) => {
+            error!(id, error = %e, "message store: a stored message does not parse; no receipt");
             Ok(None)
         }
     }
@@ -745,6 +804,7 @@ impl Writer {
             for op in ops {
                 results.push(t.apply(op, &self.options));
             }
+            t.flush()?;
             // A storage error in any op fails the batch: nothing of it is committed.
             if let Some(Err(e @ StoreError::Storage { .. })) = results
                 .iter()
@@ -770,6 +830,11 @@ struct Tables<'t> {
     member_of: redb::Table<'t, (&'static str, &'static str), ()>,
     contacts: redb::Table<'t, (&'static str, &'static str), ()>,
     seen: redb::Table<'t, &'static str, u64>,
+    /// The batch's message counter, sequences and queue lengths, written by
+    /// [`Tables::flush`] before the commit.
+    next_id: Option<u64>,
+    seq_of: HashMap<Vec<u8>, u64>,
+    lens: HashMap<String, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -787,6 +852,9 @@ impl<'t> Tables<'t> {
             member_of: tx.open_table(MEMBER_OF).map_err(db_err("open a table"))?,
             contacts: tx.open_table(CONTACTS).map_err(db_err("open a table"))?,
             seen: tx.open_table(SEEN).map_err(e)?,
+            next_id: None,
+            seq_of: HashMap::new(),
+            lens: HashMap::new(),
         })
     }
 
@@ -900,24 +968,24 @@ impl<'t> Tables<'t> {
                 .into());
             }
         }
-        let id = self
-            .meta
-            .get("next_id")
-            .map_err(db_err("read the message counter"))?
-            .map_or(1, |v| v.value());
-        self.meta
-            .insert("next_id", id + 1)
-            .map_err(db_err("write the message counter"))?;
+        let id = match self.next_id {
+            Some(id) => id,
+            None => self
+                .meta
+                .get("next_id")
+                .map_err(db_err("read the message counter"))?
+                .map_or(1, |v| v.value()),
+        };
+        self.next_id = Some(id + 1);
         let conv = conversation(&from, &target);
-        let seq = self
-            .seqs
-            .get(conv.as_slice())
-            .map_err(db_err("read a sequence"))?
-            .map_or(0, |v| v.value())
-            + 1;
-        self.seqs
-            .insert(conv.as_slice(), seq)
-            .map_err(db_err("write a sequence"))?;
+        let seq = match self.seq_of.get(&conv) {
+            Some(&seq) => seq,
+            None => self
+                .seqs
+                .get(conv.as_slice())
+                .map_err(db_err("read a sequence"))?
+                .map_or(0, |v| v.value()),
+        } + 1;
         let (to, room) = match &target {
             Target::User(u) => (Some(u.clone()), None),
             Target::Room(r) => (None, Some(r.clone())),
@@ -938,17 +1006,22 @@ impl<'t> Tables<'t> {
         self.history
             .insert((conv.as_slice(), seq), id)
             .map_err(db_err("write history"))?;
+        self.seq_of.insert(conv, seq);
         for user in &recipients {
             self.queue
                 .insert((user.as_str(), id), ())
                 .map_err(db_err("queue a message"))?;
             let len = self.len_of(user)?;
-            self.queue_len
-                .insert(user.as_str(), len + 1)
-                .map_err(db_err("queue a message"))?;
+            self.set_len(user, len + 1);
         }
         if let Target::User(to) = &target {
-            if *to != message.from {
+            // Contacts are only ever added: a pair written once is not written again.
+            let known = self
+                .contacts
+                .get((message.from.as_str(), to.as_str()))
+                .map_err(db_err("read a contact"))?
+                .is_some();
+            if *to != message.from && !known {
                 self.contacts
                     .insert((message.from.as_str(), to.as_str()), ())
                     .map_err(db_err("record a contact"))?;
@@ -964,11 +1037,45 @@ impl<'t> Tables<'t> {
     }
 
     fn len_of(&self, user: &str) -> Result<u64, StoreError> {
+        if let Some(&len) = self.lens.get(user) {
+            return Ok(len);
+        }
         Ok(self
             .queue_len
             .get(user)
             .map_err(db_err("read the queue"))?
             .map_or(0, |v| v.value()))
+    }
+
+    /// A queue's new length, written once per batch by [`Tables::flush`].
+    fn set_len(&mut self, user: &str, len: u64) {
+        match self.lens.get_mut(user) {
+            Some(l) => *l = len,
+            None => {
+                self.lens.insert(user.to_owned(), len);
+            }
+        }
+    }
+
+    /// Writes what the batch's ops kept in memory (the message counter, the sequences and
+    /// the queue lengths they changed): once per batch instead of once per message.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if let Some(next) = self.next_id.take() {
+            self.meta
+                .insert("next_id", next)
+                .map_err(db_err("write the message counter"))?;
+        }
+        for (conv, seq) in std::mem::take(&mut self.seq_of) {
+            self.seqs
+                .insert(conv.as_slice(), seq)
+                .map_err(db_err("write a sequence"))?;
+        }
+        for (user, len) in std::mem::take(&mut self.lens) {
+            self.queue_len
+                .insert(user.as_str(), len)
+                .map_err(db_err("queue a message"))?;
+        }
+        Ok(())
     }
 
     fn ack(&mut self, user: &str, ids: &[u64]) -> Result<Done, StoreError> {
@@ -983,11 +1090,9 @@ impl<'t> Tables<'t> {
                 continue;
             }
             let len = self.len_of(user)?;
-            self.queue_len
-                .insert(user, len.saturating_sub(1))
-                .map_err(db_err("remove from the queue"))?;
-            if let Some(m) = load(&self.messages, id)? {
-                acked.push(Acked { id, from: m.from });
+            self.set_len(user, len.saturating_sub(1));
+            if let Some(from) = sender_of(&self.messages, id)? {
+                acked.push(Acked { id, from });
             }
         }
         Ok(Done::Acked(acked))
@@ -1054,6 +1159,58 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!((c.message.id, c.message.seq), (3, 3));
+        });
+    }
+
+    /// Sends queued together (most of them in one group commit): consecutive ids and
+    /// sequences, the queue limit counted across the batch, and the counters on disk after.
+    #[test]
+    fn a_batch_counts_ids_sequences_and_queue_lengths_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            max_queue: 3,
+            ..StoreOptions::default()
+        };
+        rt().block_on(async {
+            let store = Store::open(dir.path(), options).unwrap();
+            let mut commits = Vec::new();
+            for i in 0..5 {
+                let to = Target::User("bob".into());
+                commits.push(
+                    store
+                        .send_later("alice", to, format!("m{i}"), i)
+                        .await
+                        .unwrap(),
+                );
+            }
+            let mut accepted = Vec::new();
+            let mut full = 0;
+            for c in commits {
+                match c.await {
+                    Ok(sent) => accepted.push((sent.message.id, sent.message.seq)),
+                    Err(StoreError::Refused(Refusal::QueueFull { limit: 3, .. })) => full += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(accepted, [(1, 1), (2, 2), (3, 3)]);
+            assert_eq!(full, 2);
+            assert_eq!(store.queue_len("bob").unwrap(), 3);
+            let acked = store.ack("bob", vec![1, 2]).await.unwrap();
+            assert_eq!(acked.len(), 2);
+            assert_eq!(acked[0].from, "alice");
+        });
+        rt().block_on(async {
+            let store = Store::open(dir.path(), options).unwrap();
+            assert_eq!(store.queue_len("bob").unwrap(), 1);
+            let raw = store.pending_raw("bob", 0, 10).unwrap();
+            assert_eq!(raw.len(), 1);
+            let m: Message = serde_json::from_slice(&raw[0].body).unwrap();
+            assert_eq!((raw[0].id, m.id, m.text.as_str()), (3, 3, "m2"));
+            let next = store
+                .send("bob", Target::User("alice".into()), "back".into(), 9)
+                .await
+                .unwrap();
+            assert_eq!((next.message.id, next.message.seq), (4, 4));
         });
     }
 
