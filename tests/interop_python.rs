@@ -230,17 +230,7 @@ async fn tlsnet_connect_without_certificate_is_refused_by_a_python_server() {
         let pki = TestPki::new();
         let (mut server, port) = start_python_server(&pki).await;
 
-        let mut client = tlsnet_connect(&pki, port, false);
-        client.write_stdin(b"anyone there?\n").await;
-        let status = client.wait_exit(STEP).await;
-        println!("{}", client.describe());
-        assert_eq!(status.code(), Some(1), "{}", client.describe());
-        assert!(client.stdout().is_empty(), "{}", client.describe());
-        assert!(
-            client.stderr().contains("client certificate"),
-            "expected the cause to name the missing certificate\n{}",
-            client.describe()
-        );
+        connect_without_certificate_is_refused(&pki, port).await;
 
         let status = server.wait_exit(STEP).await;
         assert!(!status.success(), "{}", server.describe());

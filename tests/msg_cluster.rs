@@ -108,6 +108,34 @@ fn sender(
     })
 }
 
+/// The load of the kill tests: one message to `sink` through the first node (so that the
+/// stream and the sink's queue exist), then two senders `s1` and `s2` that start on different
+/// nodes of `addrs` (see [`sender`]) and count their acks into the returned counter.
+#[allow(clippy::type_complexity)]
+async fn two_senders(
+    pki: &TestPki,
+    addrs: &[String],
+    stop: &CancellationToken,
+) -> (
+    Arc<AtomicUsize>,
+    Vec<tokio::task::JoinHandle<Vec<(u64, u64)>>>,
+) {
+    let mut warm = msg_user(pki, &addrs[0], "warm").await;
+    send_until_accepted(&mut warm, To::User("sink".into()), "0").await;
+    drop(warm);
+    let count = Arc::new(AtomicUsize::new(0));
+    let tasks = ["s1", "s2"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut list = addrs.to_vec();
+            list.rotate_left(i);
+            sender(Roamer::new(pki, name, &list), stop.clone(), count.clone())
+        })
+        .collect();
+    (count, tasks)
+}
+
 /// Waits until the senders counting into `count` have had `more` acks since `from`, for at most
 /// a minute (a loaded machine is slow, a stuck one fails the test's own assertions after).
 async fn acks_grow(count: &AtomicUsize, from: usize, more: usize) {
@@ -309,19 +337,8 @@ async fn kill_9_of_one_nats_server_of_three_loses_nothing_acked_and_sending_goes
         let a = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
         let b = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
         let addrs = [a.addr(), b.addr()];
-        let mut warm = msg_user(&pki, &a.addr(), "warm").await;
-        send_until_accepted(&mut warm, To::User("sink".into()), "0").await;
         let stop = CancellationToken::new();
-        let count = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = ["s1", "s2"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let mut list = addrs.to_vec();
-                list.rotate_left(i);
-                sender(Roamer::new(&pki, name, &list), stop.clone(), count.clone())
-            })
-            .collect();
+        let (count, tasks) = two_senders(&pki, &addrs, &stop).await;
         // Load before, kill -9 of one server, load after: the senders must still be acked.
         acks_grow(&count, 0, 60).await;
         nats.kill9(0).await;
@@ -397,20 +414,8 @@ async fn kill_9_of_a_node_under_load_moves_its_clients_and_delivers_every_acked_
         let mut a = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
         let b = nats.tlsnet_node(&pki, &["--rate-limit", "0"]).await;
         let addrs = [a.addr(), b.addr()];
-        let mut warm = msg_user(&pki, &a.addr(), "warm").await;
-        send_until_accepted(&mut warm, To::User("sink".into()), "0").await;
-        drop(warm);
         let stop = CancellationToken::new();
-        let count = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = ["s1", "s2"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let mut list = addrs.to_vec();
-                list.rotate_left(i);
-                sender(Roamer::new(&pki, name, &list), stop.clone(), count.clone())
-            })
-            .collect();
+        let (count, tasks) = two_senders(&pki, &addrs, &stop).await;
         // The sink reads on node A while it is killed, and goes on on node B.
         let sink_stop = CancellationToken::new();
         let sink_task = {

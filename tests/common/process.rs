@@ -305,6 +305,23 @@ pub fn tlsnet_connect(pki: &TestPki, port: u16, with_cert: bool) -> Proc {
     Proc::spawn("tlsnet connect", command)
 }
 
+/// Runs `tlsnet connect` without a client certificate (see [`tlsnet_connect`]) against a
+/// server on `port` that requires one, sends a line, and checks that the client fails with
+/// exit status 1, prints nothing, and names the missing certificate as the cause.
+pub async fn connect_without_certificate_is_refused(pki: &TestPki, port: u16) {
+    let mut client = tlsnet_connect(pki, port, false);
+    client.write_stdin(b"anyone there?\n").await;
+    let status = client.wait_exit(STEP).await;
+    println!("{}", client.describe());
+    assert_eq!(status.code(), Some(1), "{}", client.describe());
+    assert!(client.stdout().is_empty(), "{}", client.describe());
+    assert!(
+        client.stderr().contains("client certificate"),
+        "expected the cause to name the missing certificate\n{}",
+        client.describe()
+    );
+}
+
 /// Starts `tlsnet serve ARGS --listen 127.0.0.1:PORT` on a free port and waits until it
 /// serves. Returns the process and `127.0.0.1:PORT`. A port taken between choosing and
 /// binding it is retried with another.
