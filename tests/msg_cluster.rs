@@ -366,6 +366,52 @@ async fn kill_9_of_one_nats_server_of_three_loses_nothing_acked_and_sending_goes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_node_is_killed_goes_offline_for_their_peers_on_the_other_node() {
+    use tlsnet::msg::nats::{HEARTBEAT, PRESENCE_TTL};
+    bounded(async {
+        let pki = TestPki::new();
+        let nats = NatsCluster::start(&pki).await;
+        let mut a = nats.tlsnet_node(&pki, &[]).await;
+        let b = nats.tlsnet_node(&pki, &[]).await;
+        let mut alice = msg_user(&pki, &a.addr(), "alice").await;
+        let mut bob = msg_user(&pki, &b.addr(), "bob").await;
+        alice.create("ops").await.unwrap();
+        bob.join("ops").await.unwrap();
+        let members = bob.members("ops").await.unwrap();
+        assert!(members.iter().any(|p| p.user == "alice" && p.online));
+        // Node A dies with alice on it: it says nothing, her entry expires, node B tells bob.
+        a.kill9().await;
+        let killed = Instant::now();
+        let limit = PRESENCE_TTL + 3 * HEARTBEAT + Duration::from_secs(10);
+        let gone = loop {
+            let left = limit.saturating_sub(killed.elapsed());
+            match bob.next_event(left).await {
+                Ok(Some(Frame::Presence(p))) if p.user == "alice" && !p.online => break p,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("bob was not told within {limit:?} that alice's node went"),
+                Err(e) => panic!("bob: {}", tlsnet::error::chain(&e)),
+            }
+        };
+        let waited = killed.elapsed();
+        println!("told after {waited:?}: {gone:?}");
+        assert!(gone.last_seen > 0, "{gone:?}");
+        // The room's member list agrees (at once, or after the replicas that answer direct
+        // reads have expired the entry too).
+        let start = Instant::now();
+        loop {
+            let members = bob.members("ops").await.unwrap();
+            if members.iter().any(|p| p.user == "alice" && !p.online) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{members:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(alice);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_nats_servers_down_refuses_sends_with_the_cause_and_recovers() {
     bounded(async {
         let pki = TestPki::new();

@@ -42,6 +42,10 @@ pub enum Remote {
     Receipt(Receipt),
     /// Someone the user shares a room or a conversation with came or went.
     Presence(Presence),
+    /// The user was online on another node and that node went away without saying so (its
+    /// presence entries expired): their peers on this node are told they are offline. Made
+    /// by this node, never sent to another.
+    Gone(Presence),
 }
 
 /// Runs an embedded store read off the runtime's workers.

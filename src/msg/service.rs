@@ -242,7 +242,12 @@ impl Hub {
             tokio::spawn(async move {
                 while let Some((user, event)) = events.recv().await {
                     let Some(hub) = weak.upgrade() else { return };
-                    hub.local(&user, event);
+                    match event {
+                        Remote::Gone(presence) => {
+                            tokio::spawn(async move { hub.gone(presence).await });
+                        }
+                        event => hub.local(&user, event),
+                    }
                 }
             });
         }
@@ -267,6 +272,8 @@ impl Hub {
                 Remote::Presence(p) => {
                     lock(&s.events).presence.insert(p.user.clone(), p.clone());
                 }
+                // Handled by `gone`: it is about the user's peers, not the user.
+                Remote::Gone(_) => {}
             }
             s.wake.notify_one();
         }
@@ -326,15 +333,36 @@ impl Hub {
             online,
             last_seen: time,
         };
+        self.tell_peers_here(&peers, &presence);
+        for peer in peers {
+            self.store.notify(&peer, Remote::Presence(presence.clone()));
+        }
+    }
+
+    /// A user whose node went away without a word (see `Remote::Gone`): their peers on this
+    /// node learn that they are offline, unless they are connected here.
+    async fn gone(&self, presence: Presence) {
+        if self.is_online(&presence.user) {
+            return;
+        }
+        match self.store.peers(&presence.user).await {
+            Ok(peers) => self.tell_peers_here(&peers, &presence),
+            Err(e) => {
+                warn!(user = %presence.user, error = %crate::error::chain(&e), "msg: cannot find whom to tell of a presence change");
+            }
+        }
+    }
+
+    /// Puts a presence change in the events of every session of `peers` on this node.
+    fn tell_peers_here(&self, peers: &std::collections::BTreeSet<String>, presence: &Presence) {
         let sessions = lock(&self.sessions);
         for peer in peers {
-            for s in sessions.get(&peer).into_iter().flatten() {
+            for s in sessions.get(peer).into_iter().flatten() {
                 lock(&s.events)
                     .presence
-                    .insert(user.to_owned(), presence.clone());
+                    .insert(presence.user.clone(), presence.clone());
                 s.wake.notify_one();
             }
-            self.store.notify(&peer, Remote::Presence(presence.clone()));
         }
     }
 

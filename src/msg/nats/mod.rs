@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::backend::Remote;
+use super::codec::Presence;
 use super::service::MsgOptions;
 use super::store::StoreError;
 
@@ -164,8 +165,14 @@ pub struct Cluster {
     local: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
     events: mpsc::UnboundedSender<(String, Remote)>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Remote)>>>,
+    /// Users another node said went offline, and when (so that their entry's removal is not
+    /// taken for a lost node).
+    departed: Departed,
     heartbeat: tokio::task::AbortHandle,
 }
+
+/// Users another node announced offline, and when this node heard it.
+type Departed = Arc<Mutex<HashMap<String, tokio::time::Instant>>>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,11 +270,14 @@ impl Cluster {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(TIMEOUT);
         let ready = Arc::new(tokio::sync::OnceCell::new());
+        let departed = Departed::default();
         let heartbeat = tokio::spawn(heartbeat(
             client.clone(),
             ready.clone(),
             local.clone(),
             node.clone(),
+            events.clone(),
+            departed.clone(),
         ))
         .abort_handle();
         info!(
@@ -292,6 +302,7 @@ impl Cluster {
             local,
             events,
             events_rx: Mutex::new(Some(events_rx)),
+            departed,
             heartbeat,
         })
     }
@@ -442,13 +453,23 @@ impl Cluster {
         match self.client.subscribe(subject).await {
             Ok(mut sub) => {
                 let (node, events, who) = (self.node.clone(), self.events.clone(), user.to_owned());
+                let departed = self.departed.clone();
                 let task = tokio::spawn(async move {
                     use futures_util::StreamExt;
                     while let Some(m) = sub.next().await {
-                        if let Ok(e) = serde_json::from_slice::<Envelope>(&m.payload) {
-                            if e.node != node && events.send((who.clone(), e.event)).is_err() {
-                                return;
+                        let Ok(e) = serde_json::from_slice::<Envelope>(&m.payload) else {
+                            continue;
+                        };
+                        if e.node == node {
+                            continue;
+                        }
+                        if let Remote::Presence(p) = &e.event {
+                            if !p.online {
+                                lock(&departed).insert(p.user.clone(), tokio::time::Instant::now());
                             }
+                        }
+                        if events.send((who.clone(), e.event)).is_err() {
+                            return;
                         }
                     }
                 });
@@ -521,14 +542,18 @@ impl Cluster {
     }
 }
 
-/// Refreshes the presence entries of this node's users until the node goes.
+/// Refreshes the presence entries of this node's users until the node goes, and finds the
+/// users whose node went away without a word (see [`Absences`]).
 async fn heartbeat(
     client: async_nats::Client,
     ready: Arc<tokio::sync::OnceCell<Ready>>,
     local: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
     node: String,
+    events: mpsc::UnboundedSender<(String, Remote)>,
+    departed: Departed,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut absences = Absences::default();
     loop {
         tick.tick().await;
         if client.connection_state() != State::Connected {
@@ -548,12 +573,97 @@ async fn heartbeat(
                 break;
             }
         }
+        let Some(online) = online_users(&ready.presence).await else {
+            continue;
+        };
+        lock(&departed).retain(|_, at| at.elapsed() < 3 * HEARTBEAT);
+        for gone in absences.update(online, now_ms()) {
+            let here = lock(&local).contains_key(&gone.user);
+            if here || lock(&departed).contains_key(&gone.user) {
+                continue;
+            }
+            info!(user = %gone.user, "msg: user's node went away; telling their peers here");
+            if events
+                .send((gone.user.clone(), Remote::Gone(gone)))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Every user with a presence entry on any node, or `None` when the bucket cannot be read
+/// (then nobody is taken for gone).
+async fn online_users(presence: &kv::Store) -> Option<std::collections::HashSet<String>> {
+    use futures_util::StreamExt;
+    let mut keys = presence.keys().await.ok()?;
+    let mut users = std::collections::HashSet::new();
+    while let Some(key) = keys.next().await {
+        let key = key.ok()?;
+        let Some((tok, _node)) = key.split_once('.') else {
+            continue;
+        };
+        if let Some(user) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tok)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        {
+            users.insert(user);
+        }
+    }
+    Some(users)
+}
+
+/// The users seen online at the last look, and when: a user who had a presence entry and
+/// has none now is offline. A node that shuts down says so itself; one that is killed says
+/// nothing, and its entries expire after [`PRESENCE_TTL`]: the other nodes see them go at
+/// their next [`HEARTBEAT`] and tell the user's peers, with the last time the user was seen.
+#[derive(Debug, Default)]
+struct Absences {
+    seen: HashMap<String, u64>,
+}
+
+impl Absences {
+    /// Takes the users online now (at `now`, in ms); returns those who are not any more.
+    fn update(&mut self, online: std::collections::HashSet<String>, now: u64) -> Vec<Presence> {
+        let gone = self
+            .seen
+            .iter()
+            .filter(|(user, _)| !online.contains(*user))
+            .map(|(user, last)| Presence {
+                user: user.clone(),
+                online: false,
+                last_seen: *last,
+            })
+            .collect();
+        self.seen = online.into_iter().map(|user| (user, now)).collect();
+        gone
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_whose_entries_went_is_gone_once_with_the_last_time_seen() {
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        let mut a = Absences::default();
+        assert!(a.update(set(&["alice", "bob"]), 1_000).is_empty());
+        assert!(a.update(set(&["alice", "bob"]), 2_000).is_empty());
+        let gone = a.update(set(&["alice"]), 3_000);
+        assert_eq!(
+            gone,
+            vec![Presence {
+                user: "bob".into(),
+                online: false,
+                last_seen: 2_000
+            }]
+        );
+        assert!(a.update(set(&["alice"]), 4_000).is_empty());
+        assert!(a.update(set(&["alice", "bob"]), 5_000).is_empty());
+    }
 
     #[test]
     fn store_urls_and_tokens() {
