@@ -530,6 +530,8 @@ def main():
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--pidfile")
+    p.add_argument("--files-dir", help="the file rows' work directory (default: a new one on the RAM "
+                   "file system /dev/shm when it has room, else WORK/files)")
     p.add_argument("--port-base", type=int, default=21000)
     p.add_argument("--max-server-secs", type=int, default=3 * 3600)
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")

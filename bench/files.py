@@ -6,6 +6,14 @@ certificates in the rig's work directory, as the current user (never the system'
 vsftpd), bounded in time and stopped when the section is done. The big files live in the
 work directory and are deleted as soon as their rows are measured.
 
+Where the files are: by default a new directory on the RAM file system /dev/shm (tmpfs) when
+it and the machine's available memory have room for the source, the server's copy and the
+download (3x the big file, and 1 GiB to spare), else the rig's work directory on disk; the
+same directory for every system. So the rows measure the tools, not the machine's disk:
+fsync on tmpfs is nearly free, so durability costs nothing there. `bench/run --files-dir DIR`
+puts them in DIR instead (a directory on disk, to measure durable writes). The fsync write
+rate of the rig's disk is measured either way and printed with the table.
+
 Rows (MB = 10^6 bytes):
 - one big file (2 GiB; 64 MiB in quick mode) up and down: wall MB/s, and MB per server
   CPU-second (utime + stime of every process of the server's tree, sampled every 20 ms: for
@@ -151,6 +159,55 @@ def disk_rate(d, size=256 << 20):
     return size / 1e6 / secs
 
 
+def fs_type(path):
+    """The file system type of the mount that holds `path` (the longest mount point that is a
+    prefix of it, from /proc/mounts)."""
+    path = os.path.realpath(path)
+    best, kind = "", "?"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def mem_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def files_dir(rig, big_size):
+    """The file rows' work directory (see the module's docstring); a new one, removed at the end."""
+    import tempfile
+    asked = getattr(rig.a, "files_dir", None)
+    if asked:
+        Path(asked).mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="tlsnet-bench-files.", dir=asked))
+    need = 3 * big_size + (1 << 30)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and fs_type(shm) == "tmpfs":
+        st = os.statvfs(shm)
+        free = st.f_bavail * st.f_frsize
+        if free >= need and mem_available() >= need:
+            return Path(tempfile.mkdtemp(prefix="tlsnet-bench-files.", dir=shm))
+        log(f"files: /dev/shm has {free >> 20} MiB free and the machine {mem_available() >> 20} MiB "
+            f"available, {need >> 20} MiB needed: the file rows run on disk ({rig.work})")
+    return rig.work / "files"
+
+
 def count_files(root):
     return sum(len(files) for _, _, files in os.walk(root))
 
@@ -188,9 +245,9 @@ class Failed(Exception):
 class Section:
     def __init__(self, rig, quick, tools):
         self.rig, self.quick, self.t = rig, quick, tools
-        self.dir = rig.work / "files"
-        self.src = self.dir / "src"
         self.big_size = (64 << 20) if quick else (2 << 30)
+        self.dir = files_dir(rig, self.big_size)
+        self.src = self.dir / "src"
         self.tree_count = 500 if quick else 10000
         self.limit = 120 if quick else 900
         self.servers = {}  # name -> process
@@ -585,8 +642,14 @@ def run(rig, quick, runs, tools):
         log(f"files: making a {s.big_size >> 20} MiB file and a tree of {s.tree_count} files")
         make_file(s.big, s.big_size)
         make_tree(s.tree, s.tree_count)
-        res.disk_mb_s = disk_rate(s.dir)
-        log(f"files: the work directory's disk writes {res.disk_mb_s:.0f} MB/s with fsync")
+        res.files_dir = str(s.dir)
+        res.files_fs = fs_type(s.dir)
+        log(f"files: in {s.dir} ({res.files_fs})")
+        # The fsync write rate of the rig's disk (its work directory), the ceiling of any
+        # durable writer there; and of the files' directory when that is elsewhere (tmpfs).
+        res.disk_mb_s = disk_rate(s.dir if res.files_fs != "tmpfs" else rig.work)
+        res.disk_fs = fs_type(rig.work) if res.files_fs == "tmpfs" else res.files_fs
+        log(f"files: the rig's disk ({res.disk_fs}) writes {res.disk_mb_s:.0f} MB/s with fsync")
         up = {}
         for name, start in (("tlsnet", s.start_tlsnet), ("ssh", s.start_sshd), ("ftp", s.start_vsftpd)):
             try:
@@ -618,6 +681,14 @@ def run(rig, quick, runs, tools):
         rm(s.src)
         for d in ("down", "ssh-root", "ftp-root", "tlsnet-root"):
             rm(s.dir / d)
+        if s.dir != rig.work / "files":
+            # Our own directory (on tmpfs, or in --files-dir): the logs go with it, except
+            # that they are copied to the rig's work directory first.
+            keep = rig.work / "files"
+            keep.mkdir(parents=True, exist_ok=True)
+            for p in s.dir.glob("*.log"):
+                shutil.copy(p, keep / p.name)
+            rm(s.dir)
     res.finish()
     log(f"files: {time.time() - started:.0f} s")
     return res
@@ -651,9 +722,18 @@ def render(res, tools):
                      + [f"{rt:.2f}x vs {LABELS[bp[0]]}" if rt else "-"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     disk = getattr(res, "disk_mb_s", None)
+    fs = getattr(res, "files_fs", "?")
+    if fs == "tmpfs":
+        where = ("Every system's files are on tmpfs (RAM): fsync on tmpfs is nearly free, so durability "
+                 "costs nothing here" + (f"; on this VM's disk every durable writer is bound to ~{disk:.0f} "
+                                         "MB/s (its fsync write rate, measured now)." if disk else "."))
+    else:
+        where = (f"Every system's files are on disk ({fs})"
+                 + (f", which writes {disk:.0f} MB/s with fsync: the ceiling of every durable writer."
+                    if disk else "."))
     out = ["", "File transfer (bench/files.py): the same files through each; server CPU = its whole "
-           "process tree. tlsnet syncs every file to disk before it appears (and the client every "
-           "download); the peers do not" + (f"; this disk writes {disk:.0f} MB/s with fsync." if disk else "."),
+           "process tree. tlsnet syncs every file before it appears (and the client every "
+           "download); the peers do not. " + where,
            "  ".join(h.ljust(w) for h, w in zip(head, widths)),
            "  ".join("-" * w for w in widths)]
     for line in lines:

@@ -594,6 +594,41 @@ async fn the_server_refuses_hostile_names() {
             "to {to:?}"
         );
     }
+    // Listings: a path through the link out is refused; a recursive listing of the space
+    // shows what is inside (a file in a subdirectory) and never the link or what it leads to.
+    for name in ["out", "out/secret"] {
+        let list = Frame::List {
+            area: Area::Files,
+            recursive: true,
+            path: name.into(),
+        };
+        assert!(
+            matches!(ask(list).await, Frame::Error(f) if f.code == ErrorCode::BadName),
+            "list {name:?}"
+        );
+    }
+    std::fs::create_dir_all(space.join("in/deeper")).unwrap();
+    std::fs::write(space.join("in/deeper/mine"), b"mine").unwrap();
+    std::os::unix::fs::symlink(&outside, space.join("in/deeper/out2")).unwrap();
+    let mut listed = Vec::new();
+    let mut frame = ask(Frame::List {
+        area: Area::Files,
+        recursive: true,
+        path: String::new(),
+    })
+    .await;
+    loop {
+        match frame {
+            Frame::Entry(e) => listed.push(e.path),
+            Frame::ListEnd { count } => {
+                assert_eq!(count as usize, listed.len());
+                break;
+            }
+            other => panic!("list: {other:?}"),
+        }
+        frame = read_frame(&mut rd).await.unwrap().unwrap();
+    }
+    assert_eq!(listed, ["in", "in/deeper", "in/deeper/mine"]);
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
     assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"not yours");
     assert!(!root.join("users/escape").exists() && !root.join("escape").exists());

@@ -590,7 +590,7 @@ async fn proxy_protocol_v2_carries_address_alpn_sni_and_identity() {
         let mut tls = pki.client_tls();
         tls.alpn = vec![b"tlsnet-test".to_vec()];
         let (mut stream, report) = connect(&addr, &tls).await.unwrap();
-        let local = stream.get_ref().0.local_addr().unwrap();
+        let local = stream.get_ref().0.get_ref().local_addr().unwrap();
         let got = echo_round_trip(&mut stream, b"after the header")
             .await
             .unwrap();
@@ -663,7 +663,7 @@ async fn haproxy_sees_the_client_address_we_send() {
         )
         .await;
         let (mut stream, _) = connect(&addr, &pki.client_tls()).await.unwrap();
-        let local = stream.get_ref().0.local_addr().unwrap();
+        let local = stream.get_ref().0.get_ref().local_addr().unwrap();
         let got = echo_round_trip(&mut stream, b"through haproxy").await.unwrap();
         assert_eq!(got, b"through haproxy");
         stream.shutdown().await.unwrap();

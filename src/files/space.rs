@@ -398,19 +398,54 @@ impl Spaces {
         let base = self
             .area_dir(user, area)
             .map_err(|e| StoreError::io(path, "open the space", e))?;
-        let full = resolve(&base, path)?;
-        let meta = std::fs::metadata(&full).map_err(|e| StoreError::io(path, "read", e))?;
-        if !meta.is_dir() {
-            out(Entry {
-                kind: EntryKind::File,
-                path: path.as_str().to_owned(),
-                meta: meta_of(&meta),
-            });
-            return Ok(1);
+        #[cfg(unix)]
+        {
+            // The path is resolved by the kernel, below the area (openat2 RESOLVE_BENEATH
+            // on Linux), and every directory below it is opened from its parent's
+            // descriptor without following links: no name is looked up twice, so a link
+            // made or swapped in during the listing leads nowhere else.
+            let file = if path.is_root() {
+                File::open(&base).map_err(|e| StoreError::io(path, "open", e))?
+            } else {
+                open_beneath(&base, path).map_err(|e| match e {
+                    OpenError::Name(source) => StoreError::BadName {
+                        path: path.to_string(),
+                        source,
+                    },
+                    OpenError::Io(e) => StoreError::io(path, "open", e),
+                })?
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| StoreError::io(path, "read", e))?;
+            if !meta.is_dir() {
+                out(Entry {
+                    kind: EntryKind::File,
+                    path: path.as_str().to_owned(),
+                    meta: meta_of(&meta),
+                });
+                return Ok(1);
+            }
+            let mut count = 0;
+            list_fd(&file, path, recursive, &mut count, out)?;
+            Ok(count)
         }
-        let mut count = 0;
-        list_dir(&full, path, recursive, &mut count, out)?;
-        Ok(count)
+        #[cfg(not(unix))]
+        {
+            let full = resolve(&base, path)?;
+            let meta = std::fs::metadata(&full).map_err(|e| StoreError::io(path, "read", e))?;
+            if !meta.is_dir() {
+                out(Entry {
+                    kind: EntryKind::File,
+                    path: path.as_str().to_owned(),
+                    meta: meta_of(&meta),
+                });
+                return Ok(1);
+            }
+            let mut count = 0;
+            list_dir(&full, path, recursive, &mut count, out)?;
+            Ok(count)
+        }
     }
 
     /// Makes a directory (and its parents) in `owner`'s space, or sets an existing one's
@@ -778,6 +813,82 @@ fn resolve(dir: &Path, path: &RemotePath) -> Result<PathBuf, StoreError> {
     })
 }
 
+/// Lists the directory open as `dir` (see [`Spaces::list`]): each entry is looked at from
+/// `dir`'s descriptor (`O_PATH | O_NOFOLLOW`, so a symbolic link is seen as one and left out),
+/// and a subdirectory is opened from it with `O_NOFOLLOW | O_DIRECTORY`.
+#[cfg(unix)]
+fn list_fd(
+    dir: &File,
+    at: &RemotePath,
+    recursive: bool,
+    count: &mut u64,
+    out: &mut dyn FnMut(Entry) -> bool,
+) -> Result<(), StoreError> {
+    use rustix::fs::{openat, Dir, Mode, OFlags};
+    let read = Dir::read_from(dir).map_err(|e| StoreError::io(at, "list", e.into()))?;
+    let mut names: Vec<(String, std::fs::Metadata)> = Vec::new();
+    for entry in read.flatten() {
+        let raw = entry.file_name();
+        let bytes = raw.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let Ok(name) = raw.to_str() else {
+            tracing::warn!(dir = %at, "files: a name that is not UTF-8 is not listed");
+            continue;
+        };
+        let Ok(fd) = openat(
+            dir,
+            raw,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let Ok(meta) = File::from(fd).metadata() else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        names.push((name.to_owned(), meta));
+    }
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, meta) in names {
+        let Ok(path) = RemotePath::parse(&name).and_then(|n| at.join(&n)) else {
+            tracing::warn!(dir = %at, name = %name.escape_debug(), "files: a name that breaks the rules is not listed");
+            continue;
+        };
+        let kind = if meta.is_dir() {
+            EntryKind::Dir
+        } else if meta.is_file() {
+            EntryKind::File
+        } else {
+            continue;
+        };
+        *count += 1;
+        if !out(Entry {
+            kind,
+            path: path.as_str().to_owned(),
+            meta: meta_of(&meta),
+        }) {
+            return Ok(());
+        }
+        if recursive && kind == EntryKind::Dir {
+            let sub = openat(
+                dir,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| StoreError::io(&path, "open", e.into()))?;
+            list_fd(&File::from(sub), &path, true, count, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
 fn list_dir(
     dir: &Path,
     at: &RemotePath,

@@ -4,7 +4,7 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::codec::{CodecError, Frame, Header, HEADER_LEN};
+use super::codec::{payload_buffer, CodecError, Frame, Header, HEADER_LEN};
 
 /// Reading or writing a frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,8 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     }
     // The limit is checked before the payload is allocated.
     let header = Header::parse(&head).map_err(WireError::Codec)?;
-    let mut payload = vec![0u8; header.len];
+    // DATA payloads reuse spare buffers (see `codec::payload_buffer`).
+    let mut payload = payload_buffer(header.len);
     reader
         .read_exact(&mut payload)
         .await

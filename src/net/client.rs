@@ -13,11 +13,14 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::read_ahead::ReadAhead;
 use crate::error::{Error, Result};
 use crate::tls::{FailureCause, HandshakeReport, Side};
 
-/// The client end of an established TLS connection.
-pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// The client end of an established TLS connection. As on the server, the socket is read in
+/// large pieces ([`ReadAhead`]), not one TLS record per `recv` (a 2 GiB download made 132,000
+/// `recvfrom` calls of 16 KiB without it).
+pub type ClientStream = tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>;
 
 /// Connects to TLS servers with one configuration.
 #[derive(Clone)]
@@ -64,17 +67,19 @@ impl Connector {
             _ => None,
         };
         let connector = TlsConnector::from(self.config.clone());
-        let stream =
-            tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp))
-                .await
-                .map_err(|_| Error::Handshake {
-                    peer: addr.to_owned(),
-                    cause: FailureCause::Timeout(self.handshake_timeout),
-                })?
-                .map_err(|e| Error::Handshake {
-                    peer: addr.to_owned(),
-                    cause: FailureCause::classify(&e, Side::Client),
-                })?;
+        let stream = tokio::time::timeout(
+            self.handshake_timeout,
+            connector.connect(server_name, ReadAhead::new(tcp)),
+        )
+        .await
+        .map_err(|_| Error::Handshake {
+            peer: addr.to_owned(),
+            cause: FailureCause::Timeout(self.handshake_timeout),
+        })?
+        .map_err(|e| Error::Handshake {
+            peer: addr.to_owned(),
+            cause: FailureCause::classify(&e, Side::Client),
+        })?;
         let (_, conn) = stream.get_ref();
         let report = HandshakeReport::from_state(conn, sni.as_deref(), started.elapsed())
             .with_peer_chain(conn);
