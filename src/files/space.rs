@@ -813,6 +813,27 @@ fn resolve(dir: &Path, path: &RemotePath) -> Result<PathBuf, StoreError> {
     })
 }
 
+/// What a listing shows of `name` in `at`: its path and kind, or nothing for a name that
+/// breaks the rules (logged) and for what is neither a file nor a directory.
+fn listed(
+    at: &RemotePath,
+    name: &str,
+    meta: &std::fs::Metadata,
+) -> Option<(RemotePath, EntryKind)> {
+    let Ok(path) = RemotePath::parse(name).and_then(|n| at.join(&n)) else {
+        tracing::warn!(dir = %at, name = %name.escape_debug(), "files: a name that breaks the rules is not listed");
+        return None;
+    };
+    let kind = if meta.is_dir() {
+        EntryKind::Dir
+    } else if meta.is_file() {
+        EntryKind::File
+    } else {
+        return None;
+    };
+    Some((path, kind))
+}
+
 /// Lists the directory open as `dir` (see [`Spaces::list`]): each entry is looked at from
 /// `dir`'s descriptor (`O_PATH | O_NOFOLLOW`, so a symbolic link is seen as one and left out),
 /// and a subdirectory is opened from it with `O_NOFOLLOW | O_DIRECTORY`.
@@ -855,15 +876,7 @@ fn list_fd(
     }
     names.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, meta) in names {
-        let Ok(path) = RemotePath::parse(&name).and_then(|n| at.join(&n)) else {
-            tracing::warn!(dir = %at, name = %name.escape_debug(), "files: a name that breaks the rules is not listed");
-            continue;
-        };
-        let kind = if meta.is_dir() {
-            EntryKind::Dir
-        } else if meta.is_file() {
-            EntryKind::File
-        } else {
+        let Some((path, kind)) = listed(at, &name, &meta) else {
             continue;
         };
         *count += 1;
@@ -911,15 +924,7 @@ fn list_dir(
     }
     names.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, meta) in names {
-        let Ok(path) = RemotePath::parse(&name).and_then(|n| at.join(&n)) else {
-            tracing::warn!(dir = %dir.display(), name = %name.escape_debug(), "files: a name that breaks the rules is not listed");
-            continue;
-        };
-        let kind = if meta.is_dir() {
-            EntryKind::Dir
-        } else if meta.is_file() {
-            EntryKind::File
-        } else {
+        let Some((path, kind)) = listed(at, &name, &meta) else {
             continue;
         };
         *count += 1;
