@@ -28,11 +28,14 @@ TARGET_IDLE_KIB = 16.0
 def settings(quick):
     if quick:
         return {"clients": 50, "messages": 5000, "window": 4, "room": 20, "fanout_messages": 300,
-                "senders": 2, "idle": 50, "secs": 60}
+                "senders": 2, "idle": 50, "secs": 60, "rate": 500, "paced_messages": 1000}
     # JetStream with sync_interval: always acks about a thousand a second here: fewer
     # messages for it, so that its rows take as long as the others'.
+    # The offered-rate case: a load every durable system here carries (JetStream acks 1,100 to
+    # 2,700 a second at saturation on this machine, by how loaded it is), 10 s of it.
     return {"clients": 1000, "messages": 100_000, "messages_jetstream": 20_000, "window": 4, "room": 100,
-            "fanout_messages": 2000, "senders": 4, "idle": 1000, "secs": 180}
+            "fanout_messages": 2000, "senders": 4, "idle": 1000, "secs": 180, "rate": 1000,
+            "paced_messages": 10_000}
 
 
 def nats_binary():
@@ -127,6 +130,13 @@ ROWS = [
     ("msg/direct/recv-p50", "direct msgs, {c:,} clients, 100 B", "send-to-receive p50", "ms", "lower"),
     ("msg/direct/recv-p99", "direct msgs, {c:,} clients, 100 B", "send-to-receive p99", "ms", "lower"),
     ("msg/direct/cpu", "direct msgs, {c:,} clients, 100 B", "server CPU", "us/msg", "lower"),
+    ("msg/paced/ack-p50", "direct msgs, {c:,} clients, {rate:,} msgs/s offered", "send-to-ack p50", "ms", "lower"),
+    ("msg/paced/ack-p99", "direct msgs, {c:,} clients, {rate:,} msgs/s offered", "send-to-ack p99", "ms", "lower"),
+    ("msg/paced/recv-p50", "direct msgs, {c:,} clients, {rate:,} msgs/s offered", "send-to-receive p50", "ms",
+     "lower"),
+    ("msg/paced/recv-p99", "direct msgs, {c:,} clients, {rate:,} msgs/s offered", "send-to-receive p99", "ms",
+     "lower"),
+    ("msg/paced/cpu", "direct msgs, {c:,} clients, {rate:,} msgs/s offered", "server CPU", "us/msg", "lower"),
     ("msg/fanout/rate", "room of {r} members, fan-out", "deliveries/s", "deliveries/s", "higher"),
     ("msg/fanout/cpu", "room of {r} members, fan-out", "server CPU", "us/delivery", "lower"),
     ("msg/idle/kib", "{i:,} connected idle users", "RSS per user", "KiB", "lower"),
@@ -138,7 +148,8 @@ def add_rows(rig, res, quick, d, systems):
     s = settings(quick)
     systems = [x for x in SYSTEMS if x in systems]
     for rid, label, metric, unit, better in ROWS:
-        res.row(rid, "msg", label.format(c=s["clients"], r=s["room"], i=s["idle"]), metric, unit, better)
+        res.row(rid, "msg", label.format(c=s["clients"], r=s["room"], i=s["idle"], rate=s["rate"]), metric, unit,
+                better)
     if not systems:
         return
     users = max(s["clients"], s["room"], s["idle"])
@@ -154,8 +165,10 @@ def add_rows(rig, res, quick, d, systems):
         bins["nats"] = nats_binary()
     if "mosquitto" in systems:
         res.add("msg/direct/rate", "mosquitto", note="its PUBACK is not durable: sent before the disk write")
+        res.add("msg/paced/ack-p50", "mosquitto", note="its PUBACK is not durable: sent before the disk write")
     if "nats" in systems:
-        for rid in ("msg/direct/rate", "msg/direct/ack-p50", "msg/direct/ack-p99"):
+        for rid in ("msg/direct/rate", "msg/direct/ack-p50", "msg/direct/ack-p99", "msg/paced/ack-p50",
+                    "msg/paced/ack-p99"):
             res.add(rid, "nats", note="n/a: no ack")
     if "jetstream" in systems:
         res.add("msg/direct/recv-p50", "jetstream", note="received on core subscriptions")
@@ -172,7 +185,7 @@ def add_rows(rig, res, quick, d, systems):
     for system in systems:
         d.LOADS.append({"system": system, "msg": True, "loadavg": open("/proc/loadavg").read().split()[:3]})
         d.log(f"msg: {system}")
-        for case in ("direct", "fanout", "idle"):
+        for case in ("direct", "paced", "fanout", "idle"):
             if case == "idle" and system == "jetstream":
                 continue
             # A fresh server (and store) per case, so that one case's backlog is not the next's.
@@ -205,6 +218,27 @@ def add_rows(rig, res, quick, d, systems):
                     d.log(f"  direct: {r['acked_per_sec']:.0f} acked/s, {r['messages_per_sec']:.0f} msgs/s, "
                           f"ack {r['ack']}, receive {r['receive']}, {r['server_cpu_us_per_message']:.1f} us/msg "
                           f"server CPU, client CPU {r['client_cpu_secs']:.1f}s{', ' + note if note else ''}")
+                elif case == "paced":
+                    # The open loop: a fixed offered rate, latency below saturation.
+                    r = load(system, inst, "direct", ["--clients", s["clients"], "--messages", s["paced_messages"],
+                                                     "--rate", s["rate"]], s["secs"])
+                    if "error" in r:
+                        d.log(f"  paced: {r['error']}")
+                        res.add("msg/paced/recv-p50", system, note="failed: " + r["error"][:80])
+                        continue
+                    note = None
+                    if r["errors"]:
+                        note = f"{sum(r['errors'].values())} errors: {list(r['errors'])[0][:80]}"
+                    if system != "nats" and r["ack"]:
+                        res.add("msg/paced/ack-p50", system, r["ack"]["p50_ms"], note)
+                        res.add("msg/paced/ack-p99", system, r["ack"]["p99_ms"])
+                    if r["receive"]:
+                        res.add("msg/paced/recv-p50", system, r["receive"]["p50_ms"], note)
+                        res.add("msg/paced/recv-p99", system, r["receive"]["p99_ms"])
+                    res.add("msg/paced/cpu", system, r["server_cpu_us_per_message"])
+                    d.log(f"  paced at {s['rate']} msgs/s: {r['messages_per_sec']:.0f} msgs/s, ack {r['ack']}, "
+                          f"receive {r['receive']}, {r['server_cpu_us_per_message']:.1f} us/msg server CPU"
+                          f"{', ' + note if note else ''}")
                 elif case == "fanout":
                     r = load(system, inst, "fanout", ["--clients", s["room"], "--messages", s["fanout_messages"],
                                                      "--senders", s["senders"], "--window", s["window"]],

@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -172,23 +173,34 @@ impl Service for MsgService {
         "msg"
     }
 
-    fn serve<'a>(&'a self, mut stream: BoxStream, ctx: &'a Context) -> BoxFuture<'a, End> {
-        Box::pin(async move {
-            match self.hub().await {
-                Ok(hub) => serve(hub, stream, ctx).await,
-                Err(e) => {
-                    let text = e.describe();
-                    warn!(peer = %ctx.peer, error = %text, "msg: the store cannot be opened");
-                    let frame = error_frame(None, "store_unavailable", text, true);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        let _ = write_frame(&mut stream, &frame).await;
-                        let _ = stream.shutdown().await;
-                    })
-                    .await;
-                    End::Failed(Box::new(e))
-                }
+    fn serve<'a>(&'a self, stream: BoxStream, ctx: &'a Context) -> BoxFuture<'a, End> {
+        Box::pin(self.session(stream, ctx))
+    }
+}
+
+impl MsgService {
+    /// One client's session: the future every connected user holds (boxed, by `serve`).
+    async fn session(&self, mut stream: BoxStream, ctx: &Context) -> End {
+        // The hub is opened once, by the first client: its future (the store's or the NATS
+        // cluster's opening, several kilobytes) is boxed, not inline in every session's.
+        let hub = match self.hub.get() {
+            Some(hub) => Ok(hub.clone()),
+            None => Box::pin(self.hub()).await,
+        };
+        match hub {
+            Ok(hub) => serve(hub, stream, ctx).await,
+            Err(e) => {
+                let text = e.describe();
+                warn!(peer = %ctx.peer, error = %text, "msg: the store cannot be opened");
+                let frame = error_frame(None, "store_unavailable", text, true);
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let _ = write_frame(&mut stream, &frame).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+                End::Failed(Box::new(e))
             }
-        })
+        }
     }
 }
 
@@ -477,27 +489,29 @@ async fn run_session(
     ctx: &Context,
 ) -> End {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    // Frames are boxed in the channels: a channel allocates its first block of slots up front,
-    // and an idle session should hold little.
-    let (tx, mut rx) = mpsc::channel::<Box<Frame>>(64);
+    // The answers for the writer (frames boxed: the queue holds them while the writer is
+    // busy).
+    let replies = Queue::<Box<Frame>>::new(64);
     let in_flight: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
     let stop = CancellationToken::new();
     let reader_done = CancellationToken::new();
-    let welcome = Frame::Welcome(Welcome {
+    // The welcome, encoded now: a frame kept for the writer would take its room (twice) in
+    // the session future for the session's life.
+    let mut welcome = Out { buf: Vec::new() };
+    welcome.push(&Frame::Welcome(Welcome {
         version: codec::VERSION,
         user: user.to_owned(),
         max_message_size: hub.options.max_message_size,
         max_frame: hub.options.max_frame(),
-    });
+    }));
 
     // Requests are answered in order. A SEND (or an ACK) is queued for the store's next
     // commit as it is read, and its answer waits in `pending` for that commit while the reader
     // goes on: a client may have up to MAX_PIPELINE of them in flight.
-    // Boxed too (the first block of 32 slots would be 1.3 KiB of an idle session otherwise).
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Box<Pending>>(MAX_PIPELINE);
+    let pending = Queue::<Box<Pending>>::new(MAX_PIPELINE);
     let reader = async {
-        // Owned here: the answers task ends once the reader has and its last answer is out.
-        let pending_tx = pending_tx;
+        // However the reader ends, the answers task ends once its last answer is out.
+        let _closing = Closing(&pending);
         let mut decoder = Decoder::new(hub.options.max_frame());
         // A small buffer while the client is quiet, a large one while it sends a lot.
         let mut buf = vec![0u8; READ_SMALL];
@@ -524,7 +538,7 @@ async fn run_session(
                     Ok(step) => step,
                     Err(e) => {
                         warn!(peer = %ctx.peer, user, error = %e, "msg: closing a connection that broke the framing");
-                        let _ = pending_tx
+                        let _ = pending
                             .send(Box::new(Pending::Reply(Box::new(error_frame(
                                 None,
                                 e.code(),
@@ -557,15 +571,18 @@ async fn run_session(
                         None => continue,
                     },
                 };
-                if pending_tx.send(Box::new(next)).await.is_err() {
+                if pending.send(Box::new(next)).await.is_err() {
                     return None;
                 }
             }
         }
     };
+
     // Answers in the order of the requests, each once its commit is done.
     let answers = async {
-        while let Some(p) = pending_rx.recv().await {
+        // When the writer is gone, the reader stops at its next request.
+        let _closing = Closing(&pending);
+        while let Some(p) = pending.recv().await {
             let reply = match *p {
                 Pending::Reply(frame) => Some(*frame),
                 Pending::Send(req, commit) => Some(match commit.await {
@@ -609,11 +626,14 @@ async fn run_session(
                 },
             };
             if let Some(reply) = reply {
-                if tx.send(Box::new(reply)).await.is_err() {
+                if replies.send(Box::new(reply)).await.is_err() {
                     break;
                 }
             }
         }
+        // The answers end after the reader (or after the writer): the writer writes what is
+        // left and ends.
+        reader_done.cancel();
     };
 
     let writer = async {
@@ -623,23 +643,19 @@ async fn run_session(
             session,
             &in_flight,
             &mut wr,
-            (&mut rx, &reader_done),
+            (&replies, &reader_done),
             welcome,
             ctx,
         )
         .await;
         stop.cancel();
+        replies.close();
         end
     };
 
-    let (read_end, write_end) = tokio::join!(
-        async {
-            let (end, ()) = tokio::join!(reader, answers);
-            reader_done.cancel();
-            end
-        },
-        writer
-    );
+    // One join of the three (an async block around a join of two would hold the two futures
+    // twice: once captured, once joined).
+    let (read_end, (), write_end) = tokio::join!(reader, answers, writer);
     let mut stream = rd.unsplit(wr);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     match (read_end, write_end) {
@@ -647,6 +663,83 @@ async fn run_session(
         (_, Some(end)) => end,
         (Some(end), None) => end,
         (None, None) => End::Closed,
+    }
+}
+
+/// A bounded queue between two parts of one session (the reader, the answers, the writer).
+/// Not a tokio `mpsc` channel: that allocates its cache-padded state and a first block of 32
+/// slots up front, about 800 bytes per channel in every idle session; this one holds nothing
+/// while it is empty (its storage is let go once drained).
+struct Queue<T> {
+    items: Mutex<VecDeque<T>>,
+    room: Semaphore,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+impl<T> Queue<T> {
+    fn new(capacity: usize) -> Self {
+        Queue {
+            items: Mutex::new(VecDeque::new()),
+            room: Semaphore::new(capacity),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits for room; the item back once the queue is closed.
+    async fn send(&self, item: T) -> Result<(), T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(item);
+        }
+        match self.room.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(item),
+        }
+        lock(&self.items).push_back(item);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn try_recv(&self) -> Option<T> {
+        let mut items = lock(&self.items);
+        let item = items.pop_front()?;
+        if items.is_empty() && items.capacity() > 4 {
+            *items = VecDeque::new();
+        }
+        drop(items);
+        self.room.add_permits(1);
+        Some(item)
+    }
+
+    /// The next item; `None` once the queue is closed and empty. Cancel-safe.
+    async fn recv(&self) -> Option<T> {
+        loop {
+            if let Some(item) = self.try_recv() {
+                return Some(item);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return self.try_recv();
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// No more sends; what is queued can still be received.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.room.close();
+        self.ready.notify_one();
+    }
+}
+
+/// Closes a queue when dropped (when the part of the session that feeds it, or the one that
+/// reads it, ends, whichever way).
+struct Closing<'a, T>(&'a Queue<T>);
+
+impl<T> Drop for Closing<'_, T> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -711,13 +804,11 @@ async fn deliver(
     session: &Session,
     in_flight: &Mutex<BTreeSet<u64>>,
     wr: &mut (impl AsyncWriteExt + Unpin),
-    (rx, reader_done): (&mut mpsc::Receiver<Box<Frame>>, &CancellationToken),
-    welcome: Frame,
+    (rx, reader_done): (&Queue<Box<Frame>>, &CancellationToken),
+    mut out: Out,
     ctx: &Context,
 ) -> Option<End> {
     let io = |e: std::io::Error| Some(End::from_io(e));
-    let mut out = Out { buf: Vec::new() };
-    out.push(&welcome);
     let mut cursor = 0u64;
     let window = hub.options.window.max(1);
     // Whether the queue may hold something new: at the start, and at each wake-up (a message
@@ -767,7 +858,7 @@ async fn deliver(
         }
         // Everything the reader had to say, in the same write.
         let mut fatal = false;
-        while let Ok(more) = rx.try_recv() {
+        while let Some(more) = rx.try_recv() {
             fatal |= matches!(&*more, Frame::Error(e) if e.fatal);
             if let Err(e) = out.push_and_write_if_full(&more, wr).await {
                 return io(e);
@@ -804,7 +895,7 @@ async fn deliver(
                 }
             },
             _ = reader_done.cancelled() => {
-                while let Ok(more) = rx.try_recv() {
+                while let Some(more) = rx.try_recv() {
                     out.push(&more);
                 }
                 let _ = out.write(wr).await;
@@ -821,10 +912,11 @@ async fn deliver(
 /// How soon a session looks at its queue again after a wake-up that found it empty.
 const RECHECK: Duration = Duration::from_millis(300);
 
-/// Waits `every`, or forever.
+/// Waits `every`, or forever. The timer is boxed: only a backend that polls (NATS) has one,
+/// and inline it would take its room in every session's future.
 async fn poll(every: Option<Duration>) {
     match every {
-        Some(every) => tokio::time::sleep(every).await,
+        Some(every) => Box::pin(tokio::time::sleep(every)).await,
         None => std::future::pending().await,
     }
 }
@@ -1052,14 +1144,35 @@ mod tests {
     use super::*;
 
     /// An idle user is mostly its session future and what it holds: keep it small (the
-    /// NATS backend's futures are boxed, not inline in every embedded session).
+    /// NATS backend's futures and the polling timer are boxed, the welcome is encoded before
+    /// the writer starts).
     #[test]
     fn session_future_is_small() {
         fn size<F>(_: &impl Fn(Arc<Hub>, BoxStream, &'static Context) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let session = size(&|h, s, c| serve(h, s, c));
-        assert!(session < 4096, "session future: {session} bytes");
+        assert!(session < 3072, "session future: {session} bytes");
+    }
+
+    /// The service's future is the session's and little more: opening the hub (the store,
+    /// or the NATS cluster) is boxed, not kept in every session's allocation.
+    #[test]
+    fn service_future_is_small() {
+        fn size<F>(_: &impl Fn(Arc<Hub>, BoxStream, &'static Context) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn size_of_service<F>(
+            _: &impl Fn(&'static MsgService, BoxStream, &'static Context) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let session = size(&|h, s, c| serve(h, s, c));
+        let service = size_of_service(&|m, s, c| m.session(s, c));
+        assert!(
+            service < session + 256,
+            "service future: {service} bytes, session future: {session}"
+        );
     }
 
     #[test]

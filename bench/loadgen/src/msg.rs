@@ -12,6 +12,10 @@
 //! - `idle`: N clients connect and log in (tlsnet WELCOME, MQTT CONNACK, NATS PONG) and stay
 //!   idle; the server's RSS per connected user.
 //!
+//! With `--rate R`, `direct` and `fanout` are an open loop instead: R messages a second in all,
+//! handed to the senders in turn, each sent when it is due, acked or not (latency at a load
+//! below saturation; the closed loop's p50 is about clients x window / rate).
+//!
 //! Receivers acknowledge what they get as each protocol wants it (tlsnet ACK frames, MQTT
 //! PUBACK by rumqttc). Latencies are measured in this process, from one clock.
 
@@ -75,9 +79,14 @@ pub struct MsgArgs {
     /// Messages sent in all (`direct`, `fanout`).
     #[arg(long, default_value_t = 200_000)]
     messages: u64,
-    /// Sends in flight per client, waiting for their acks.
+    /// Sends in flight per client, waiting for their acks (the closed loop).
     #[arg(long, default_value_t = 4)]
     window: usize,
+    /// Offered rate, messages per second from all senders together (0: the closed loop of
+    /// `--window`). An open loop: every millisecond the messages due by then are handed to
+    /// the senders in turn, whatever the acks, so latency is measured at this load.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Bytes of text per message.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -276,6 +285,36 @@ impl Samples {
     }
 }
 
+/// The sends a client may make when it is told to go: its window in the closed loop, none in
+/// the open loop (the pacer hands them out).
+fn first_window(a: &MsgArgs) -> usize {
+    if a.rate > 0.0 {
+        0
+    } else {
+        a.window.max(1)
+    }
+}
+
+/// The open loop: every millisecond, the messages due by then at `rate` per second, one send
+/// permit each, to the senders in turn; stops at `budget` or when the run stops.
+fn pace(windows: Vec<Arc<Semaphore>>, rate: f64, budget: u64, tally: Arc<Tally>) {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (mut handed, mut next) = (0u64, 0usize);
+        while handed < budget && !tally.stop.load(Ordering::Relaxed) && !windows.is_empty() {
+            tick.tick().await;
+            let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(budget);
+            while handed < due {
+                windows[next].add_permits(1);
+                next = (next + 1) % windows.len();
+                handed += 1;
+            }
+        }
+    });
+}
+
 fn us_since(ns: u64) -> u32 {
     (now_ns().saturating_sub(ns) / 1000).min(u32::MAX as u64) as u32
 }
@@ -378,6 +417,10 @@ pub async fn run(system: System, a: MsgArgs) -> Result<Value> {
         };
         clients[i].control(Control::Go(to)).await?;
     }
+    if a.rate > 0.0 {
+        let windows = senders.iter().map(|&i| clients[i].window.clone()).collect();
+        pace(windows, a.rate, a.messages, tally.clone());
+    }
     // Done when every message is acked (or refused) and every delivery is in.
     let mut last_progress = (0u64, Instant::now());
     let mut acked_at = None;
@@ -436,6 +479,7 @@ pub async fn run(system: System, a: MsgArgs) -> Result<Value> {
         "clients": n,
         "senders": senders.len(),
         "window": a.window,
+        "rate": a.rate,
         "size": a.size,
         "asked": a.messages,
         "acked": acked,
@@ -479,6 +523,8 @@ enum Control {
 struct Client {
     tx: mpsc::Sender<Control>,
     ready: Arc<Semaphore>,
+    /// Sends the client may make now: its window (closed loop), or what the pacer hands it.
+    window: Arc<Semaphore>,
     join: tokio::task::JoinHandle<()>,
 }
 
@@ -522,18 +568,50 @@ async fn connect_all(
         };
         let (tx, rx) = mpsc::channel(4);
         let ready = Arc::new(Semaphore::new(0));
+        let window = Arc::new(Semaphore::new(0));
         let (a2, tally2, ready2, slots2) = (a.clone(), tally.clone(), ready.clone(), slots.clone());
+        let window2 = window.clone();
         let join = tokio::spawn(async move {
             let permit = slots2.acquire_owned().await;
             let r = match system {
                 System::Tlsnet => {
-                    tlsnet_client(a2, i, config, rx, ready2, tally2.clone(), permit.ok()).await
+                    tlsnet_client(
+                        a2,
+                        i,
+                        config,
+                        rx,
+                        ready2,
+                        window2,
+                        tally2.clone(),
+                        permit.ok(),
+                    )
+                    .await
                 }
                 System::Mqtt => {
-                    mqtt_client(a2, i, config, rx, ready2, tally2.clone(), permit.ok()).await
+                    mqtt_client(
+                        a2,
+                        i,
+                        config,
+                        rx,
+                        ready2,
+                        window2,
+                        tally2.clone(),
+                        permit.ok(),
+                    )
+                    .await
                 }
                 System::Nats => {
-                    nats_client(a2, i, config, rx, ready2, tally2.clone(), permit.ok()).await
+                    nats_client(
+                        a2,
+                        i,
+                        config,
+                        rx,
+                        ready2,
+                        window2,
+                        tally2.clone(),
+                        permit.ok(),
+                    )
+                    .await
                 }
             };
             if let Err(e) = r {
@@ -542,7 +620,12 @@ async fn connect_all(
                 }
             }
         });
-        clients.push(Client { tx, ready, join });
+        clients.push(Client {
+            tx,
+            ready,
+            window,
+            join,
+        });
     }
     // Wait until each is connected (its first permit), or has failed.
     for c in &clients {
@@ -580,6 +663,7 @@ async fn tlsnet_client(
     config: ClientConfig,
     mut control: mpsc::Receiver<Control>,
     ready: Arc<Semaphore>,
+    window: Arc<Semaphore>,
     tally: Arc<Tally>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<()> {
@@ -611,7 +695,8 @@ async fn tlsnet_client(
 
     // The writer: room requests, then sends in a window, and acks of what the reader got.
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
-    let window = Arc::new(Semaphore::new(0));
+    // Closed loop: an ack makes room for the next send; open loop: the pacer does.
+    let closed = a.rate <= 0.0;
     let times: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
     let (result_tx, mut result_rx) = mpsc::unbounded_channel::<()>();
     let reader = {
@@ -627,7 +712,9 @@ async fn tlsnet_client(
                                     samples.ack(t);
                                 }
                                 tally.acked.fetch_add(1, Ordering::Relaxed);
-                                window.add_permits(1);
+                                if closed {
+                                    window.add_permits(1);
+                                }
                             }
                             Frame::Deliver(m) => {
                                 samples.recv(m.text.as_bytes());
@@ -642,7 +729,9 @@ async fn tlsnet_client(
                                 if let Some(req) = e.req {
                                     if times.lock().unwrap().remove(&req).is_some() {
                                         tally.refused.fetch_add(1, Ordering::Relaxed);
-                                        window.add_permits(1);
+                                        if closed {
+                                            window.add_permits(1);
+                                        }
                                     } else {
                                         let _ = result_tx.send(());
                                     }
@@ -686,7 +775,7 @@ async fn tlsnet_client(
                         ready.add_permits(1);
                         continue;
                     }
-                    Some(Control::Go(d)) => { dest = Some(d); window.add_permits(a.window.max(1)); continue; }
+                    Some(Control::Go(d)) => { dest = Some(d); window.add_permits(first_window(&a)); continue; }
                     Some(Control::Stop) | None => return anyhow::Ok(()),
                 },
                 id = ack_rx.recv() => {
@@ -783,6 +872,7 @@ async fn mqtt_client(
     config: ClientConfig,
     mut control: mpsc::Receiver<Control>,
     ready: Arc<Semaphore>,
+    window: Arc<Semaphore>,
     tally: Arc<Tally>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<()> {
@@ -792,13 +882,19 @@ async fn mqtt_client(
     let mut opts = MqttOptions::new(user(i), a.server_name.clone(), a.addr(i).port());
     opts.set_keep_alive(Duration::from_secs(60));
     opts.set_clean_session(true);
-    opts.set_inflight(a.window.clamp(1, 65535) as u16);
-    opts.set_request_channel_capacity(a.window.max(1) * 2 + 8);
+    // Open loop: room for what the acks have not caught up with.
+    let inflight = if a.rate > 0.0 {
+        1024
+    } else {
+        a.window.clamp(1, 65535)
+    };
+    opts.set_inflight(inflight as u16);
+    opts.set_request_channel_capacity(inflight * 2 + 8);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
         Arc::new(config),
     )));
-    let (client, mut events) = AsyncClient::new(opts, a.window.max(1) * 2 + 8);
+    let (client, mut events) = AsyncClient::new(opts, inflight * 2 + 8);
     let mine = match a.case {
         Case::Fanout => "room/bench".to_string(),
         _ => format!("u/{}", user(i)),
@@ -813,7 +909,7 @@ async fn mqtt_client(
     drop(permit);
     ready.add_permits(1);
 
-    let window = Arc::new(Semaphore::new(0));
+    let closed = a.rate <= 0.0;
     let sent: Arc<Mutex<VecDeque<u64>>> = Arc::default();
     let ids: Arc<Mutex<HashMap<u16, u64>>> = Arc::default();
     let poller = {
@@ -833,7 +929,9 @@ async fn mqtt_client(
                                 samples.ack(t);
                             }
                             tally.acked.fetch_add(1, Ordering::Relaxed);
-                            window.add_permits(1);
+                            if closed {
+                                window.add_permits(1);
+                            }
                         }
                         Event::Incoming(Packet::Publish(p)) => {
                             samples.recv(&p.payload);
@@ -852,7 +950,7 @@ async fn mqtt_client(
         loop {
             tokio::select! {
                 c = control.recv() => match c {
-                    Some(Control::Go(d)) => { dest = Some(d); window.add_permits(a.window.max(1)); }
+                    Some(Control::Go(d)) => { dest = Some(d); window.add_permits(first_window(&a)); }
                     Some(Control::Stop) | None => return anyhow::Ok(()),
                     Some(_) => ready.add_permits(1),
                 },
@@ -886,6 +984,7 @@ async fn nats_client(
     config: ClientConfig,
     mut control: mpsc::Receiver<Control>,
     ready: Arc<Semaphore>,
+    window: Arc<Semaphore>,
     tally: Arc<Tally>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<()> {
@@ -939,7 +1038,7 @@ async fn nats_client(
         }
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Result<()>)>();
-    let window = Arc::new(Semaphore::new(0));
+    let closed = a.rate <= 0.0;
     let sender = async {
         let mut dest = None;
         let mut samples = Samples::new(&tally);
@@ -947,7 +1046,7 @@ async fn nats_client(
             loop {
                 tokio::select! {
                     c = control.recv() => match c {
-                        Some(Control::Go(d)) => { dest = Some(d); window.add_permits(a.window.max(1)); }
+                        Some(Control::Go(d)) => { dest = Some(d); window.add_permits(first_window(&a)); }
                         Some(Control::Stop) | None => return Ok(()),
                         Some(_) => ready.add_permits(1),
                     },
@@ -957,7 +1056,9 @@ async fn nats_client(
                                 Ok(()) => { samples.ack(t); tally.acked.fetch_add(1, Ordering::Relaxed); }
                                 Err(e) => { tally.error(format!("{e:#}")); tally.refused.fetch_add(1, Ordering::Relaxed); }
                             }
-                            window.add_permits(1);
+                            if closed {
+                                window.add_permits(1);
+                            }
                         }
                     }
                     p = window.acquire(), if dest.is_some() => {
@@ -987,7 +1088,9 @@ async fn nats_client(
                             // Core NATS: no ack; the window only bounds the buffered sends.
                             client.publish(subject, body.into()).await?;
                             tally.acked.fetch_add(1, Ordering::Relaxed);
-                            window.add_permits(1);
+                            if closed {
+                                window.add_permits(1);
+                            }
                         }
                     }
                 }
