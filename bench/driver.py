@@ -389,6 +389,19 @@ def ratio(row, systems):
     return (bp[1] / t if row["better"] == "lower" else t / bp[1]), bp
 
 
+def cell_text(c, ranges=True):
+    """A table cell: the median, [min-max] when there are several values (and `ranges`), and
+    " *" when a note explains it; a cell with no value shows its first note, no cell "-"."""
+    if not c:
+        return "-"
+    if "median" not in c:
+        return c["notes"][0] if c["notes"] else "-"
+    txt = fmt(c["median"])
+    if ranges and len(c["values"]) > 1:
+        txt += f" [{fmt(c['min'])}-{fmt(c['max'])}]"
+    return txt + (" *" if c["notes"] else "")
+
+
 def render(res, systems, runs, mach, other_share):
     # Only the columns of systems that have a cell (a --sections run leaves some out).
     cols = [s for s in SYSTEMS if s in systems and any(s in r["cells"] for r in res.rows.values())]
@@ -406,20 +419,7 @@ def render(res, systems, runs, mach, other_share):
     lines = []
     for rid in res.order:
         r = res.rows[rid]
-        cells = []
-        for s in cols:
-            c = r["cells"].get(s)
-            if not c:
-                cells.append("-")
-            elif "median" in c:
-                txt = fmt(c["median"])
-                if runs > 1 and len(c["values"]) > 1:
-                    txt += f" [{fmt(c['min'])}-{fmt(c['max'])}]"
-                if c["notes"]:
-                    txt += " *"
-                cells.append(txt)
-            else:
-                cells.append(c["notes"][0] if c["notes"] else "-")
+        cells = [cell_text(r["cells"].get(s), ranges=runs > 1) for s in cols]
         rt, bp = ratio(r, systems)
         rtxt = f"{rt:.2f}x vs {LABELS[bp[0]].split()[0]}" if rt else "-"
         lines.append([r["case"], f"{r['metric']} ({r['unit']})"] + cells + [rtxt])

@@ -705,18 +705,7 @@ def render(res, tools):
     lines = []
     for rid in res.order:
         r = res.rows[rid]
-        cells = []
-        for s in cols:
-            c = r["cells"].get(s)
-            if not c:
-                cells.append("-")
-            elif "median" in c:
-                txt = tools.fmt(c["median"])
-                if len(c["values"]) > 1:
-                    txt += f" [{tools.fmt(c['min'])}-{tools.fmt(c['max'])}]"
-                cells.append(txt + (" *" if c["notes"] else ""))
-            else:
-                cells.append(c["notes"][0] if c["notes"] else "-")
+        cells = [tools.cell_text(r["cells"].get(s)) for s in cols]
         rt, bp = tools.ratio(r, cols)
         lines.append([r["case"], f"{r['metric']} ({r['unit']})"] + cells
                      + [f"{rt:.2f}x vs {LABELS[bp[0]]}" if rt else "-"])
