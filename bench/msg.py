@@ -143,6 +143,13 @@ ROWS = [
 ]
 
 
+def errors_note(r):
+    """The note for a load-generator result that had errors: how many, and the first kind."""
+    if not r["errors"]:
+        return None
+    return f"{sum(r['errors'].values())} errors: {list(r['errors'])[0][:80]}"
+
+
 def add_rows(rig, res, quick, d, systems):
     """Runs the messaging cases for `systems` (of SYSTEMS) and adds their rows to `res`."""
     s = settings(quick)
@@ -203,9 +210,7 @@ def add_rows(rig, res, quick, d, systems):
                         d.log(f"  direct: {r['error']}")
                         res.add("msg/direct/rate", system, note="failed: " + r["error"][:80])
                         continue
-                    note = None
-                    if r["errors"]:
-                        note = f"{sum(r['errors'].values())} errors: {list(r['errors'])[0][:80]}"
+                    note = errors_note(r)
                     if system != "nats":
                         res.add("msg/direct/rate", system, r["acked_per_sec"], note)
                         if r["ack"]:
@@ -226,9 +231,7 @@ def add_rows(rig, res, quick, d, systems):
                         d.log(f"  paced: {r['error']}")
                         res.add("msg/paced/recv-p50", system, note="failed: " + r["error"][:80])
                         continue
-                    note = None
-                    if r["errors"]:
-                        note = f"{sum(r['errors'].values())} errors: {list(r['errors'])[0][:80]}"
+                    note = errors_note(r)
                     if system != "nats" and r["ack"]:
                         res.add("msg/paced/ack-p50", system, r["ack"]["p50_ms"], note)
                         res.add("msg/paced/ack-p99", system, r["ack"]["p99_ms"])
@@ -247,9 +250,7 @@ def add_rows(rig, res, quick, d, systems):
                         d.log(f"  fanout: {r['error']}")
                         res.add("msg/fanout/rate", system, note="failed: " + r["error"][:80])
                         continue
-                    note = None
-                    if r["errors"]:
-                        note = f"{sum(r['errors'].values())} errors: {list(r['errors'])[0][:80]}"
+                    note = errors_note(r)
                     res.add("msg/fanout/rate", system, r["deliveries_per_sec"], note)
                     res.add("msg/fanout/cpu", system, r["server_cpu_us_per_delivery"])
                     d.log(f"  fanout: {r['deliveries_per_sec']:.0f} deliveries/s, "
