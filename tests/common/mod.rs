@@ -291,13 +291,33 @@ pub fn require(program: &str) {
     );
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 for a peer process to listen on.
+///
+/// The port is handed to another process, so it must stay free until that process binds it.
+/// Two things could take it in between, and this avoids both: another `free_port` of this test
+/// binary (ports are handed out once each, from a counter) and an outgoing connection of any
+/// process (the ports come from below Linux's ephemeral range, 32768-60999, which `connect`
+/// and `bind(0)` draw from).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test binary starts at its own place in the range (from its pid), so that test
+    // binaries run one after another do not meet each other's lingering sockets.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{FIRST}-{}", FIRST + SPAN);
 }
 
 /// Waits until something accepts TCP connections on `addr`.

@@ -45,6 +45,15 @@ fn monitor(addr: &str, path: &str) -> String {
     text
 }
 
+/// The body of an HTTP response (after the blank line), or "no answer".
+fn body(response: &str) -> &str {
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => body.trim(),
+        None if response.is_empty() => "no answer",
+        None => response,
+    }
+}
+
 /// One server of the cluster.
 pub struct NatsNode {
     pub name: String,
@@ -141,22 +150,47 @@ tls {{
         }
     }
 
-    /// Waits until every running server is healthy and JetStream has a metadata leader.
+    /// Waits until every running server is healthy and JetStream has a metadata leader. A
+    /// cluster forms in about a second on an idle machine; the bound is two steps because
+    /// several clusters start at once when the tests run in parallel.
     pub async fn wait_ready(&self) {
+        let limit = 2 * STEP;
         let start = Instant::now();
         loop {
-            let healthy = self.nodes.iter().filter(|n| n.proc.is_some()).all(|n| {
-                let addr = format!("127.0.0.1:{}", n.http);
-                monitor(&addr, "/healthz").contains("\"ok\"")
-                    && monitor(&addr, "/jsz").contains("\"leader\"")
-            });
-            if healthy {
+            let unready: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| n.proc.is_some())
+                .filter_map(|n| {
+                    let addr = format!("127.0.0.1:{}", n.http);
+                    let health = monitor(&addr, "/healthz");
+                    let jsz = monitor(&addr, "/jsz");
+                    let ready = health.contains("\"ok\"") && jsz.contains("\"leader\"");
+                    (!ready).then(|| {
+                        format!(
+                            "{} /healthz: {}\n/jsz: {}",
+                            n.name,
+                            body(&health),
+                            body(&jsz)
+                        )
+                    })
+                })
+                .collect();
+            if unready.is_empty() {
                 return;
             }
-            assert!(
-                start.elapsed() < STEP,
-                "the NATS cluster is not ready within {STEP:?}"
-            );
+            if start.elapsed() > limit {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.proc.as_ref().map(Proc::describe))
+                    .collect();
+                panic!(
+                    "the NATS cluster is not ready within {limit:?}:\n{}\n{}",
+                    unready.join("\n"),
+                    logs.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
