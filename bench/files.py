@@ -247,6 +247,7 @@ class Section:
         self.rig, self.quick, self.t = rig, quick, tools
         self.big_size = (64 << 20) if quick else (2 << 30)
         self.dir = files_dir(rig, self.big_size)
+        self.on_tmpfs = fs_type(self.dir) == "tmpfs"
         self.src = self.dir / "src"
         self.tree_count = 500 if quick else 10000
         self.limit = 120 if quick else 900
@@ -489,9 +490,24 @@ data_connection_timeout=600
             return ["lftp", "-c", self.lftp_script(f"get {rel} -o {local_dir}/{remote_file.name}")]
         raise ValueError(system)
 
+    def warm(self):
+        """On tmpfs, writes and deletes a file of the big file's size, so that every transfer
+        writes into pages freed a moment before. New pages cost this VM several times more
+        than reused ones (see BENCHMARKS.md, "Fresh memory"), and without this the first
+        system in the fixed order (tlsnet) would pay for them and those after it would not."""
+        if not self.on_tmpfs:
+            return
+        path = self.dir / "warm.tmp"
+        block = bytes(1 << 20)
+        with open(path, "wb") as f:
+            for _ in range(self.big_size >> 20):
+                f.write(block)
+        os.unlink(path)
+
     def timed(self, system, cmd):
         """Runs a client command to its end: (wall seconds, server CPU seconds)."""
         server = self.server_of(system)
+        self.warm()
         # What earlier cases left in the page cache is written out first, so that nobody's
         # fsync pays for another's writes.
         os.sync()
@@ -513,6 +529,7 @@ data_connection_timeout=600
         """Starts an upload and SIGKILLs it (its process group) once the server holds half the
         file; then waits until the server side is quiet."""
         half = self.big_size // 2
+        self.warm()
         os.sync()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)

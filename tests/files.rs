@@ -315,9 +315,21 @@ fn quota_and_size_limits_have_their_own_errors() {
     assert!(!out.join("big.bin").exists());
 }
 
+/// Whether the server's last resumed upload had its kept bytes checked that way (`journal`
+/// or `read`), as its log says.
+fn went_on(server: &ServeProcess, checked: &str) -> bool {
+    server
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("an upload goes on from its partial file"))
+        .is_some_and(|l| l.contains(&format!("checked=\"{checked}\"")))
+}
+
 /// Put: the client killed mid-file, then the server killed mid-file; each time the final
-/// name never shows a partial file, and the next run goes on where it stopped. A partial
-/// file corrupted on the server's disk, and a changed source, start over.
+/// name never shows a partial file, and the next run goes on where it stopped (the server
+/// checks what it kept from its chunk journal, without reading it again, when the journal
+/// matches the file). A partial file corrupted on the server's disk (then read, not trusted
+/// from the journal), and a changed source, start over.
 #[test]
 fn an_interrupted_put_resumes_after_sigkill_of_client_or_server() {
     let pki = TestPki::new();
@@ -365,6 +377,7 @@ fn an_interrupted_put_resumes_after_sigkill_of_client_or_server() {
     let run = resume(&server.addr());
     let kept = run.json()["resumed_bytes"].as_u64().unwrap();
     assert!(kept >= 3 * MIB as u64, "{}", run.stdout);
+    assert!(went_on(&server, "journal"), "{}", server.log_text());
     std::fs::remove_file(&stored).unwrap();
 
     // 2. The server is killed.
@@ -389,6 +402,7 @@ fn an_interrupted_put_resumes_after_sigkill_of_client_or_server() {
     flip_byte(&part, 1000);
     let run = resume(&server.addr());
     assert_eq!(run.json()["resumed_bytes"], 0, "{}", run.stdout);
+    assert!(went_on(&server, "read"), "{}", server.log_text());
     assert!(
         run.stderr
             .contains("big.bin: the server's partial copy does not match"),

@@ -10,7 +10,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use super::codec::{
 use super::paths::{resolve_inside, RemotePath, RESERVED};
 use super::service::COMMIT_ALONE;
 use super::space::read_prefix;
-use super::tree::{resume_point, FileHash, Prefix};
+use super::tree::{resume_point, FileHash};
 use super::wire::{read_frame, write_frame, WireError};
 use super::FilesError;
 use crate::error::chain;
@@ -650,31 +649,24 @@ async fn put_file<W: AsyncWrite + Unpin>(
         let _ = exp_tx.send(Expect::Ready { tx });
         w.send(&open).await?;
         w.flush().await?;
-        // While the server hashes what it has, hash our first chunks: the prefix it names
-        // is then (mostly) hashed already.
-        let until = Arc::new(AtomicU64::new(u64::MAX));
-        let hashing = {
-            let (local, size, until) = (item.local.clone(), item.meta.size, until.clone());
-            tokio::task::spawn_blocking(move || hash_ahead(&local, size, &until))
-        };
-        let ready = rx.await;
-        let wanted = match &ready {
-            Ok(Some((offset, _))) if resume_point(item.meta.size, *offset) == *offset => *offset,
-            _ => 0,
-        };
-        until.store(wanted, Ordering::Release);
-        let hashed = hashing.await;
-        let (offset, prefix) = match ready {
+        let (offset, prefix) = match rx.await {
             Ok(Some(ready)) => ready,
             // Refused (the reader noted why).
             Ok(None) => return Ok(true),
             Err(_) => return Ok(false),
         };
+        // The server's bytes are ours only if our first `offset` bytes hash the same: hashed
+        // here on several threads (the server answers at once when its chunk journal
+        // matches, so this is what a resume waits for).
         if offset > 0 {
-            let matched = match hashed {
-                Ok(Ok(mut p)) if wanted == offset => {
-                    (p.truncate(offset) && p.hash() == prefix).then_some(p)
-                }
+            let (local, size) = (item.local.clone(), item.meta.size);
+            let ours = tokio::task::spawn_blocking(move || {
+                File::open(&local).and_then(|mut file| read_prefix(&mut file, offset, size))
+            })
+            .await;
+            // A local file that cannot be read that far is not the one the server has.
+            let matched = match ours {
+                Ok(Ok(p)) if p.hash() == prefix => Some(p),
                 _ => None,
             };
             match matched {
@@ -724,23 +716,6 @@ async fn put_file<W: AsyncWrite + Unpin>(
     w.send(&Frame::End { hash }).await?;
     lock(summary).bytes += sent;
     Ok(true)
-}
-
-/// Hashes a local file's whole chunks from the start until `until` bytes (which the caller
-/// lowers from `u64::MAX` once it knows how many it needs).
-fn hash_ahead(local: &Path, size: u64, until: &AtomicU64) -> io::Result<Prefix> {
-    let mut file = File::open(local)?;
-    let mut prefix = Prefix::new(size);
-    let most = resume_point(size, size);
-    let mut buf = vec![0u8; MAX_CHUNK];
-    while prefix.len() < most.min(until.load(Ordering::Acquire)) {
-        file.read_exact(&mut buf)
-            .map_err(|e| io::Error::new(e.kind(), format!("{e} (did the file shrink?)")))?;
-        if !prefix.push(&buf) {
-            return Err(io::Error::other("the file changed while it was read"));
-        }
-    }
-    Ok(prefix)
 }
 
 /// Reads a file from `start` in chunks (hashed here, on a blocking thread, once: the

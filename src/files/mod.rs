@@ -21,6 +21,7 @@ use crate::error::ParseError;
 pub mod atomic;
 pub mod client;
 pub mod codec;
+pub mod journal;
 pub mod paths;
 pub mod service;
 pub mod space;

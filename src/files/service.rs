@@ -409,6 +409,13 @@ impl Session {
                 };
                 match self.spaces.open_upload(target, open.meta, open.resume) {
                     Ok((up, offset, prefix)) => {
+                        if offset > 0 {
+                            info!(
+                                user = %self.user, path = %path, offset,
+                                checked = up.kept.as_str(),
+                                "files: an upload goes on from its partial file"
+                            );
+                        }
                         self.upload = Some(up);
                         !open.resume || self.send(Frame::Ready { offset, prefix })
                     }

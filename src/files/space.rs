@@ -5,6 +5,7 @@
 //! ROOT/users/USER/inbox/SENDER/PATH    what SENDER sent the user
 //! ROOT/users/USER/.partial/KEY.part    an upload in progress (KEY from where it goes)
 //! ROOT/users/USER/.partial/KEY.json    what it is (path, size, mode, time), to resume it
+//! ROOT/users/USER/.partial/KEY.cvs     its chunks' hashes, to resume it without a re-read
 //! ```
 //!
 //! Everything here is synchronous (std::fs): the service runs it on a blocking thread.
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic::{self, meta_of, Flusher};
 use super::codec::{Area, Entry, EntryKind, ErrorCode, Failure, Hash, Meta, Mtime, MAX_CHUNK};
+use super::journal::{self, Journal};
 use super::paths::{open_beneath, resolve_inside, OpenError, PathError, RemotePath};
 use super::tree::{resume_point, FileHash, Prefix};
 use crate::error::chain;
@@ -243,16 +245,43 @@ pub struct Upload {
     pub meta: Meta,
     /// Bytes written so far.
     pub written: u64,
+    /// How the bytes kept from an earlier attempt were checked.
+    pub kept: Kept,
     file: File,
     hash: FileHash,
     flusher: Flusher,
     part: PathBuf,
     sidecar: PathBuf,
-    /// Whether `sidecar` may exist (resumable uploads only).
+    /// The chunk journal (resumable uploads only; `None` also once writing it failed).
+    journal: Option<Journal>,
+    journal_path: PathBuf,
+    /// Whether `sidecar` and the journal may exist (resumable uploads only).
     described: bool,
     dest: PathBuf,
     old_size: u64,
     _active: Active,
+}
+
+/// How a resumed upload's kept bytes were checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Nothing kept: the upload starts at 0.
+    Nothing,
+    /// From the chunk journal, which matched the partial file (no bytes read).
+    Journal,
+    /// Read and hashed from the partial file.
+    Read,
+}
+
+impl Kept {
+    /// For logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kept::Nothing => "nothing",
+            Kept::Journal => "journal",
+            Kept::Read => "read",
+        }
+    }
 }
 
 /// What [`Spaces::finish`] did.
@@ -505,6 +534,7 @@ impl Spaces {
         let key = blake3::hash(target.under_owner.as_str().as_bytes()).to_hex();
         let part = partial_dir.join(format!("{}.part", &key[..32]));
         let sidecar = partial_dir.join(format!("{}.json", &key[..32]));
+        let journal_path = partial_dir.join(format!("{}.cvs", &key[..32]));
         let active = self.claim(&part).ok_or_else(|| StoreError::Conflict {
             path: shown.clone(),
             what: "another session is still uploading this file",
@@ -560,8 +590,18 @@ impl Spaces {
             other => other,
         }
         .map_err(io("open the partial file"))?;
-        let prefix =
-            read_prefix(&mut file, keep, meta.size).map_err(io("read the partial file"))?;
+        // The chunk journal saves reading the kept bytes again when it matches the file as
+        // it is (see journal.rs); otherwise they are read and hashed, which also finds a
+        // partial file changed or corrupted on disk.
+        let recorded = journal::recorded(&journal_path, &file, keep, meta.size)
+            .and_then(|hashes| Prefix::from_hashes(meta.size, &hashes));
+        let (prefix, kept) = match recorded {
+            Some(prefix) => (prefix, Kept::Journal),
+            None => (
+                read_prefix(&mut file, keep, meta.size).map_err(io("read the partial file"))?,
+                if keep > 0 { Kept::Read } else { Kept::Nothing },
+            ),
+        };
         if on_disk > keep {
             file.set_len(keep)
                 .map_err(io("truncate the partial file"))?;
@@ -574,6 +614,10 @@ impl Spaces {
             let json = serde_json::to_vec(&wanted).unwrap_or_default();
             std::fs::write(&sidecar, json).map_err(io("write the partial's description"))?;
         }
+        // Best effort: without a journal, the next resume reads the bytes instead.
+        let journal = resume
+            .then(|| Journal::start(&journal_path, prefix.chunk_hashes(), &file).ok())
+            .flatten();
         self.charge(&target.owner, meta.size as i128 - on_disk as i128);
         let prefix_hash = prefix.hash();
         Ok((
@@ -581,11 +625,14 @@ impl Spaces {
                 target,
                 meta,
                 written: keep,
+                kept,
                 file,
                 hash: prefix.into_file(),
                 flusher: Flusher::default(),
                 part,
                 sidecar,
+                journal,
+                journal_path,
                 described: resume || on_disk > 0,
                 dest,
                 old_size,
@@ -638,6 +685,11 @@ impl Spaces {
                 .map_err(io("seek in the partial file"))?;
             up.written = 0;
             up.hash = FileHash::new(up.meta.size);
+            if let Some(j) = &mut up.journal {
+                if j.clear().is_err() {
+                    up.journal = None;
+                }
+            }
         }
         if offset != up.written {
             return Err(StoreError::Protocol {
@@ -657,6 +709,11 @@ impl Spaces {
         }
         up.file.write_all(data).map_err(io("write"))?;
         up.written += data.len() as u64;
+        if let Some(j) = &mut up.journal {
+            if j.record(&hash, &up.file).is_err() {
+                up.journal = None;
+            }
+        }
         up.flusher.wrote(&up.file, data.len() as u64);
         Ok(())
     }
@@ -687,6 +744,7 @@ impl Spaces {
             let size = up.meta.size;
             let _ = std::fs::remove_file(&up.part);
             let _ = std::fs::remove_file(&up.sidecar);
+            let _ = std::fs::remove_file(&up.journal_path);
             self.charge(&owner, -(size as i128));
             return Err(StoreError::Integrity {
                 path: shown,
@@ -699,6 +757,7 @@ impl Spaces {
         atomic::apply_file_meta(&up.file, &up.meta).map_err(io("set the mode and time"))?;
         if up.described {
             let _ = std::fs::remove_file(&up.sidecar);
+            let _ = std::fs::remove_file(&up.journal_path);
         }
         self.charge(&up.target.owner, -(up.old_size as i128));
         if commit_alone {
@@ -717,6 +776,7 @@ impl Spaces {
         if discard {
             let _ = std::fs::remove_file(&up.part);
             let _ = std::fs::remove_file(&up.sidecar);
+            let _ = std::fs::remove_file(&up.journal_path);
             freed = up.meta.size as i128;
         }
         self.charge(&up.target.owner, -freed);
@@ -963,13 +1023,13 @@ pub fn tree_size(dir: &Path) -> u64 {
 }
 
 /// Reads and hashes the first `len` bytes of a `size`-byte file (a chunk boundary, see
-/// [`resume_point`]) in one pass, and leaves the file there.
+/// [`resume_point`]), and leaves the file there. The chunks' hashes are independent, so a
+/// long prefix is hashed on several threads (one per core, at most [`PREFIX_THREADS`]): a
+/// resume waits for this before it sends anything.
 pub fn read_prefix(file: &mut File, len: u64, size: u64) -> io::Result<Prefix> {
-    let mut prefix = Prefix::new(size);
     if len == 0 {
-        return Ok(prefix);
+        return Ok(Prefix::new(size));
     }
-    file.seek(SeekFrom::Start(0))?;
     let refused = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -979,12 +1039,67 @@ pub fn read_prefix(file: &mut File, len: u64, size: u64) -> io::Result<Prefix> {
     if resume_point(size, len) != len {
         return Err(refused());
     }
-    let mut buf = vec![0u8; MAX_CHUNK];
-    while prefix.len() < len {
+    let chunks = (len / MAX_CHUNK as u64) as usize;
+    let prefix = if chunks < 2 {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        file.seek(SeekFrom::Start(0))?;
         file.read_exact(&mut buf)?;
+        let mut prefix = Prefix::new(size);
         if !prefix.push(&buf) {
             return Err(refused());
         }
-    }
+        prefix
+    } else {
+        let hashes = chunk_hashes(file, size, chunks)?;
+        Prefix::from_hashes(size, &hashes).ok_or_else(refused)?
+    };
+    file.seek(SeekFrom::Start(len))?;
     Ok(prefix)
+}
+
+/// Threads [`read_prefix`] hashes with, at most.
+pub const PREFIX_THREADS: usize = 4;
+
+/// The hashes of the first `chunks` whole chunks of `file` (a `size`-byte file), read with
+/// positioned reads, on up to [`PREFIX_THREADS`] threads, each a contiguous run of chunks.
+fn chunk_hashes(file: &File, size: u64, chunks: usize) -> io::Result<Vec<Hash>> {
+    use std::os::unix::fs::FileExt;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, PREFIX_THREADS)
+        .min(chunks.div_ceil(8));
+    let per = chunks.div_ceil(threads.max(1));
+    let hash_run = |first: usize, end: usize| -> io::Result<Vec<Hash>> {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        let mut out = Vec::with_capacity(end - first);
+        for i in first..end {
+            let offset = (i * MAX_CHUNK) as u64;
+            file.read_exact_at(&mut buf, offset)?;
+            let hash = super::tree::chunk_hash(size, offset, &buf).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "a chunk outside the file")
+            })?;
+            out.push(hash);
+        }
+        Ok(out)
+    };
+    if threads <= 1 {
+        return hash_run(0, chunks);
+    }
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..chunks)
+            .step_by(per)
+            .map(|first| {
+                let end = (first + per).min(chunks);
+                scope.spawn(move || hash_run(first, end))
+            })
+            .collect();
+        let mut hashes = Vec::with_capacity(chunks);
+        for run in runs {
+            let part = run
+                .join()
+                .map_err(|_| io::Error::other("a hashing thread panicked"))??;
+            hashes.extend(part);
+        }
+        Ok(hashes)
+    })
 }

@@ -153,6 +153,24 @@ impl Prefix {
         }
     }
 
+    /// The prefix made of the chunks whose hashes (see [`chunk_hash`]) are `hashes`, in
+    /// order from the file's start, without their bytes: for hashes computed earlier (in
+    /// parallel, or recorded when the chunks were written). `None` when they do not fit, and
+    /// for a single chunk (whose prefix hash is its bytes' root, not derivable from its hash).
+    pub fn from_hashes(size: u64, hashes: &[Hash]) -> Option<Prefix> {
+        if hashes.len() < 2 || !chunked(size) {
+            return None;
+        }
+        let mut prefix = Prefix::new(size);
+        for hash in hashes {
+            if !prefix.file.push(MAX_CHUNK, *hash) {
+                return None;
+            }
+            prefix.chunks.push(*hash);
+        }
+        Some(prefix)
+    }
+
     /// Adds the next whole chunk of the prefix; false when it does not fit.
     pub fn push(&mut self, data: &[u8]) -> bool {
         let offset = self.file.offset();
@@ -175,6 +193,11 @@ impl Prefix {
     /// Bytes covered.
     pub fn len(&self) -> u64 {
         self.file.offset()
+    }
+
+    /// The hashes of the chunks covered, in order.
+    pub fn chunk_hashes(&self) -> &[Hash] {
+        &self.chunks
     }
 
     /// Keeps only the first `len` bytes (a chunk boundary, at most [`Prefix::len`]); false,
@@ -280,6 +303,41 @@ mod tests {
                 "{len} bytes"
             );
         }
+    }
+
+    #[test]
+    fn prefixes_from_recorded_hashes_equal_hashed_ones() {
+        let c = MAX_CHUNK;
+        let data = bytes(6 * c + 5);
+        let size = data.len() as u64;
+        let hashes: Vec<Hash> = data
+            .chunks(c)
+            .enumerate()
+            .map(|(i, piece)| chunk_hash(size, (i * c) as u64, piece).unwrap())
+            .collect();
+        for chunks in 2..=6 {
+            let recorded = Prefix::from_hashes(size, &hashes[..chunks]).unwrap();
+            let mut hashed = Prefix::new(size);
+            for piece in data[..chunks * c].chunks(c) {
+                assert!(hashed.push(piece));
+            }
+            assert_eq!(recorded.len(), hashed.len());
+            assert_eq!(recorded.hash(), hashed.hash(), "{chunks} chunks");
+            assert_eq!(
+                recorded.hash(),
+                *blake3::hash(&data[..chunks * c]).as_bytes()
+            );
+            let mut file = recorded.into_file();
+            for (i, piece) in data[chunks * c..].chunks(c).enumerate() {
+                let offset = ((chunks + i) * c) as u64;
+                assert!(file.push(piece.len(), chunk_hash(size, offset, piece).unwrap()));
+            }
+            assert_eq!(file.finalize(), Some(*blake3::hash(&data).as_bytes()));
+        }
+        // One chunk: its prefix hash needs the bytes; more chunks than the file has: refused.
+        assert!(Prefix::from_hashes(size, &hashes[..1]).is_none());
+        assert!(Prefix::from_hashes(size, &[hashes[0]; 8]).is_none());
+        assert!(Prefix::from_hashes(c as u64, &[hashes[0]; 2]).is_none());
     }
 
     #[test]
