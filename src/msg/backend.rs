@@ -169,7 +169,7 @@ impl Backend {
                 .into_iter()
                 .map(|m| Queued {
                     id: m.id,
-                    body: serde_json::to_vec(&m).unwrap_or_default(),
+                    body: serde_json::to_vec(&m).unwrap_or_default().into(),
                 })
                 .collect()),
         }
