@@ -215,6 +215,10 @@ struct Hub {
 #[derive(Default)]
 struct Session {
     wake: Notify,
+    /// A message was queued for the user since the session last looked (set before `wake`
+    /// is notified): the other wake-ups (a receipt, a presence change, an ACK committed) need
+    /// no look at the queue, unless the window was full.
+    queued: AtomicBool,
     events: Mutex<Events>,
 }
 
@@ -271,7 +275,7 @@ impl Hub {
         let sessions = lock(&self.sessions);
         for s in sessions.get(user).into_iter().flatten() {
             match &event {
-                Remote::Wake => {}
+                Remote::Wake => s.queued.store(true, Ordering::Release),
                 Remote::Receipt(r) => {
                     let mut events = lock(&s.events);
                     if events.receipts.len() >= MAX_PENDING_RECEIPTS {
@@ -291,13 +295,21 @@ impl Hub {
         }
     }
 
-    fn wake(&self, user: &str) {
-        if let Some(list) = lock(&self.sessions).get(user) {
-            for s in list {
-                s.wake.notify_one();
+    /// Messages were queued for `users`: their sessions look at their queues (one lock for
+    /// all of a room's members).
+    fn wake(&self, users: &[String]) {
+        {
+            let sessions = lock(&self.sessions);
+            for user in users {
+                for s in sessions.get(user.as_str()).into_iter().flatten() {
+                    s.queued.store(true, Ordering::Release);
+                    s.wake.notify_one();
+                }
             }
         }
-        self.store.notify(user, Remote::Wake);
+        for user in users {
+            self.store.notify(user, || Remote::Wake);
+        }
     }
 
     fn is_online(&self, user: &str) -> bool {
@@ -347,7 +359,8 @@ impl Hub {
         };
         self.tell_peers_here(&peers, &presence);
         for peer in peers {
-            self.store.notify(&peer, Remote::Presence(presence.clone()));
+            self.store
+                .notify(&peer, || Remote::Presence(presence.clone()));
         }
     }
 
@@ -378,18 +391,30 @@ impl Hub {
         }
     }
 
-    fn receipt(&self, to: &str, receipt: Receipt) {
-        self.store.notify(to, Remote::Receipt(receipt.clone()));
-        let sessions = lock(&self.sessions);
-        for s in sessions.get(to).into_iter().flatten() {
-            let mut events = lock(&s.events);
-            if events.receipts.len() >= MAX_PENDING_RECEIPTS {
-                if let Some(old) = events.receipts.pop_front() {
-                    warn!(user = to, id = old.id, by = %old.by, "msg: the client does not read; an old delivery receipt was dropped");
+    /// `by` acknowledged these messages: a receipt to each sender (one lock for all).
+    fn receipts(&self, by: &str, acked: &[Acked], time: u64) {
+        let receipt = |a: &Acked| Receipt {
+            id: a.id,
+            by: by.to_owned(),
+            time,
+        };
+        {
+            let sessions = lock(&self.sessions);
+            for a in acked {
+                for s in sessions.get(&*a.from).into_iter().flatten() {
+                    let mut events = lock(&s.events);
+                    if events.receipts.len() >= MAX_PENDING_RECEIPTS {
+                        if let Some(old) = events.receipts.pop_front() {
+                            warn!(user = %a.from, id = old.id, by = %old.by, "msg: the client does not read; an old delivery receipt was dropped");
+                        }
+                    }
+                    events.receipts.push_back(receipt(a));
+                    s.wake.notify_one();
                 }
             }
-            events.receipts.push_back(receipt.clone());
-            s.wake.notify_one();
+        }
+        for a in acked {
+            self.store.notify(&a.from, || Remote::Receipt(receipt(a)));
         }
     }
 
@@ -588,9 +613,7 @@ async fn run_session(
                 Pending::Send(req, commit) => Some(match commit.await {
                     Ok(sent) => {
                         debug!(user, id = sent.message.id, "msg: accepted");
-                        for r in &sent.recipients {
-                            hub.wake(r);
-                        }
+                        hub.wake(&sent.recipients);
                         Frame::Accepted(Accepted {
                             req,
                             id: sent.message.id,
@@ -602,17 +625,7 @@ async fn run_session(
                 }),
                 Pending::Ack(ids, commit) => match commit.await {
                     Ok(acked) => {
-                        let time = now_ms();
-                        for a in acked {
-                            hub.receipt(
-                                &a.from,
-                                Receipt {
-                                    id: a.id,
-                                    by: user.to_owned(),
-                                    time,
-                                },
-                            );
-                        }
+                        hub.receipts(user, &acked, now_ms());
                         {
                             let mut f = lock(&in_flight);
                             for id in &ids {
@@ -818,13 +831,19 @@ async fn deliver(
     // be visible to the user's consumer yet, so look once more shortly instead of waiting for
     // the next poll.
     let (mut woken, mut soon) = (false, false);
+    // The last look filled the window (or failed): there may be more than it took, and an
+    // ACK that makes room is a reason to look again.
+    let mut full = false;
+    // A backend that polls (NATS) looks at every wake-up.
+    let polls = hub.store.poll_every().is_some();
     loop {
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
         if room > 0 && std::mem::take(&mut look) {
             match hub.store.pending(user, cursor, room).await {
                 Ok(messages) => {
-                    soon = woken && messages.is_empty() && hub.store.poll_every().is_some();
+                    soon = woken && messages.is_empty() && polls;
+                    full = messages.len() >= room;
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);
@@ -835,6 +854,7 @@ async fn deliver(
                     }
                 }
                 Err(e) => {
+                    full = true;
                     warn!(user, error = %crate::error::chain(&e), "msg: cannot read the queue");
                 }
             }
@@ -901,7 +921,10 @@ async fn deliver(
                 let _ = out.write(wr).await;
                 return None;
             }
-            _ = session.wake.notified() => (look, woken) = (true, true),
+            _ = session.wake.notified() => {
+                look |= session.queued.swap(false, Ordering::AcqRel) || full || polls;
+                woken = true;
+            }
             _ = poll(if soon { Some(RECHECK) } else { hub.store.poll_every() }) => {
                 (look, woken, soon) = (true, false, false);
             }
