@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -215,10 +215,13 @@ struct Hub {
 #[derive(Default)]
 struct Session {
     wake: Notify,
-    /// A message was queued for the user since the session last looked (set before `wake`
-    /// is notified): the other wake-ups (a receipt, a presence change, an ACK committed) need
-    /// no look at the queue, unless the window was full.
-    queued: AtomicBool,
+    /// The highest id queued for the user (raised before `wake` is notified; `u64::MAX` from
+    /// another node): a wake-up looks at the queue only when this is past what the session
+    /// has sent, or when its window was full. The other wake-ups (a receipt, a presence
+    /// change, an ACK committed) and those for messages an earlier look already took (the
+    /// senders of one group commit wake each member once each) need no read of the store:
+    /// ids are committed in order, so a look that saw id N saw every committed id below it.
+    queued: AtomicU64,
     events: Mutex<Events>,
 }
 
@@ -275,7 +278,7 @@ impl Hub {
         let sessions = lock(&self.sessions);
         for s in sessions.get(user).into_iter().flatten() {
             match &event {
-                Remote::Wake => s.queued.store(true, Ordering::Release),
+                Remote::Wake => s.queued.store(u64::MAX, Ordering::Release),
                 Remote::Receipt(r) => {
                     let mut events = lock(&s.events);
                     if events.receipts.len() >= MAX_PENDING_RECEIPTS {
@@ -295,14 +298,14 @@ impl Hub {
         }
     }
 
-    /// Messages were queued for `users`: their sessions look at their queues (one lock for
-    /// all of a room's members).
-    fn wake(&self, users: &[String]) {
+    /// Message `id` was queued for `users`: their sessions look at their queues (one lock
+    /// for all of a room's members).
+    fn wake(&self, users: &[String], id: u64) {
         {
             let sessions = lock(&self.sessions);
             for user in users {
                 for s in sessions.get(user.as_str()).into_iter().flatten() {
-                    s.queued.store(true, Ordering::Release);
+                    s.queued.fetch_max(id, Ordering::AcqRel);
                     s.wake.notify_one();
                 }
             }
@@ -604,6 +607,8 @@ async fn run_session(
     };
 
     // Answers in the order of the requests, each once its commit is done.
+    let window = hub.options.window.max(1);
+    let polls = hub.store.poll_every().is_some();
     let answers = async {
         // When the writer is gone, the reader stops at its next request.
         let _closing = Closing(&pending);
@@ -613,7 +618,7 @@ async fn run_session(
                 Pending::Send(req, commit) => Some(match commit.await {
                     Ok(sent) => {
                         debug!(user, id = sent.message.id, "msg: accepted");
-                        hub.wake(&sent.recipients);
+                        hub.wake(&sent.recipients, sent.message.id);
                         Frame::Accepted(Accepted {
                             req,
                             id: sent.message.id,
@@ -626,13 +631,21 @@ async fn run_session(
                 Pending::Ack(ids, commit) => match commit.await {
                     Ok(acked) => {
                         hub.receipts(user, &acked, now_ms());
-                        {
+                        let was_full = {
                             let mut f = lock(&in_flight);
+                            let was_full = f.len() >= window;
                             for id in &ids {
                                 f.remove(id);
                             }
+                            was_full
+                        };
+                        // Room in a full window: the writer looks at the queue again. Below
+                        // it, every queued message was sent, and there is nothing to do (on
+                        // the embedded store; a backend that polls, NATS, looks after every
+                        // ACK: its consumer hands out the next ones once these are acked).
+                        if was_full || polls {
+                            session.wake.notify_one();
                         }
-                        session.wake.notify_one();
                         None
                     }
                     Err(e) => Some(refused(0, e, user, "an acknowledgement")),
@@ -922,7 +935,7 @@ async fn deliver(
                 return None;
             }
             _ = session.wake.notified() => {
-                look |= session.queued.swap(false, Ordering::AcqRel) || full || polls;
+                look |= session.queued.load(Ordering::Acquire) > cursor || full || polls;
                 woken = true;
             }
             _ = poll(if soon { Some(RECHECK) } else { hub.store.poll_every() }) => {

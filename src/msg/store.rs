@@ -1014,6 +1014,7 @@ impl<'t, 'm> Tables<'t, 'm> {
             }
         };
         // Every check before any write: a refused message changes nothing.
+        let mut lens = Vec::with_capacity(recipients.len());
         for user in &recipients {
             let len = self.len_of(user)?;
             if len >= options.max_queue {
@@ -1023,6 +1024,7 @@ impl<'t, 'm> Tables<'t, 'm> {
                 }
                 .into());
             }
+            lens.push(len);
         }
         let id = match self.next_id {
             Some(id) => id,
@@ -1065,11 +1067,10 @@ impl<'t, 'm> Tables<'t, 'm> {
             .insert((conv.as_slice(), seq), id)
             .map_err(db_err("write history"))?;
         self.seq_of.insert(conv, seq);
-        for user in &recipients {
+        for (user, len) in recipients.iter().zip(lens) {
             self.queue
                 .insert((user.as_str(), id), ())
                 .map_err(db_err("queue a message"))?;
-            let len = self.len_of(user)?;
             self.set_len(user, len + 1);
         }
         if let Target::User(to) = &target {
@@ -1154,6 +1155,7 @@ impl<'t, 'm> Tables<'t, 'm> {
 
     fn ack(&mut self, user: &str, ids: &[u64]) -> Result<Done, StoreError> {
         let mut acked = Vec::new();
+        let mut removed = 0;
         for &id in ids {
             let was = self
                 .queue
@@ -1163,8 +1165,7 @@ impl<'t, 'm> Tables<'t, 'm> {
             if !was {
                 continue;
             }
-            let len = self.len_of(user)?;
-            self.set_len(user, len.saturating_sub(1));
+            removed += 1;
             let from = match self.memo.senders.get(id) {
                 Some(from) => Some(from),
                 None => sender_of(&self.messages, id)?.map(Arc::from),
@@ -1172,6 +1173,10 @@ impl<'t, 'm> Tables<'t, 'm> {
             if let Some(from) = from {
                 acked.push(Acked { id, from });
             }
+        }
+        if removed > 0 {
+            let len = self.len_of(user)?;
+            self.set_len(user, len.saturating_sub(removed));
         }
         Ok(Done::Acked(acked))
     }
