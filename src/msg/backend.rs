@@ -169,7 +169,7 @@ impl Backend {
                 .into_iter()
                 .map(|m| Queued {
                     id: m.id,
-                    body: serde_json::to_vec(&m).unwrap_or_default(),
+                    body: serde_json::to_vec(&m).unwrap_or_default().into(),
                 })
                 .collect()),
         }
@@ -261,10 +261,11 @@ impl Backend {
         }
     }
 
-    /// Tells `user`'s sessions on the other nodes.
-    pub fn notify(&self, user: &str, event: Remote) {
+    /// Tells `user`'s sessions on the other nodes (the event is made only when there are
+    /// other nodes: the embedded store's hot path makes no copy for no one).
+    pub fn notify(&self, user: &str, event: impl FnOnce() -> Remote) {
         if let Backend::Nats(c) = self {
-            c.notify(user, &event);
+            c.notify(user, &event());
         }
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -215,6 +215,13 @@ struct Hub {
 #[derive(Default)]
 struct Session {
     wake: Notify,
+    /// The highest id queued for the user (raised before `wake` is notified; `u64::MAX` from
+    /// another node): a wake-up looks at the queue only when this is past what the session
+    /// has sent, or when its window was full. The other wake-ups (a receipt, a presence
+    /// change, an ACK committed) and those for messages an earlier look already took (the
+    /// senders of one group commit wake each member once each) need no read of the store:
+    /// ids are committed in order, so a look that saw id N saw every committed id below it.
+    queued: AtomicU64,
     events: Mutex<Events>,
 }
 
@@ -271,7 +278,7 @@ impl Hub {
         let sessions = lock(&self.sessions);
         for s in sessions.get(user).into_iter().flatten() {
             match &event {
-                Remote::Wake => {}
+                Remote::Wake => s.queued.store(u64::MAX, Ordering::Release),
                 Remote::Receipt(r) => {
                     let mut events = lock(&s.events);
                     if events.receipts.len() >= MAX_PENDING_RECEIPTS {
@@ -291,13 +298,21 @@ impl Hub {
         }
     }
 
-    fn wake(&self, user: &str) {
-        if let Some(list) = lock(&self.sessions).get(user) {
-            for s in list {
-                s.wake.notify_one();
+    /// Message `id` was queued for `users`: their sessions look at their queues (one lock
+    /// for all of a room's members).
+    fn wake(&self, users: &[String], id: u64) {
+        {
+            let sessions = lock(&self.sessions);
+            for user in users {
+                for s in sessions.get(user.as_str()).into_iter().flatten() {
+                    s.queued.fetch_max(id, Ordering::AcqRel);
+                    s.wake.notify_one();
+                }
             }
         }
-        self.store.notify(user, Remote::Wake);
+        for user in users {
+            self.store.notify(user, || Remote::Wake);
+        }
     }
 
     fn is_online(&self, user: &str) -> bool {
@@ -347,7 +362,8 @@ impl Hub {
         };
         self.tell_peers_here(&peers, &presence);
         for peer in peers {
-            self.store.notify(&peer, Remote::Presence(presence.clone()));
+            self.store
+                .notify(&peer, || Remote::Presence(presence.clone()));
         }
     }
 
@@ -378,18 +394,30 @@ impl Hub {
         }
     }
 
-    fn receipt(&self, to: &str, receipt: Receipt) {
-        self.store.notify(to, Remote::Receipt(receipt.clone()));
-        let sessions = lock(&self.sessions);
-        for s in sessions.get(to).into_iter().flatten() {
-            let mut events = lock(&s.events);
-            if events.receipts.len() >= MAX_PENDING_RECEIPTS {
-                if let Some(old) = events.receipts.pop_front() {
-                    warn!(user = to, id = old.id, by = %old.by, "msg: the client does not read; an old delivery receipt was dropped");
+    /// `by` acknowledged these messages: a receipt to each sender (one lock for all).
+    fn receipts(&self, by: &str, acked: &[Acked], time: u64) {
+        let receipt = |a: &Acked| Receipt {
+            id: a.id,
+            by: by.to_owned(),
+            time,
+        };
+        {
+            let sessions = lock(&self.sessions);
+            for a in acked {
+                for s in sessions.get(&*a.from).into_iter().flatten() {
+                    let mut events = lock(&s.events);
+                    if events.receipts.len() >= MAX_PENDING_RECEIPTS {
+                        if let Some(old) = events.receipts.pop_front() {
+                            warn!(user = %a.from, id = old.id, by = %old.by, "msg: the client does not read; an old delivery receipt was dropped");
+                        }
+                    }
+                    events.receipts.push_back(receipt(a));
+                    s.wake.notify_one();
                 }
             }
-            events.receipts.push_back(receipt.clone());
-            s.wake.notify_one();
+        }
+        for a in acked {
+            self.store.notify(&a.from, || Remote::Receipt(receipt(a)));
         }
     }
 
@@ -579,6 +607,8 @@ async fn run_session(
     };
 
     // Answers in the order of the requests, each once its commit is done.
+    let window = hub.options.window.max(1);
+    let polls = hub.store.poll_every().is_some();
     let answers = async {
         // When the writer is gone, the reader stops at its next request.
         let _closing = Closing(&pending);
@@ -588,9 +618,7 @@ async fn run_session(
                 Pending::Send(req, commit) => Some(match commit.await {
                     Ok(sent) => {
                         debug!(user, id = sent.message.id, "msg: accepted");
-                        for r in &sent.recipients {
-                            hub.wake(r);
-                        }
+                        hub.wake(&sent.recipients, sent.message.id);
                         Frame::Accepted(Accepted {
                             req,
                             id: sent.message.id,
@@ -602,24 +630,22 @@ async fn run_session(
                 }),
                 Pending::Ack(ids, commit) => match commit.await {
                     Ok(acked) => {
-                        let time = now_ms();
-                        for a in acked {
-                            hub.receipt(
-                                &a.from,
-                                Receipt {
-                                    id: a.id,
-                                    by: user.to_owned(),
-                                    time,
-                                },
-                            );
-                        }
-                        {
+                        hub.receipts(user, &acked, now_ms());
+                        let was_full = {
                             let mut f = lock(&in_flight);
+                            let was_full = f.len() >= window;
                             for id in &ids {
                                 f.remove(id);
                             }
+                            was_full
+                        };
+                        // Room in a full window: the writer looks at the queue again. Below
+                        // it, every queued message was sent, and there is nothing to do (on
+                        // the embedded store; a backend that polls, NATS, looks after every
+                        // ACK: its consumer hands out the next ones once these are acked).
+                        if was_full || polls {
+                            session.wake.notify_one();
                         }
-                        session.wake.notify_one();
                         None
                     }
                     Err(e) => Some(refused(0, e, user, "an acknowledgement")),
@@ -818,13 +844,19 @@ async fn deliver(
     // be visible to the user's consumer yet, so look once more shortly instead of waiting for
     // the next poll.
     let (mut woken, mut soon) = (false, false);
+    // The last look filled the window (or failed): there may be more than it took, and an
+    // ACK that makes room is a reason to look again.
+    let mut full = false;
+    // A backend that polls (NATS) looks at every wake-up.
+    let polls = hub.store.poll_every().is_some();
     loop {
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
         if room > 0 && std::mem::take(&mut look) {
             match hub.store.pending(user, cursor, room).await {
                 Ok(messages) => {
-                    soon = woken && messages.is_empty() && hub.store.poll_every().is_some();
+                    soon = woken && messages.is_empty() && polls;
+                    full = messages.len() >= room;
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);
@@ -835,6 +867,7 @@ async fn deliver(
                     }
                 }
                 Err(e) => {
+                    full = true;
                     warn!(user, error = %crate::error::chain(&e), "msg: cannot read the queue");
                 }
             }
@@ -901,7 +934,10 @@ async fn deliver(
                 let _ = out.write(wr).await;
                 return None;
             }
-            _ = session.wake.notified() => (look, woken) = (true, true),
+            _ = session.wake.notified() => {
+                look |= session.queued.load(Ordering::Acquire) > cursor || full || polls;
+                woken = true;
+            }
             _ = poll(if soon { Some(RECHECK) } else { hub.store.poll_every() }) => {
                 (look, woken, soon) = (true, false, false);
             }

@@ -27,6 +27,9 @@ use tracing::{debug, error};
 
 use super::codec::Message;
 
+mod memo;
+use memo::{Bodies, Memo};
+
 /// The most jobs committed together.
 pub const MAX_BATCH: usize = 1024;
 
@@ -199,8 +202,8 @@ pub struct Sent {
 pub struct Queued {
     /// The message id.
     pub id: u64,
-    /// The payload of its `DELIVER` frame.
-    pub body: Vec<u8>,
+    /// The payload of its `DELIVER` frame (shared: a room message's recipients share one).
+    pub body: Arc<[u8]>,
 }
 
 /// A removed queue entry: message `id`, sent by `from`.
@@ -209,7 +212,7 @@ pub struct Acked {
     /// The message id.
     pub id: u64,
     /// Its sender, who gets a receipt.
-    pub from: String,
+    pub from: Arc<str>,
 }
 
 enum Op {
@@ -259,6 +262,8 @@ struct Job {
 pub struct Store {
     db: Arc<Database>,
     inner: Arc<Inner>,
+    /// The latest committed messages, for the sessions' reads of their queues.
+    bodies: Arc<std::sync::Mutex<Bodies>>,
     path: PathBuf,
 }
 
@@ -286,6 +291,10 @@ impl Store {
     /// Opens (or creates) the store in `dir` (`msg.redb`; the directory is made with mode
     /// 0700) and starts its writer thread.
     pub fn open(dir: &Path, options: StoreOptions) -> crate::Result<Store> {
+        Store::open_with(dir, options, Memo::default())
+    }
+
+    fn open_with(dir: &Path, options: StoreOptions, memo: Memo) -> crate::Result<Store> {
         create_private_dir(dir)?;
         let path = dir.join("msg.redb");
         let db = Database::create(&path).map_err(|e| {
@@ -299,9 +308,12 @@ impl Store {
         init_tables(&db)
             .map_err(|e| crate::Error::unusable(format!("message store {}", path.display()), e))?;
         let (jobs, queue) = mpsc::sync_channel::<Job>(4 * MAX_BATCH);
+        let bodies = Arc::new(std::sync::Mutex::new(Bodies::default()));
         let writer = Writer {
             db: db.clone(),
             options,
+            memo,
+            bodies: bodies.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("msg-store".into())
@@ -311,7 +323,12 @@ impl Store {
             jobs: Some(jobs),
             writer: Some(writer),
         });
-        Ok(Store { db, inner, path })
+        Ok(Store {
+            db,
+            inner,
+            bodies,
+            path,
+        })
     }
 
     /// The database file.
@@ -504,26 +521,44 @@ impl Store {
     ) -> Result<Vec<Queued>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("read"))?;
         let queue = tx.open_table(QUEUE).map_err(db_err("read the queue"))?;
-        let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
         let mut out = Vec::new();
         let Some(start) = after.checked_add(1) else {
             return Ok(out);
         };
+        let mut ids = Vec::new();
         for entry in queue
             .range((user, start)..=(user, u64::MAX))
             .map_err(db_err("read the queue"))?
         {
             let (key, _) = entry.map_err(db_err("read the queue"))?;
-            let id = key.value().1;
-            if let Some(body) = messages.get(id).map_err(db_err("read a message"))? {
-                out.push(Queued {
-                    id,
-                    body: body.value().to_vec(),
-                });
-            }
-            if out.len() >= limit {
+            ids.push(key.value().1);
+            if ids.len() >= limit {
                 break;
             }
+        }
+        // The latest messages from memory, the others (and those a message table without
+        // them would skip) from the database.
+        let mut missing = Vec::new();
+        {
+            let bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                match bodies.get(id) {
+                    Some(body) => out.push(Queued { id, body }),
+                    None => missing.push(id),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
+            for id in missing {
+                if let Some(body) = messages.get(id).map_err(db_err("read a message"))? {
+                    out.push(Queued {
+                        id,
+                        body: body.value().into(),
+                    });
+                }
+            }
+            out.sort_unstable_by_key(|q| q.id);
         }
         Ok(out)
     }
@@ -674,7 +709,7 @@ fn parse(id: u64, bytes: &[u8]) -> Option<Message> {
 }
 
 /// The sender of a stored message, read without decoding the rest into owned fields (an
-/// `ACK` needs only that, for the receipt).
+/// `ACK` needs only that, for the receipt), when the writer's memory no longer has it.
 fn sender_of(
     messages: &impl ReadableTable<u64, &'static [u8]>,
     id: u64,
@@ -716,10 +751,14 @@ fn pairs(
 struct Writer {
     db: Arc<Database>,
     options: StoreOptions,
+    /// What the writer remembers between batches (see [`memo`]).
+    memo: Memo,
+    /// Where it puts each committed batch's messages for the sessions.
+    bodies: Arc<std::sync::Mutex<Bodies>>,
 }
 
 impl Writer {
-    fn run(self, queue: mpsc::Receiver<Job>) {
+    fn run(mut self, queue: mpsc::Receiver<Job>) {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         loop {
@@ -769,6 +808,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
+                    self.memo.forget();
                     error!(error = %crate::error::chain(&e), jobs = size, "message store: commit failed; the batch is refused");
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
@@ -785,7 +825,7 @@ impl Writer {
 
     /// One transaction for `ops`: each one's result, or the error that failed them all.
     fn commit(
-        &self,
+        &mut self,
         ops: Vec<Op>,
         fsync: bool,
     ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
@@ -799,12 +839,12 @@ impl Writer {
             Durability::Eventual
         });
         let mut results = Vec::with_capacity(ops.len());
-        {
-            let mut t = Tables::open(&tx)?;
+        let (lens, written) = {
+            let mut t = Tables::open(&tx, &mut self.memo)?;
             for op in ops {
                 results.push(t.apply(op, &self.options));
             }
-            t.flush()?;
+            let lens = t.flush()?;
             // A storage error in any op fails the batch: nothing of it is committed.
             if let Some(Err(e @ StoreError::Storage { .. })) = results
                 .iter()
@@ -812,13 +852,21 @@ impl Writer {
             {
                 return Err(e.clone());
             }
-        }
+            (lens, std::mem::take(&mut t.written))
+        };
         tx.commit().map_err(db_err("commit"))?;
+        self.memo.set_lens(lens);
+        if !written.is_empty() {
+            let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, body) in written {
+                bodies.push(id, body);
+            }
+        }
         Ok(results)
     }
 }
 
-struct Tables<'t> {
+struct Tables<'t, 'm> {
     meta: redb::Table<'t, &'static str, u64>,
     messages: redb::Table<'t, u64, &'static [u8]>,
     seqs: redb::Table<'t, &'static [u8], u64>,
@@ -835,10 +883,14 @@ struct Tables<'t> {
     next_id: Option<u64>,
     seq_of: HashMap<Vec<u8>, u64>,
     lens: HashMap<String, u64>,
+    /// The writer's memory: read here before the tables, kept up to date by every op.
+    memo: &'m mut Memo,
+    /// The messages the batch wrote, for [`Bodies`] once committed.
+    written: Vec<(u64, Arc<[u8]>)>,
 }
 
-impl<'t> Tables<'t> {
-    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+impl<'t, 'm> Tables<'t, 'm> {
+    fn open(tx: &'t redb::WriteTransaction, memo: &'m mut Memo) -> Result<Self, StoreError> {
         let e = db_err("open a table");
         Ok(Tables {
             meta: tx.open_table(META).map_err(db_err("open a table"))?,
@@ -855,6 +907,8 @@ impl<'t> Tables<'t> {
             next_id: None,
             seq_of: HashMap::new(),
             lens: HashMap::new(),
+            memo,
+            written: Vec::new(),
         })
     }
 
@@ -874,6 +928,7 @@ impl<'t> Tables<'t> {
                 self.rooms
                     .insert(room.as_str(), time)
                     .map_err(db_err("create a room"))?;
+                self.memo.forget_room(&room);
                 self.add_member(&user, &room)?;
                 Ok(Done::Ok)
             }
@@ -892,6 +947,7 @@ impl<'t> Tables<'t> {
                 if !was {
                     return Err(Refusal::NotAMember(room).into());
                 }
+                self.memo.forget_room(&room);
                 self.member_of
                     .remove((user.as_str(), room.as_str()))
                     .map_err(db_err("leave a room"))?;
@@ -923,6 +979,7 @@ impl<'t> Tables<'t> {
     }
 
     fn add_member(&mut self, user: &str, room: &str) -> Result<(), StoreError> {
+        self.memo.forget_room(room);
         self.members
             .insert((room, user), ())
             .map_err(db_err("join a room"))?;
@@ -949,15 +1006,15 @@ impl<'t> Tables<'t> {
                 }
             }
             Target::Room(room) => {
-                self.room_must_exist(room)?;
-                let members = pairs(&self.members, room)?;
-                if !members.contains(&from) {
+                let members = self.members_of(room)?;
+                if members.binary_search(&from).is_err() {
                     return Err(Refusal::NotAMember(room.clone()).into());
                 }
-                members.into_iter().filter(|m| *m != from).collect()
+                members.iter().filter(|m| **m != from).cloned().collect()
             }
         };
         // Every check before any write: a refused message changes nothing.
+        let mut lens = Vec::with_capacity(recipients.len());
         for user in &recipients {
             let len = self.len_of(user)?;
             if len >= options.max_queue {
@@ -967,6 +1024,7 @@ impl<'t> Tables<'t> {
                 }
                 .into());
             }
+            lens.push(len);
         }
         let id = match self.next_id {
             Some(id) => id,
@@ -977,6 +1035,7 @@ impl<'t> Tables<'t> {
                 .map_or(1, |v| v.value()),
         };
         self.next_id = Some(id + 1);
+        self.memo.senders.push(id, &from);
         let conv = conversation(&from, &target);
         let seq = match self.seq_of.get(&conv) {
             Some(&seq) => seq,
@@ -999,19 +1058,19 @@ impl<'t> Tables<'t> {
             time,
             text,
         };
-        let json = serde_json::to_vec(&message).unwrap_or_default();
+        let json: Arc<[u8]> = serde_json::to_vec(&message).unwrap_or_default().into();
         self.messages
-            .insert(id, json.as_slice())
+            .insert(id, &*json)
             .map_err(db_err("write a message"))?;
+        self.written.push((id, json));
         self.history
             .insert((conv.as_slice(), seq), id)
             .map_err(db_err("write history"))?;
         self.seq_of.insert(conv, seq);
-        for user in &recipients {
+        for (user, len) in recipients.iter().zip(lens) {
             self.queue
                 .insert((user.as_str(), id), ())
                 .map_err(db_err("queue a message"))?;
-            let len = self.len_of(user)?;
             self.set_len(user, len + 1);
         }
         if let Target::User(to) = &target {
@@ -1036,8 +1095,22 @@ impl<'t> Tables<'t> {
         }))
     }
 
+    /// A room's members, sorted; `no_such_room` when it does not exist.
+    fn members_of(&mut self, room: &str) -> Result<Arc<[String]>, StoreError> {
+        if let Some(members) = self.memo.members(room) {
+            return Ok(members);
+        }
+        self.room_must_exist(room)?;
+        let members: Arc<[String]> = pairs(&self.members, room)?.into();
+        self.memo.set_members(room, members.clone());
+        Ok(members)
+    }
+
     fn len_of(&self, user: &str) -> Result<u64, StoreError> {
         if let Some(&len) = self.lens.get(user) {
+            return Ok(len);
+        }
+        if let Some(len) = self.memo.len(user) {
             return Ok(len);
         }
         Ok(self
@@ -1058,8 +1131,9 @@ impl<'t> Tables<'t> {
     }
 
     /// Writes what the batch's ops kept in memory (the message counter, the sequences and
-    /// the queue lengths they changed): once per batch instead of once per message.
-    fn flush(&mut self) -> Result<(), StoreError> {
+    /// the queue lengths they changed): once per batch instead of once per message. Returns
+    /// the lengths written, for the writer's memory once they are committed.
+    fn flush(&mut self) -> Result<HashMap<String, u64>, StoreError> {
         if let Some(next) = self.next_id.take() {
             self.meta
                 .insert("next_id", next)
@@ -1070,16 +1144,18 @@ impl<'t> Tables<'t> {
                 .insert(conv.as_slice(), seq)
                 .map_err(db_err("write a sequence"))?;
         }
-        for (user, len) in std::mem::take(&mut self.lens) {
+        let lens = std::mem::take(&mut self.lens);
+        for (user, &len) in &lens {
             self.queue_len
                 .insert(user.as_str(), len)
                 .map_err(db_err("queue a message"))?;
         }
-        Ok(())
+        Ok(lens)
     }
 
     fn ack(&mut self, user: &str, ids: &[u64]) -> Result<Done, StoreError> {
         let mut acked = Vec::new();
+        let mut removed = 0;
         for &id in ids {
             let was = self
                 .queue
@@ -1089,11 +1165,18 @@ impl<'t> Tables<'t> {
             if !was {
                 continue;
             }
-            let len = self.len_of(user)?;
-            self.set_len(user, len.saturating_sub(1));
-            if let Some(from) = sender_of(&self.messages, id)? {
+            removed += 1;
+            let from = match self.memo.senders.get(id) {
+                Some(from) => Some(from),
+                None => sender_of(&self.messages, id)?.map(Arc::from),
+            };
+            if let Some(from) = from {
                 acked.push(Acked { id, from });
             }
+        }
+        if removed > 0 {
+            let len = self.len_of(user)?;
+            self.set_len(user, len.saturating_sub(removed));
         }
         Ok(Done::Acked(acked))
     }
@@ -1197,7 +1280,7 @@ mod tests {
             assert_eq!(store.queue_len("bob").unwrap(), 3);
             let acked = store.ack("bob", vec![1, 2]).await.unwrap();
             assert_eq!(acked.len(), 2);
-            assert_eq!(acked[0].from, "alice");
+            assert_eq!(&*acked[0].from, "alice");
         });
         rt().block_on(async {
             let store = Store::open(dir.path(), options).unwrap();
@@ -1251,6 +1334,83 @@ mod tests {
             assert_eq!((next.message.id, next.message.seq), (2, 2));
             store.leave("carol", "ops").await.unwrap();
             assert_eq!(store.members("ops").unwrap(), ["alice", "bob"]);
+        });
+    }
+
+    /// The writer remembers the senders of the latest messages only (here 2): the ACKs of
+    /// older ones, and those after a reopen, find their sender in the stored message.
+    #[test]
+    fn acks_find_their_sender_remembered_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let senders = ["alice", "carol", "alice", "dave", "erin"];
+        rt().block_on(async {
+            let store =
+                Store::open_with(dir.path(), StoreOptions::default(), Memo::new(2, 1, 1)).unwrap();
+            for (i, from) in senders.iter().enumerate() {
+                store
+                    .send(from, Target::User("bob".into()), format!("m{i}"), 1)
+                    .await
+                    .unwrap();
+            }
+            let acked = store.ack("bob", vec![5, 1, 4, 2]).await.unwrap();
+            let got: Vec<(u64, &str)> = acked.iter().map(|a| (a.id, &*a.from)).collect();
+            assert_eq!(got, [(5, "erin"), (1, "alice"), (4, "dave"), (2, "carol")]);
+            assert_eq!(store.queue_len("bob").unwrap(), 1);
+        });
+        rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let acked = store.ack("bob", vec![3, 3]).await.unwrap();
+            assert_eq!(
+                acked,
+                [Acked {
+                    id: 3,
+                    from: "alice".into()
+                }]
+            );
+            assert_eq!(store.queue_len("bob").unwrap(), 0);
+        });
+    }
+
+    /// The members the writer remembers follow every join and leave (in the same batch too),
+    /// and a room's queue lengths stay counted across batches.
+    #[test]
+    fn remembered_members_follow_joins_and_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let room = Target::Room("ops".into());
+            store.create_room("alice", "ops", 1).await.unwrap();
+            store.join("bob", "ops").await.unwrap();
+            let sent = store
+                .send("alice", room.clone(), "1".into(), 1)
+                .await
+                .unwrap();
+            assert_eq!(sent.recipients, ["bob"]);
+            store.join("carol", "ops").await.unwrap();
+            let sent = store
+                .send("alice", room.clone(), "2".into(), 2)
+                .await
+                .unwrap();
+            assert_eq!(sent.recipients, ["bob", "carol"]);
+            // A leave and a send queued together: the send sees the leave.
+            let leave = store.leave("bob", "ops");
+            let send = store.send_later("alice", room.clone(), "3".into(), 3);
+            let (left, send) = tokio::join!(leave, send);
+            left.unwrap();
+            assert_eq!(send.unwrap().await.unwrap().recipients, ["carol"]);
+            assert!(matches!(
+                store.send("bob", room.clone(), "x".into(), 4).await,
+                Err(StoreError::Refused(Refusal::NotAMember(_)))
+            ));
+            assert_eq!(store.queue_len("bob").unwrap(), 2);
+            assert_eq!(store.queue_len("carol").unwrap(), 2);
+            store.ack("carol", vec![2]).await.unwrap();
+            assert_eq!(store.queue_len("carol").unwrap(), 1);
+        });
+        rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            assert_eq!(store.queue_len("carol").unwrap(), 1);
+            assert_eq!(store.members("ops").unwrap(), ["alice", "carol"]);
         });
     }
 }

@@ -415,7 +415,10 @@ impl Cluster {
         for (id, m, from) in held {
             // One that fails comes again (at least once; the client drops it by id).
             match m.double_ack().await {
-                Ok(()) => acked.push(Acked { id, from }),
+                Ok(()) => acked.push(Acked {
+                    id,
+                    from: from.into(),
+                }),
                 Err(e) => warn!(user, id, error = %e, "msg: an acknowledgement did not reach NATS"),
             }
         }

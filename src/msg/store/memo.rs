@@ -1,0 +1,302 @@
+//! What the store's writer remembers between batches, so that its hot path does not read back
+//! what it wrote itself: the senders of the latest messages (a member's `ACK` needs the sender
+//! for the receipt; without this it reads and parses the stored message, 99 times for one
+//! message to a room of 100), the members of the rooms used (a room message is queued for
+//! each), and the queues' lengths.
+//!
+//! Only the writer changes the database, so what it remembers stays true as long as it
+//! remembers only what is committed, or what its open transaction wrote: when a commit fails
+//! the writer forgets everything ([`Memo::forget`]) and reads from the database again. Every
+//! part is bounded; what was forgotten is read from the database as before.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Messages whose sender is remembered (the latest ones): about 2 MiB at most.
+pub const SENDERS_KEPT: usize = 65_536;
+/// Rooms whose members are remembered.
+pub const ROOMS_KEPT: usize = 1024;
+/// Queues whose length is remembered.
+pub const LENS_KEPT: usize = 65_536;
+/// The latest committed messages kept for delivery, at most (see [`Bodies`]).
+pub const BODIES_KEPT: usize = 4096;
+/// ... and at most this many bytes of them.
+pub const BODY_BYTES_KEPT: usize = 4 << 20;
+
+/// The writer's memory (see the module's documentation).
+#[derive(Debug)]
+pub struct Memo {
+    /// The senders of the latest messages, by id.
+    pub senders: Senders,
+    members: HashMap<String, Arc<[String]>>,
+    lens: HashMap<String, u64>,
+    rooms_kept: usize,
+    lens_kept: usize,
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Memo::new(SENDERS_KEPT, ROOMS_KEPT, LENS_KEPT)
+    }
+}
+
+impl Memo {
+    /// A memory of at most `senders` senders, `rooms` rooms' members, `lens` queue lengths.
+    pub fn new(senders: usize, rooms: usize, lens: usize) -> Memo {
+        Memo {
+            senders: Senders::new(senders),
+            members: HashMap::new(),
+            lens: HashMap::new(),
+            rooms_kept: rooms,
+            lens_kept: lens,
+        }
+    }
+
+    /// A room's members (sorted), when remembered: then the room exists.
+    pub fn members(&self, room: &str) -> Option<Arc<[String]>> {
+        self.members.get(room).cloned()
+    }
+
+    /// Remembers a room's members, as the writer's transaction reads them.
+    pub fn set_members(&mut self, room: &str, members: Arc<[String]>) {
+        if self.members.len() >= self.rooms_kept && !self.members.contains_key(room) {
+            // Rooms come and go; the busy ones are remembered again at their next message.
+            self.members.clear();
+        }
+        if self.rooms_kept > 0 {
+            self.members.insert(room.to_owned(), members);
+        }
+    }
+
+    /// A room's members changed: read them again next time.
+    pub fn forget_room(&mut self, room: &str) {
+        self.members.remove(room);
+    }
+
+    /// A queue's committed length, when remembered.
+    pub fn len(&self, user: &str) -> Option<u64> {
+        self.lens.get(user).copied()
+    }
+
+    /// Remembers the queue lengths a batch committed.
+    pub fn set_lens(&mut self, lens: HashMap<String, u64>) {
+        if self.lens.len() + lens.len() > self.lens_kept {
+            self.lens.clear();
+        }
+        for (user, len) in lens {
+            if self.lens.len() >= self.lens_kept {
+                break;
+            }
+            self.lens.insert(user, len);
+        }
+    }
+
+    /// A commit failed: what was remembered may not be on disk.
+    pub fn forget(&mut self) {
+        *self = Memo::new(self.senders.kept, self.rooms_kept, self.lens_kept);
+    }
+}
+
+/// The senders of the latest messages: ids are given one after the other, so a ring indexed
+/// by `id - first` finds one with no hashing.
+#[derive(Debug)]
+pub struct Senders {
+    first: u64,
+    names: VecDeque<Arc<str>>,
+    kept: usize,
+}
+
+impl Senders {
+    fn new(kept: usize) -> Senders {
+        Senders {
+            first: 0,
+            names: VecDeque::new(),
+            kept,
+        }
+    }
+
+    /// The sender of message `id`, when remembered.
+    pub fn get(&self, id: u64) -> Option<Arc<str>> {
+        let i = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        self.names.get(i).cloned()
+    }
+
+    /// Remembers that `from` sent message `id` (the oldest is forgotten past the bound; an id
+    /// that does not follow the last one starts the memory again).
+    pub fn push(&mut self, id: u64, from: &str) {
+        if self.kept == 0 {
+            return;
+        }
+        let next = self.first.checked_add(self.names.len() as u64);
+        if self.names.is_empty() || next != Some(id) {
+            self.names.clear();
+            self.first = id;
+        }
+        // Consecutive messages of one sender share the name.
+        let name = match self.names.back() {
+            Some(last) if **last == *from => last.clone(),
+            _ => Arc::from(from),
+        };
+        self.names.push_back(name);
+        if self.names.len() > self.kept {
+            self.names.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// Senders remembered.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// The latest committed messages as stored (their `DELIVER` payloads), by id, shared by the
+/// writer (which adds each batch's once it is committed) and the sessions' reads of their
+/// queues: a message to a room of 100 is read from here by its 99 recipients instead of from
+/// the database. A stored message never changes, so what is here is always right; what is
+/// not here (older, or past the bounds) is read from the database.
+#[derive(Debug)]
+pub struct Bodies {
+    first: u64,
+    items: VecDeque<Arc<[u8]>>,
+    bytes: usize,
+    kept: usize,
+    bytes_kept: usize,
+}
+
+impl Default for Bodies {
+    fn default() -> Self {
+        Bodies::new(BODIES_KEPT, BODY_BYTES_KEPT)
+    }
+}
+
+impl Bodies {
+    /// At most `kept` messages and `bytes_kept` bytes.
+    pub fn new(kept: usize, bytes_kept: usize) -> Bodies {
+        Bodies {
+            first: 0,
+            items: VecDeque::new(),
+            bytes: 0,
+            kept,
+            bytes_kept,
+        }
+    }
+
+    /// Message `id`'s payload, when kept.
+    pub fn get(&self, id: u64) -> Option<Arc<[u8]>> {
+        let i = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        self.items.get(i).cloned()
+    }
+
+    /// Keeps committed message `id` (the oldest go past the bounds; an id that does not
+    /// follow the last one starts again).
+    pub fn push(&mut self, id: u64, body: Arc<[u8]>) {
+        let next = self.first.checked_add(self.items.len() as u64);
+        if self.items.is_empty() || next != Some(id) {
+            self.items.clear();
+            self.bytes = 0;
+            self.first = id;
+        }
+        self.bytes += body.len();
+        self.items.push_back(body);
+        while self.items.len() > self.kept
+            || (self.bytes > self.bytes_kept && !self.items.is_empty())
+        {
+            if let Some(old) = self.items.pop_front() {
+                self.bytes -= old.len();
+                self.first += 1;
+            }
+        }
+    }
+
+    /// Messages kept.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn senders_are_bounded_and_keep_the_latest() {
+        let mut s = Senders::new(3);
+        for id in 1..=5 {
+            s.push(id, if id % 2 == 0 { "bob" } else { "alice" });
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.get(1), None);
+        assert_eq!(s.get(2), None);
+        assert_eq!(s.get(3).as_deref(), Some("alice"));
+        assert_eq!(s.get(4).as_deref(), Some("bob"));
+        assert_eq!(s.get(5).as_deref(), Some("alice"));
+        assert_eq!(s.get(6), None);
+        assert_eq!(s.get(u64::MAX), None);
+    }
+
+    #[test]
+    fn an_id_out_of_turn_starts_the_senders_again() {
+        let mut s = Senders::new(10);
+        s.push(7, "alice");
+        s.push(8, "alice");
+        s.push(20, "bob");
+        assert_eq!((s.get(7), s.get(8)), (None, None));
+        assert_eq!(s.get(20).as_deref(), Some("bob"));
+        assert_eq!(s.len(), 1);
+        let mut none = Senders::new(0);
+        none.push(1, "alice");
+        assert_eq!((none.get(1), none.len()), (None, 0));
+    }
+
+    #[test]
+    fn bodies_are_bounded_in_count_and_bytes() {
+        let body = |n: usize| -> Arc<[u8]> { vec![b'x'; n].into() };
+        let mut b = Bodies::new(3, 100);
+        for id in 1..=4 {
+            b.push(id, body(10));
+        }
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.get(1), None);
+        assert_eq!(b.get(2).map(|x| x.len()), Some(10));
+        b.push(5, body(95));
+        assert_eq!(b.len(), 1, "over the bytes: only the newest");
+        assert_eq!((b.get(4), b.get(5).map(|x| x.len())), (None, Some(95)));
+        b.push(6, body(200));
+        assert_eq!(
+            (b.len(), b.get(6), b.bytes),
+            (0, None, 0),
+            "one too large is not kept"
+        );
+        b.push(9, body(1));
+        b.push(11, body(2));
+        assert_eq!((b.get(9), b.get(11).map(|x| x.len())), (None, Some(2)));
+    }
+
+    #[test]
+    fn rooms_and_lengths_are_bounded_and_forgotten() {
+        let mut m = Memo::new(4, 2, 2);
+        let list: Arc<[String]> = vec!["a".to_string(), "b".to_string()].into();
+        m.set_members("r1", list.clone());
+        m.set_members("r2", list.clone());
+        m.set_members("r3", list.clone());
+        assert!(m.members.len() <= 2);
+        assert!(m.members("r3").is_some());
+        m.forget_room("r3");
+        assert!(m.members("r3").is_none());
+        m.set_lens([("a".to_string(), 1), ("b".to_string(), 2)].into());
+        assert_eq!((m.len("a"), m.len("b")), (Some(1), Some(2)));
+        m.set_lens([("c".to_string(), 3)].into());
+        assert!(m.lens.len() <= 2);
+        assert_eq!(m.len("c"), Some(3));
+        m.senders.push(1, "a");
+        m.forget();
+        assert_eq!(
+            (m.len("c"), m.senders.get(1), m.members.len()),
+            (None, None, 0)
+        );
+        assert_eq!(m.senders.kept, 4);
+    }
+}
