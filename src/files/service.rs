@@ -23,11 +23,12 @@ use tracing::{debug, info, warn};
 
 use super::atomic::Committer;
 use super::codec::{
-    Area, Chunk, ErrorCode, Failure, FileStart, Frame, Hash, Kind, Welcome, MAX_CHUNK, VERSION,
+    Area, Chunk, CodecError, ErrorCode, Failure, FileStart, Frame, Hash, Kind, Welcome, MAX_CHUNK,
+    VERSION,
 };
 use super::paths::RemotePath;
 use super::space::{check_name, Finished, Spaces, StoreError, Target, Upload};
-use super::wire::{read_frame, write_frame, WireError};
+use super::wire::{frame_buffered, read_frame, write_frame, write_frames, WireError};
 use super::FilesError;
 use crate::error::chain;
 use crate::service::echo::DRAIN_QUIET;
@@ -138,8 +139,8 @@ async fn serve(service: &FilesService, stream: BoxStream, ctx: &Context) -> End 
     }
     info!(peer = %ctx.peer, user = %user, used, "files: session started");
 
-    let (cmd_tx, cmd_rx) = mpsc::channel::<Frame>(32);
-    let (out_tx, out_rx) = mpsc::channel::<Frame>(16);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Vec<Frame>>(32);
+    let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(16);
     let pending = Arc::new(AtomicUsize::new(0));
     let busy = Arc::new(AtomicBool::new(false));
     let session = Session {
@@ -149,7 +150,7 @@ async fn serve(service: &FilesService, stream: BoxStream, ctx: &Context) -> End 
         upload: None,
         skipping: None,
         committer: Committer::default(),
-        out: out_tx.clone(),
+        out: Outbox::new(out_tx.clone()),
         busy: busy.clone(),
         stored: 0,
         bytes_in: 0,
@@ -176,8 +177,8 @@ async fn serve(service: &FilesService, stream: BoxStream, ctx: &Context) -> End 
 /// server shuts down.
 async fn read_loop(
     rd: &mut Reader,
-    cmd_tx: mpsc::Sender<Frame>,
-    out_tx: mpsc::Sender<Frame>,
+    cmd_tx: mpsc::Sender<Vec<Frame>>,
+    out_tx: mpsc::Sender<Vec<Frame>>,
     ctx: &Context,
     pending: &AtomicUsize,
     busy: &AtomicBool,
@@ -196,36 +197,70 @@ async fn read_loop(
                     if idle() { break }
                 }
             } => {
-                let _ = out_tx.send(Frame::Goodbye).await;
+                let _ = out_tx.send(vec![Frame::Goodbye]).await;
                 return End::Drained;
             }
             r = read_frame(rd) => r,
         };
         match frame {
             Ok(Some(frame)) => {
-                pending.fetch_add(1, Ordering::AcqRel);
-                if cmd_tx.send(frame).await.is_err() {
+                // The frames already read come along in one batch (one wake-up of the
+                // session for a whole read of small files, not one per frame).
+                let mut batch = vec![frame];
+                let mut failed = None;
+                while batch.len() < IN_BATCH && frame_buffered(rd.buffer()) {
+                    match read_frame(rd).await {
+                        Ok(Some(frame)) => batch.push(frame),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                pending.fetch_add(batch.len(), Ordering::AcqRel);
+                if cmd_tx.send(batch).await.is_err() {
                     return End::Closed;
+                }
+                match failed {
+                    None => {}
+                    Some(WireError::Codec(e)) => return invalid(e, ctx, cmd_tx, &out_tx).await,
+                    Some(e) => return wire_end(e, ctx),
                 }
             }
             Ok(None) => return End::Closed,
-            Err(WireError::Codec(e)) => {
-                warn!(peer = %ctx.peer, error = %e, "files: the client sent an invalid frame");
-                let failure = Failure::new(ErrorCode::Protocol, "", e.to_string());
-                drop(cmd_tx);
-                let _ = out_tx.send(Frame::Error(failure)).await;
-                return End::Failed(Box::new(FilesError::Codec(e)));
-            }
+            Err(WireError::Codec(e)) => return invalid(e, ctx, cmd_tx, &out_tx).await,
             Err(e) => return wire_end(e, ctx),
         }
     }
 }
 
+/// Frames per batch from the reader to the session, at most.
+const IN_BATCH: usize = 64;
+
+/// The client sent an invalid frame: what came before it is served, then it is told why and
+/// the connection ends.
+async fn invalid(
+    e: CodecError,
+    ctx: &Context,
+    cmd_tx: mpsc::Sender<Vec<Frame>>,
+    out_tx: &mpsc::Sender<Vec<Frame>>,
+) -> End {
+    warn!(peer = %ctx.peer, error = %e, "files: the client sent an invalid frame");
+    let failure = Failure::new(ErrorCode::Protocol, "", e.to_string());
+    drop(cmd_tx);
+    let _ = out_tx.send(vec![Frame::Error(failure)]).await;
+    End::Failed(Box::new(FilesError::Codec(e)))
+}
+
 /// Sends the session's answers, flushing whenever the queue is empty.
-async fn write_loop(wr: &mut Writer, mut out_rx: mpsc::Receiver<Frame>) -> Result<(), WireError> {
+async fn write_loop(
+    wr: &mut Writer,
+    mut out_rx: mpsc::Receiver<Vec<Frame>>,
+) -> Result<(), WireError> {
     let mut scratch = Vec::new();
-    while let Some(frame) = out_rx.recv().await {
-        write_frame(wr, &frame, &mut scratch).await?;
+    while let Some(batch) = out_rx.recv().await {
+        write_frames(wr, &batch, &mut scratch).await?;
         if out_rx.is_empty() {
             wr.flush().await.map_err(WireError::Io)?;
         }
@@ -263,6 +298,47 @@ fn wire_end(e: WireError, ctx: &Context) -> End {
     }
 }
 
+/// Answers per batch at most (a batch is one message to the writer, which flushes once the
+/// queue is empty: a group commit's OKs or a listing's entries go out in a few TLS records
+/// instead of one each).
+const OUT_BATCH: usize = 64;
+
+/// The session's answers on their way to the writer, in batches: sent when a batch is full,
+/// holds a DATA frame (a download streams), and before the session waits for a request (so
+/// every answer a client waits for is out before the session sleeps).
+struct Outbox {
+    tx: mpsc::Sender<Vec<Frame>>,
+    batch: Vec<Frame>,
+}
+
+impl Outbox {
+    fn new(tx: mpsc::Sender<Vec<Frame>>) -> Self {
+        Outbox {
+            tx,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Queues an answer; false once the writer is gone.
+    fn push(&mut self, frame: Frame) -> bool {
+        let streams = matches!(frame, Frame::Data(_));
+        self.batch.push(frame);
+        if streams || self.batch.len() >= OUT_BATCH {
+            return self.flush();
+        }
+        true
+    }
+
+    /// Hands what is queued to the writer; false once the writer is gone.
+    fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(OUT_BATCH));
+        self.tx.blocking_send(batch).is_ok()
+    }
+}
+
 /// One connection's file-system work, on a blocking thread.
 struct Session {
     spaces: Arc<Spaces>,
@@ -272,7 +348,7 @@ struct Session {
     /// The file whose remaining DATA and END are dropped (its upload failed).
     skipping: Option<String>,
     committer: Committer<String>,
-    out: mpsc::Sender<Frame>,
+    out: Outbox,
     busy: Arc<AtomicBool>,
     stored: u64,
     bytes_in: u64,
@@ -281,31 +357,38 @@ struct Session {
 }
 
 impl Session {
-    fn run(mut self, mut rx: mpsc::Receiver<Frame>, pending: &AtomicUsize) {
-        loop {
-            let frame = match rx.try_recv() {
-                Ok(frame) => frame,
+    fn run(mut self, mut rx: mpsc::Receiver<Vec<Frame>>, pending: &AtomicUsize) {
+        'session: loop {
+            let batch = match rx.try_recv() {
+                Ok(batch) => batch,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    // Nothing else queued: commit what waits before sleeping.
+                    // Nothing else queued: commit what waits, and send every answer,
+                    // before sleeping.
                     self.flush_commits();
+                    if !self.out.flush() {
+                        break;
+                    }
                     match rx.blocking_recv() {
-                        Some(frame) => frame,
+                        Some(batch) => batch,
                         None => break,
                     }
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
-            let go_on = self.handle(frame);
-            pending.fetch_sub(1, Ordering::AcqRel);
-            self.busy.store(
-                self.upload.is_some() || !self.committer.is_empty(),
-                Ordering::Release,
-            );
-            if !go_on {
-                break;
+            for frame in batch {
+                let go_on = self.handle(frame);
+                pending.fetch_sub(1, Ordering::AcqRel);
+                self.busy.store(
+                    self.upload.is_some() || !self.committer.is_empty(),
+                    Ordering::Release,
+                );
+                if !go_on {
+                    break 'session;
+                }
             }
         }
         self.flush_commits();
+        self.out.flush();
         if let Some(up) = self.upload.take() {
             info!(
                 peer = %self.peer, user = %self.user, path = %up.target.path,
@@ -324,7 +407,7 @@ impl Session {
 
     /// Queues a frame for the writer; false when the connection is gone.
     fn send(&mut self, frame: Frame) -> bool {
-        self.out.blocking_send(frame).is_ok()
+        self.out.push(frame)
     }
 
     fn fail(&mut self, path: &str, e: &StoreError) -> bool {
@@ -354,7 +437,7 @@ impl Session {
                 Ok(()) => {
                     self.stored += 1;
                     debug!(user = %self.user, path = %path, "files: stored");
-                    let _ = self.out.blocking_send(Frame::Ok { path });
+                    let _ = self.out.push(Frame::Ok { path });
                 }
                 Err(source) => {
                     let e = StoreError::Io {
@@ -446,10 +529,10 @@ impl Session {
                         path: path.clone(),
                         source,
                     });
-                let out = self.out.clone();
-                let mut send = |e| out.blocking_send(Frame::Entry(e)).is_ok();
-                let listed = checked
-                    .and_then(|p| self.spaces.list(&self.user, area, &p, recursive, &mut send));
+                let (spaces, user, out) = (&self.spaces, &self.user, &mut self.out);
+                let mut send = |e| out.push(Frame::Entry(e));
+                let listed =
+                    checked.and_then(|p| spaces.list(user, area, &p, recursive, &mut send));
                 match listed {
                     Ok(count) => self.send(Frame::ListEnd { count }),
                     Err(e) => self.fail(&path, &e),
@@ -615,7 +698,7 @@ mod tests {
     use crate::files::codec::{Meta, Mtime, Open};
     use crate::files::space::Limits;
 
-    fn session(dir: &std::path::Path, quota: Option<u64>) -> (Session, mpsc::Receiver<Frame>) {
+    fn session(dir: &std::path::Path, quota: Option<u64>) -> (Session, mpsc::Receiver<Vec<Frame>>) {
         let spaces = Spaces::open(
             dir,
             Limits {
@@ -633,7 +716,7 @@ mod tests {
             upload: None,
             skipping: None,
             committer: Committer::default(),
-            out,
+            out: Outbox::new(out),
             busy: Arc::new(AtomicBool::new(false)),
             stored: 0,
             bytes_in: 0,
@@ -659,10 +742,12 @@ mod tests {
         })
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Frame>) -> Vec<Frame> {
+    /// The answers so far (the outbox handed to the writer first, as before a wait).
+    fn drain(s: &mut Session, rx: &mut mpsc::Receiver<Vec<Frame>>) -> Vec<Frame> {
+        assert!(s.out.flush());
         let mut v = Vec::new();
-        while let Ok(f) = rx.try_recv() {
-            v.push(f);
+        while let Ok(batch) = rx.try_recv() {
+            v.extend(batch);
         }
         v
     }
@@ -685,7 +770,7 @@ mod tests {
             hash: *blake3::hash(data).as_bytes()
         }));
         s.flush_commits();
-        let frames = drain(&mut rx);
+        let frames = drain(&mut s, &mut rx);
         match &frames[..] {
             [Frame::Error(f), Frame::Ok { path }] => {
                 assert_eq!(f.code, ErrorCode::Integrity);
@@ -707,7 +792,7 @@ mod tests {
         s.handle(open("x", 3));
         s.handle(Frame::Data(Chunk::new(3, 0, b"abc")));
         s.handle(Frame::End { hash: [0; 32] });
-        let frames = drain(&mut rx);
+        let frames = drain(&mut s, &mut rx);
         assert!(
             matches!(&frames[..], [Frame::Error(f)] if f.code == ErrorCode::Integrity && f.path == "x"),
             "{frames:?}"
@@ -729,7 +814,7 @@ mod tests {
             assert!(s.handle(open(name, size)));
             assert!(s.handle(Frame::Data(Chunk::new(1, 0, b"z"))));
             assert!(s.handle(Frame::End { hash: [0; 32] }));
-            let frames = drain(&mut rx);
+            let frames = drain(&mut s, &mut rx);
             assert!(
                 matches!(&frames[..], [Frame::Error(f)] if f.code == code),
                 "{name}: {frames:?}"
@@ -748,6 +833,8 @@ mod tests {
             recursive: false,
             path: String::new()
         }));
-        assert!(matches!(&drain(&mut rx)[..], [Frame::Error(f)] if f.code == ErrorCode::Protocol));
+        assert!(
+            matches!(&drain(&mut s, &mut rx)[..], [Frame::Error(f)] if f.code == ErrorCode::Protocol)
+        );
     }
 }

@@ -593,7 +593,10 @@ impl Spaces {
         // The chunk journal saves reading the kept bytes again when it matches the file as
         // it is (see journal.rs); otherwise they are read and hashed, which also finds a
         // partial file changed or corrupted on disk.
-        let recorded = journal::recorded(&journal_path, &file, keep, meta.size)
+        // (One chunk or none: nothing to look up; a small file is never resumed.)
+        let recorded = (keep >= 2 * MAX_CHUNK as u64)
+            .then(|| journal::recorded(&journal_path, &file, keep, meta.size))
+            .flatten()
             .and_then(|hashes| Prefix::from_hashes(meta.size, &hashes));
         let (prefix, kept) = match recorded {
             Some(prefix) => (prefix, Kept::Journal),
