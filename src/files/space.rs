@@ -1071,7 +1071,7 @@ fn chunk_hashes(file: &File, size: u64, chunks: usize) -> io::Result<Vec<Hash>> 
         .map_or(1, |n| n.get())
         .clamp(1, PREFIX_THREADS)
         .min(chunks.div_ceil(8));
-    let per = chunks.div_ceil(threads.max(1));
+    let per = chunks.div_ceil(threads);
     let hash_run = |first: usize, end: usize| -> io::Result<Vec<Hash>> {
         let mut buf = vec![0u8; MAX_CHUNK];
         let mut out = Vec::with_capacity(end - first);
