@@ -46,6 +46,9 @@ pub mod names {
     /// Gauge: days until expiry, label `what` (`server_certificate`, `client_ca`,
     /// `crl_next_update`).
     pub const EXPIRY_DAYS: &str = "tlsnet_expiry_days";
+    /// Counter: `--ktls` connections by `path`: `kernel` (the kernel carries the records) or
+    /// `rustls` (the fallback).
+    pub const KERNEL_TLS: &str = "tlsnet_kernel_tls_connections_total";
     /// Counter: reloads, label `result` (`ok`, `refused`).
     pub const RELOADS: &str = "tlsnet_reloads_total";
 }
@@ -96,6 +99,16 @@ fn export_stats() {
             counter!(metric, &labels).absolute(value);
         }
         gauge!(names::OPEN, &labels).set(stats.open.load(Ordering::Relaxed) as f64);
+        for (path, value) in [
+            ("kernel", get(&stats.kernel_tls)),
+            ("rustls", get(&stats.kernel_tls_fallbacks)),
+        ] {
+            if value > 0 {
+                let mut labels = labels.clone();
+                labels.push(("path", path.to_owned()));
+                counter!(names::KERNEL_TLS, &labels).absolute(value);
+            }
+        }
         for (cause, n) in stats.failures_by_cause() {
             let mut labels = labels.clone();
             labels.push(("cause", cause.to_owned()));

@@ -71,6 +71,8 @@ macro_rules! with_server_keys {
             pub reload_interval: Option<Duration>,
             /// `tls12`.
             pub tls12: Option<bool>,
+            /// `ktls`: try kernel TLS for the data path.
+            pub ktls: Option<bool>,
             /// `pki_dir`.
             pub pki_dir: Option<PathBuf>,
             /// `keylog`: a file, or `env`.
@@ -107,6 +109,7 @@ macro_rules! with_server_keys {
                     allow_uri: self.allow_uri.clone().unwrap_or_default(),
                     allow_spki_pin: self.allow_spki_pin.clone().unwrap_or_default(),
                     tls12: self.tls12.unwrap_or(false),
+                    ktls: self.ktls.unwrap_or(false),
                     pki_dir: self.pki_dir.clone(),
                     keylog: self.keylog.clone(),
                 }

@@ -47,6 +47,8 @@ pub struct ServerTlsSettings {
     pub allow_spki_pin: Vec<SpkiPin>,
     /// Also accept TLS 1.2.
     pub tls12: bool,
+    /// Try kernel TLS for each connection's data path, rustls as the fallback.
+    pub ktls: bool,
     /// The development PKI's directory (default: under `$XDG_STATE_HOME` or `~/.local/state`).
     pub pki_dir: Option<PathBuf>,
     /// Write connection secrets here (debugging only).
@@ -202,6 +204,7 @@ impl ServerTlsSettings {
                 Some(target) => Some(target.open()?),
                 None => None,
             },
+            kernel_tls: self.ktls,
         };
         source.validate()?;
         Ok((source, dev_pki))

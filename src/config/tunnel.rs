@@ -389,6 +389,7 @@ const SERVER_ONLY: &[&str] = &[
     "alpn",
     "max_lifetime",
     "handshake_timeout",
+    "ktls",
 ];
 
 /// Keys of client tunnels only.

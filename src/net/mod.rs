@@ -9,6 +9,7 @@
 //! | [`server`] | sniff, handshake, policy, route, metered service, drain |
 //! | [`metered`] | byte counting and last activity around a stream |
 //! | [`read_ahead`] | large socket reads under rustls |
+//! | [`kernel_tls`] | optional kernel TLS for the data path, rustls as the fallback |
 //! | [`stats`] | a server's counters |
 //! | [`client`] | connect, verify, report |
 //! | [`relay`] | copy both ways with half-close and an idle deadline |
@@ -17,6 +18,7 @@
 pub mod accept;
 pub mod bind;
 pub mod client;
+pub mod kernel_tls;
 pub mod metered;
 pub mod read_ahead;
 pub mod relay;

@@ -14,13 +14,19 @@
 //! - it is freed as soon as the socket has nothing more to give (the read would block), so an
 //!   idle connection holds none.
 //!
+//! For a connection that may move to kernel TLS after its handshake, [`ReadAhead::whole_records`]
+//! turns the read-ahead off during the handshake: every read then stops at the end of the TLS
+//! record it is in, so that when the handshake ends no byte of a later record has left the
+//! socket (the kernel must see those), and [`ReadAhead::between_records`] tells whether rustls
+//! holds only whole records.
+//!
 //! Writes pass through untouched.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most bytes read from the socket at once.
@@ -37,6 +43,51 @@ pub struct ReadAhead<S> {
     buf: BytesMut,
     /// How much the next read from the socket asks for.
     want: usize,
+    /// Set while reads must stop at record boundaries (see the module docs).
+    records: Option<Records>,
+}
+
+/// Where the byte stream is in the TLS record layer: the header's bytes seen so far, then the
+/// body's bytes still to come.
+#[derive(Debug, Default, Clone, Copy)]
+struct Records {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+}
+
+impl Records {
+    /// How many bytes may be read without passing the end of the current record.
+    fn room(&self) -> usize {
+        if self.header_len < self.header.len() {
+            self.header.len() - self.header_len
+        } else {
+            self.body_left
+        }
+    }
+
+    /// Notes bytes read (at most [`Records::room`]).
+    fn saw(&mut self, bytes: &[u8]) {
+        if self.header_len < self.header.len() {
+            self.header[self.header_len..self.header_len + bytes.len()].copy_from_slice(bytes);
+            self.header_len += bytes.len();
+            if self.header_len == self.header.len() {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                if self.body_left == 0 {
+                    self.header_len = 0;
+                }
+            }
+        } else {
+            self.body_left -= bytes.len();
+            if self.body_left == 0 {
+                self.header_len = 0;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0
+    }
 }
 
 impl<S> ReadAhead<S> {
@@ -46,7 +97,33 @@ impl<S> ReadAhead<S> {
             inner,
             buf: BytesMut::new(),
             want: FIRST_READ,
+            records: None,
         }
+    }
+
+    /// Like [`ReadAhead::new`], but reading stops at the end of each TLS record until
+    /// [`ReadAhead::read_ahead`] is called (see the module docs).
+    pub fn whole_records(inner: S) -> Self {
+        ReadAhead {
+            records: Some(Records::default()),
+            ..Self::new(inner)
+        }
+    }
+
+    /// Reads ahead from now on (after [`ReadAhead::whole_records`]).
+    pub fn read_ahead(&mut self) {
+        self.records = None;
+    }
+
+    /// With [`ReadAhead::whole_records`]: whether everything read from the socket so far has
+    /// been handed out and ends at a record boundary. Always false in read-ahead mode.
+    pub fn between_records(&self) -> bool {
+        self.buf.is_empty() && self.records.is_some_and(|r| r.at_boundary())
+    }
+
+    /// The wrapped stream, and nothing buffered is kept.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 
     /// The wrapped stream.
@@ -67,7 +144,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.buf.is_empty() {
+        if let Some(records) = &mut this.records {
+            if this.buf.is_empty() {
+                let room = records.room();
+                this.buf.reserve(room);
+                let limited = &mut (&mut this.buf).limit(room);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, limited) {
+                    Poll::Ready(Ok(_)) => records.saw(&this.buf),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        } else if this.buf.is_empty() {
             if out.remaining() >= this.want {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
@@ -201,5 +289,40 @@ mod tests {
         r.read_exact(&mut first).await.unwrap();
         r.read_exact(&mut one).await.unwrap();
         assert_eq!(r.buffered(), READ_AHEAD - 1);
+    }
+
+    /// A TLS record header (type, version, length) and its body.
+    fn record(body: &[u8]) -> Vec<u8> {
+        let mut r = vec![23, 3, 3];
+        r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[tokio::test]
+    async fn whole_records_never_reads_past_the_record_it_is_in() {
+        let (mut a, b) = tokio::io::duplex(READ_AHEAD);
+        let mut r = ReadAhead::whole_records(b);
+        assert!(r.between_records());
+        let mut two = record(b"first record");
+        two.extend(record(b"second"));
+        a.write_all(&two).await.unwrap();
+        let mut big = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while got.len() < 17 {
+            let n = r.read(&mut big).await.unwrap();
+            got.extend_from_slice(&big[..n]);
+            assert!(got.len() <= 17, "read past the first record: {got:?}");
+            assert_eq!(r.between_records(), got.len() == 17);
+        }
+        assert_eq!(got, record(b"first record"));
+        // The second record is still in the socket; reading ahead again takes it at once.
+        r.read_ahead();
+        let n = r.read(&mut big).await.unwrap();
+        assert_eq!(&big[..n], &record(b"second")[..]);
+        assert!(
+            !r.between_records(),
+            "read-ahead mode never claims a boundary"
+        );
     }
 }

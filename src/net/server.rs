@@ -28,9 +28,10 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::accept::{serve_listeners, Gate};
+use super::kernel_tls::{self, Fallback, Offload};
 use super::metered::{Meter, Metered};
 use super::read_ahead::ReadAhead;
 use super::sniff::{classify_first_bytes, client_hello_version, SNIFF_LEN};
@@ -159,10 +160,14 @@ async fn connection(
     // while the service runs (the service future holds the stream).
     let (service, ctx, meter, serving) = {
         let deadline = shared.options.handshake_timeout;
-        let acceptor = TlsAcceptor::from(shared.tls.current());
+        let config = shared.tls.current();
+        // A configuration that lets the keys out is one for kernel TLS (`--ktls`).
+        let kernel = config.enable_secret_extraction;
+        let acceptor = TlsAcceptor::from(config);
         // Boxed: an unfinished handshake holds a whole rustls connection (about 1.2 KB) and its
         // futures; inline, that space would stay in this task for the connection's lifetime.
-        let handshake = tokio::time::timeout(deadline, Box::pin(handshake(tcp, &acceptor))).await;
+        let handshake = handshake(tcp, &acceptor, kernel);
+        let handshake = tokio::time::timeout(deadline, Box::pin(handshake)).await;
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(cause)) => return failed(&shared, cause, started),
@@ -185,7 +190,24 @@ async fn connection(
             return;
         };
         let meter = Meter::new(shared.stats.clone());
-        let stream: BoxStream = Box::new(Metered::new(stream, meter.clone()));
+        let stream: BoxStream = if kernel {
+            match kernel_tls::offload(stream) {
+                Offload::Kernel(stream) => {
+                    kernel_tls_used(&shared.stats, None);
+                    Box::new(Metered::new(stream, meter.clone()))
+                }
+                Offload::Rustls(stream, why) => {
+                    kernel_tls_used(&shared.stats, Some(&why));
+                    Box::new(Metered::new(*stream, meter.clone()))
+                }
+                Offload::Lost(e) => {
+                    warn!(error = %crate::error::chain(&e), "kernel TLS failed after the handshake; the connection is closed");
+                    return;
+                }
+            }
+        } else {
+            Box::new(Metered::new(stream, meter.clone()))
+        };
         let ctx = Context::new(peer, local, report, shared.shutdown.for_connection());
         (service, ctx, meter, stream)
     };
@@ -250,12 +272,52 @@ async fn close(mut stream: ServerStream) {
     .await;
 }
 
+/// Counts the path a `--ktls` connection took, and says so in the log: the first time for
+/// each outcome at info level (one line per process, not per connection), then at debug.
+fn kernel_tls_used(stats: &ServerStats, fallback: Option<&Fallback>) {
+    use std::sync::atomic::AtomicBool;
+    static SAID_KERNEL: AtomicBool = AtomicBool::new(false);
+    static SAID_RUSTLS: AtomicBool = AtomicBool::new(false);
+    match fallback {
+        None => {
+            ServerStats::count(&stats.kernel_tls);
+            if !SAID_KERNEL.swap(true, Ordering::Relaxed) {
+                info!("kernel TLS: the kernel carries the records of this connection (later ones: debug log)");
+            } else {
+                debug!("kernel TLS: the kernel carries the records of this connection");
+            }
+        }
+        Some(why) => {
+            ServerStats::count(&stats.kernel_tls_fallbacks);
+            if !SAID_RUSTLS.swap(true, Ordering::Relaxed) {
+                info!(
+                    reason = why.label(),
+                    "kernel TLS: this connection stays on rustls: {why} (later ones: debug log)"
+                );
+            } else {
+                debug!(
+                    reason = why.label(),
+                    "kernel TLS: this connection stays on rustls: {why}"
+                );
+            }
+        }
+    }
+}
+
+/// The handshake. For kernel TLS, reads stop at record boundaries until it ends (see
+/// [`ReadAhead::whole_records`]).
 async fn handshake(
     tcp: TcpStream,
     acceptor: &TlsAcceptor,
+    kernel: bool,
 ) -> std::result::Result<ServerStream, FailureCause> {
     let hello_version = sniff(&tcp).await?;
-    acceptor.accept(ReadAhead::new(tcp)).await.map_err(|e| {
+    let reader = if kernel {
+        ReadAhead::whole_records(tcp)
+    } else {
+        ReadAhead::new(tcp)
+    };
+    acceptor.accept(reader).await.map_err(|e| {
         let cause = FailureCause::classify(&e, Side::Server);
         match (cause, hello_version) {
             // rustls checks other extensions before the version; a hello that says TLS 1.1 or

@@ -22,6 +22,10 @@ pub struct ServerStats {
     pub handshake_failures: AtomicU64,
     /// Connections served now (handshake done, service running).
     pub open: AtomicI64,
+    /// `--ktls` connections whose records the kernel carries.
+    pub kernel_tls: AtomicU64,
+    /// `--ktls` connections that stayed on rustls (see [`super::kernel_tls::Fallback`]).
+    pub kernel_tls_fallbacks: AtomicU64,
     /// Application bytes received, over all connections.
     pub bytes_in: AtomicU64,
     /// Application bytes sent, over all connections.

@@ -162,6 +162,10 @@ pub struct ServerTlsOptions {
     /// Where the secrets of each connection are written, for decrypting a capture (see
     /// [`super::keylog`]). `None`: nowhere (and `SSLKEYLOGFILE` is ignored).
     pub key_log: Option<Arc<dyn KeyLog>>,
+    /// Try to move each connection's records to the kernel after the handshake (`--ktls`;
+    /// see [`crate::net::kernel_tls`]). It sets rustls's `enable_secret_extraction`, which
+    /// is how the server knows.
+    pub kernel_tls: bool,
 }
 
 impl ServerTlsOptions {
@@ -176,6 +180,7 @@ impl ServerTlsOptions {
             crls: Vec::new(),
             policy: AccessPolicy::default(),
             key_log: None,
+            kernel_tls: false,
         }
     }
 
@@ -231,6 +236,7 @@ impl ServerTlsOptions {
         if let Some(key_log) = &self.key_log {
             config.key_log = key_log.clone();
         }
+        config.enable_secret_extraction = self.kernel_tls;
         if self.client_auth == ClientAuth::None {
             // Stateless TLS 1.3 tickets: resumption without a server-side cache.
             config.ticketer =

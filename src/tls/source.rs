@@ -42,6 +42,8 @@ pub struct ServerTlsSource {
     /// Where connection secrets are written (see [`super::keylog`]); every configuration
     /// built from this source, reloads included, writes to it.
     pub key_log: Option<Arc<dyn KeyLog>>,
+    /// Try kernel TLS for each connection's data path (see [`ServerTlsOptions::kernel_tls`]).
+    pub kernel_tls: bool,
 }
 
 impl ServerTlsSource {
@@ -108,6 +110,7 @@ impl ServerTlsSource {
             crls,
             policy: self.policy.clone(),
             key_log: self.key_log.clone(),
+            kernel_tls: self.kernel_tls,
         })
     }
 

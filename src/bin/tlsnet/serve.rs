@@ -133,6 +133,7 @@ pub async fn run(mut args: ServeArgs, matches: Option<ArgMatches>) -> Result<Exi
         client_auth = source.client_auth.name(),
         allow = %if source.policy.is_empty() { "any client the CA signed".to_owned() } else { source.policy.describe() },
         tls12 = args.tls.tls12,
+        ktls = args.tls.ktls,
         hardware_rng = tlsnet::tls::cpu_has_hardware_rng(),
         keylog = args.tls.keylog.is_set(),
         "tlsnet serving"
@@ -186,6 +187,7 @@ fn merge(args: &mut ServeArgs, file: ServeFile, given: impl Fn(&str) -> bool) {
     take!(tls.allow_spki_pin, allow_spki_pin);
     take!(tls.reload_interval, reload_interval);
     take!(tls.tls12, tls12);
+    take!(tls.ktls, ktls);
     take!(tls.pki_dir, pki_dir, Some);
     if let Some(target) = file.keylog {
         if !given("keylog") {

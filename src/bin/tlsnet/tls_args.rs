@@ -78,6 +78,12 @@ pub struct ServerTlsArgs {
     #[arg(long)]
     pub tls12: bool,
 
+    /// After each handshake, let the kernel encrypt and decrypt the connection's records
+    /// (Linux kernel TLS, the `tls` module). Where the kernel cannot (no module, say), the
+    /// connection stays on rustls, and the log says why. See docs/OPERATIONS.md.
+    #[arg(long)]
+    pub ktls: bool,
+
     /// Directory of the development PKI [default: $XDG_STATE_HOME/tlsnet/dev-pki or
     /// ~/.local/state/tlsnet/dev-pki].
     #[arg(long, value_name = "DIR", env = "TLSNET_PKI_DIR")]
@@ -130,6 +136,7 @@ impl ServerTlsArgs {
             allow_uri: self.allow_uri.clone(),
             allow_spki_pin: self.allow_spki_pin.clone(),
             tls12: self.tls12,
+            ktls: self.ktls,
             pki_dir: self.pki_dir.clone(),
             keylog: None,
         }

@@ -1,0 +1,166 @@
+//! Kernel TLS (`--ktls`). On a kernel without the `tls` module, as on the machines CI runs on,
+//! every connection must stay on rustls, lose nothing and say why; on one with it, the same
+//! tests check the kernel's path: `scripts/ktls-vm` boots such a kernel and runs them there
+//! with `TLSNET_REQUIRE_KTLS=1`, which turns "no module" into a failure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tlsnet::net::kernel_tls::kernel_has_tls;
+use tlsnet::net::ServerStats;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Whether the kernel path is expected here; with `TLSNET_REQUIRE_KTLS` set it must be.
+fn kernel_expected() -> bool {
+    let have = kernel_has_tls();
+    assert!(
+        have || std::env::var_os("TLSNET_REQUIRE_KTLS").is_none(),
+        "TLSNET_REQUIRE_KTLS is set, but this kernel has no TLS module"
+    );
+    have
+}
+
+async fn ktls_server(pki: &TestPki) -> TestServer {
+    let mut tls = pki.server_tls();
+    tls.kernel_tls = true;
+    TestServer::start(tls).await
+}
+
+/// How many connections took each path: (kernel, rustls).
+fn paths(stats: &ServerStats) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        stats.kernel_tls.load(Relaxed),
+        stats.kernel_tls_fallbacks.load(Relaxed),
+    )
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_byte_comes_back_on_the_path_the_kernel_allows_and_both_sides_close_cleanly() {
+    bounded(async {
+        let pki = TestPki::new();
+        let server = ktls_server(&pki).await;
+        let (mut stream, report) = connect(&server.addr_string(), &pki.client_tls())
+            .await
+            .unwrap();
+        assert_eq!(report.protocol, "TLSv1.3");
+        // Written at once after the handshake, so some of it may come with the client's
+        // Finished: those bytes must not be lost on the way to the kernel.
+        let data = pattern(3 * 1024 * 1024 + 7, 1);
+        let got = echo_round_trip(&mut stream, &data).await.unwrap();
+        assert!(got == data, "the echo differs");
+        // Our close_notify ends the server's reading; its close_notify ends ours, cleanly.
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let expected = if kernel_expected() { (1, 0) } else { (0, 1) };
+        assert_eq!(
+            paths(&server.stats),
+            expected,
+            "(kernel, rustls) connections"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients_each_get_their_own_bytes() {
+    bounded(async {
+        let pki = TestPki::new();
+        let server = ktls_server(&pki).await;
+        let addr = server.addr_string();
+        let tls = pki.client_tls();
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..50u32 {
+            let (addr, tls) = (addr.clone(), tls.clone());
+            tasks.spawn(async move {
+                let (mut stream, _) = connect(&addr, &tls).await.expect("connect");
+                let data = pattern(40_000 + client as usize * 997, client);
+                let got = echo_round_trip(&mut stream, &data).await.expect("echo");
+                assert!(got == data, "client {client}: the echo differs");
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let expected = if kernel_expected() { (50, 0) } else { (0, 50) };
+        assert_eq!(
+            paths(&server.stats),
+            expected,
+            "(kernel, rustls) connections"
+        );
+    })
+    .await;
+}
+
+/// rustls follows a key update; the kernel path does not, and must end the connection
+/// rather than misread what follows.
+#[tokio::test]
+async fn a_key_update_is_followed_on_rustls_and_ends_a_kernel_connection() {
+    bounded(async {
+        let pki = TestPki::new();
+        let server = ktls_server(&pki).await;
+        let (mut stream, _) = connect(&server.addr_string(), &pki.client_tls())
+            .await
+            .unwrap();
+        let got = echo_round_trip(&mut stream, b"before").await.unwrap();
+        assert_eq!(got, b"before");
+        stream.get_mut().1.refresh_traffic_keys().unwrap();
+        stream.write_all(b"after").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 5];
+            match stream.read_exact(&mut buf).await {
+                Ok(_) => got.extend_from_slice(&buf),
+                Err(e) => println!("read after the key update: {e}"),
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no answer within 10 s after the key update");
+        if kernel_expected() {
+            assert!(
+                got.is_empty(),
+                "the kernel path echoed {got:?} after a key update"
+            );
+        } else {
+            assert_eq!(got, b"after");
+        }
+    })
+    .await;
+}
+
+/// The binary: `serve --ktls` says once which path connections take, and why.
+#[tokio::test]
+async fn serve_says_which_path_its_connections_take() {
+    bounded(async {
+        let pki = TestPki::new();
+        let ca = pki.path("ca.pem");
+        let server =
+            ServeProcess::start_pki(&pki, &["--client-ca", ca.to_str().unwrap(), "--ktls"]);
+        for _ in 0..2 {
+            let (mut stream, _) = connect(&server.addr(), &pki.client_tls()).await.unwrap();
+            let got = echo_round_trip(&mut stream, b"through --ktls")
+                .await
+                .unwrap();
+            assert_eq!(got, b"through --ktls");
+        }
+        let needle = if kernel_expected() {
+            "kernel TLS: the kernel carries the records of this connection"
+        } else {
+            "kernel TLS: this connection stays on rustls: the kernel has no TLS module"
+        };
+        let log = server.wait_for_log(needle);
+        assert_eq!(log.matches("kernel TLS:").count(), 1, "said once:\n{log}");
+    })
+    .await;
+}
