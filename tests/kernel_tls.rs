@@ -164,3 +164,88 @@ async fn serve_says_which_path_its_connections_take() {
     })
     .await;
 }
+
+/// OpenSSL's client over TLS 1.2 and 1.3 (the kernel has a record format for each), with a
+/// client certificate: its line comes back and it exits cleanly.
+#[tokio::test]
+async fn openssl_s_client_over_tls_1_2_and_1_3_gets_its_line_echoed() {
+    require("openssl");
+    bounded(async {
+        let pki = TestPki::new();
+        let mut tls = pki.server_tls();
+        tls.kernel_tls = true;
+        tls.allow_tls12 = true;
+        let server = TestServer::start(tls).await;
+        for version in ["-tls1_2", "-tls1_3"] {
+            let mut command = tokio::process::Command::new("openssl");
+            command
+                .args(["s_client", version, "-connect", &server.addr_string()])
+                .args(["-verify_return_error", "-servername", "localhost"])
+                .arg("-CAfile")
+                .arg(pki.path("ca.pem"))
+                .arg("-cert")
+                .arg(pki.path("client.pem"))
+                .arg("-key")
+                .arg(pki.path("client-key.pem"));
+            let mut client = Proc::spawn("openssl s_client", command);
+            let line = format!("hello over {version}\n");
+            client.write_stdin(line.as_bytes()).await;
+            client.wait_for_stdout(&line).await;
+            let status = client.finish(STEP).await;
+            assert!(status.success(), "{}", client.describe());
+            let want = if version == "-tls1_2" {
+                "TLSv1.2"
+            } else {
+                "TLSv1.3"
+            };
+            assert!(
+                squeeze(&client.stdout()).contains(&format!("New, {want}, Cipher is")),
+                "{}",
+                client.describe()
+            );
+        }
+        let expected = if kernel_expected() { (2, 0) } else { (0, 2) };
+        assert_eq!(
+            paths(&server.stats),
+            expected,
+            "(kernel, rustls) connections"
+        );
+    })
+    .await;
+}
+
+/// `tunnel server --ktls`: the client's half-close reaches the backend (as close_notify, then
+/// EOF), the backend's answer and its close come back (close_notify from the kernel path).
+#[tokio::test]
+async fn a_tunnel_relays_both_ways_with_half_close() {
+    bounded(async {
+        let pki = TestPki::new();
+        let backend = TestBackend::start(|mut tcp| async move {
+            let mut request = Vec::new();
+            if tcp.read_to_end(&mut request).await.is_ok() {
+                let answer = format!("got {} bytes", request.len());
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        })
+        .await;
+        let (mut server, addr) =
+            start_tunnel_server(&pki, &backend.target(), &["--allow-all", "--ktls"]).await;
+        let (mut stream, _) = connect(&addr, &pki.client_tls()).await.unwrap();
+        let data = pattern(1024 * 1024 + 3, 9);
+        stream.write_all(&data).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(STEP, stream.read_to_end(&mut got))
+            .await
+            .expect("answer in time")
+            .expect("a clean close after the answer");
+        assert_eq!(got, format!("got {} bytes", data.len()).as_bytes());
+        let needle = if kernel_expected() {
+            "the kernel carries the records"
+        } else {
+            "stays on rustls"
+        };
+        server.wait_for_stderr(needle).await;
+    })
+    .await;
+}

@@ -30,8 +30,12 @@ use tokio::net::TcpStream;
 
 use super::server::ServerStream;
 
-/// The most plaintext a TLS record carries: the kernel never returns more for one record.
+/// The most plaintext a TLS record carries.
 const RECORD: usize = 16 * 1024;
+
+/// The most a read asks the kernel for once a read has filled a record's worth (a bulk
+/// transfer; the kernel returns the data of several records in one read).
+const READ_AHEAD: usize = super::read_ahead::READ_AHEAD;
 
 /// Why a connection stays on rustls.
 #[derive(Debug)]
@@ -158,6 +162,7 @@ pub fn offload(mut stream: ServerStream) -> Offload {
         Ok(()) => Offload::Kernel(KernelStream {
             tcp,
             buf: early,
+            want: RECORD,
             read_closed: false,
             write_closed: false,
             // Stop a safe margin before the limit: a write may be split into more records
@@ -223,6 +228,8 @@ pub struct KernelStream {
     tcp: TcpStream,
     /// Plaintext read and not yet consumed; empty and unallocated while idle.
     buf: BytesMut,
+    /// How much the next read asks for: a record, or [`READ_AHEAD`] once a read filled that.
+    want: usize,
     read_closed: bool,
     write_closed: bool,
     /// How many more records may be sent under the current key.
@@ -266,7 +273,7 @@ impl AsyncBufRead for KernelStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         while this.buf.is_empty() && !this.read_closed {
-            this.buf.reserve(RECORD);
+            this.buf.reserve(this.want);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.tcp), cx, &mut this.buf) {
                 Poll::Ready(Ok(0)) => {
                     this.buf = BytesMut::new();
@@ -275,7 +282,11 @@ impl AsyncBufRead for KernelStream {
                         "the peer closed the connection without sending TLS close_notify",
                     )));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if n >= this.want {
+                        this.want = READ_AHEAD;
+                    }
+                }
                 Poll::Ready(Err(e)) if ktls::is_other_record(&e) => match this.control_record() {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
