@@ -28,13 +28,15 @@ async fn ktls_server(pki: &TestPki) -> TestServer {
     TestServer::start(tls).await
 }
 
-/// How many connections took each path: (kernel, rustls).
-fn paths(stats: &ServerStats) -> (u64, u64) {
+/// Checks that all `n` connections took the path this kernel allows (none the other).
+fn assert_paths(stats: &ServerStats, n: u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    (
+    let paths = (
         stats.kernel_tls.load(Relaxed),
         stats.kernel_tls_fallbacks.load(Relaxed),
-    )
+    );
+    let expected = if kernel_expected() { (n, 0) } else { (0, n) };
+    assert_eq!(paths, expected, "(kernel, rustls) connections");
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -62,12 +64,7 @@ async fn every_byte_comes_back_on_the_path_the_kernel_allows_and_both_sides_clos
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        let expected = if kernel_expected() { (1, 0) } else { (0, 1) };
-        assert_eq!(
-            paths(&server.stats),
-            expected,
-            "(kernel, rustls) connections"
-        );
+        assert_paths(&server.stats, 1);
     })
     .await;
 }
@@ -92,12 +89,7 @@ async fn fifty_concurrent_clients_each_get_their_own_bytes() {
         while let Some(done) = tasks.join_next().await {
             done.unwrap();
         }
-        let expected = if kernel_expected() { (50, 0) } else { (0, 50) };
-        assert_eq!(
-            paths(&server.stats),
-            expected,
-            "(kernel, rustls) connections"
-        );
+        assert_paths(&server.stats, 50);
     })
     .await;
 }
@@ -204,12 +196,7 @@ async fn openssl_s_client_over_tls_1_2_and_1_3_gets_its_line_echoed() {
                 client.describe()
             );
         }
-        let expected = if kernel_expected() { (2, 0) } else { (0, 2) };
-        assert_eq!(
-            paths(&server.stats),
-            expected,
-            "(kernel, rustls) connections"
-        );
+        assert_paths(&server.stats, 2);
     })
     .await;
 }
