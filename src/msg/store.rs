@@ -1798,7 +1798,25 @@ mod tests {
             assert_eq!(ids(&store.pending_raw("carol", m2, 10).unwrap()), [m3, b1]);
             assert_eq!(ids(&store.pending_raw("carol", m1, 2).unwrap()), [m2, m3]);
             assert_eq!(store.queue_len("carol").unwrap(), 4);
+            // A direct message to carol: her queue and her cursor merge in id order, the
+            // first `limit` of both.
+            let d = r.block_on(async {
+                let to = Target::User("carol".into());
+                store
+                    .send("bob", to, "d".into(), 1)
+                    .await
+                    .unwrap()
+                    .message
+                    .id
+            });
+            assert_eq!(
+                ids(&store.pending_raw("carol", 0, 3).unwrap()),
+                [m1, m2, m3]
+            );
+            assert_eq!(ids(&store.pending_raw("carol", m3, 3).unwrap()), [b1, d]);
+            assert_eq!(store.queue_len("carol").unwrap(), 5);
             r.block_on(async {
+                assert_eq!(ids_of(&store.ack("carol", vec![d]).await.unwrap()), [d]);
                 let acked = store.ack("bob", vec![m3, m1, m3]).await.unwrap();
                 let got: Vec<(u64, &str)> = acked.iter().map(|a| (a.id, &*a.from)).collect();
                 assert_eq!(got, [(m3, "alice"), (m1, "alice")]);
