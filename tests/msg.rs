@@ -245,17 +245,110 @@ async fn offline_recipient_gets_everything_in_order_after_a_server_restart() {
     .await;
 }
 
+/// A room member who was away gets the room's messages after a restart, in order; what they
+/// did not acknowledge (here every other one) comes again on their next connection, and only
+/// that; once all is acknowledged, nothing comes.
+#[tokio::test]
+async fn a_room_member_gets_again_only_what_they_did_not_acknowledge() {
+    bounded(async {
+        let pki = TestPki::new();
+        let mut server = MsgServer::start(&pki, &[]).await;
+        let mut alice = msg_user(&pki, &server.addr(), "alice").await;
+        alice.create("ops").await.unwrap();
+        let mut bob = msg_user(&pki, &server.addr(), "bob").await;
+        bob.join("ops").await.unwrap();
+        bob.close().await;
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let room = To::Room("ops".into());
+            ids.push(alice.send(room, &format!("r{i}")).await.unwrap().id);
+        }
+        alice.close().await;
+        server.stop().await;
+        server.restart(&pki).await;
+        let addr = server.addr();
+        let (mut bob, got) = take(&pki, &addr, 20).await;
+        assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
+        let every_other: Vec<u64> = ids.iter().copied().step_by(2).collect();
+        bob.ack(&every_other).await.unwrap();
+        // Answered after the ACK's commit (requests are answered in order).
+        bob.members("ops").await.unwrap();
+        bob.close().await;
+        let (mut bob, again) = take(&pki, &addr, 10).await;
+        let rest: Vec<u64> = ids.iter().copied().skip(1).step_by(2).collect();
+        assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), rest);
+        no_message(&mut bob, Duration::from_millis(300)).await;
+        bob.ack(&rest).await.unwrap();
+        bob.members("ops").await.unwrap();
+        bob.close().await;
+        let (mut bob, _) = take(&pki, &addr, 0).await;
+        no_message(&mut bob, Duration::from_millis(500)).await;
+    })
+    .await;
+}
+
+/// Connects as bob and takes `n` messages, unacknowledged.
+async fn take(
+    pki: &TestPki,
+    addr: &str,
+    n: usize,
+) -> (
+    MsgClient<tlsnet::net::client::ClientStream>,
+    Vec<codec::Message>,
+) {
+    let mut bob = msg_user(pki, addr, "bob").await;
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(deliver(&mut bob).await);
+    }
+    (bob, got)
+}
+
 /// Senders send to `sink` while the server is killed with SIGKILL at random moments and
 /// restarted; every message whose acknowledgement a sender saw reaches the sink exactly once,
 /// in each sender's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_message() {
+    kill_9_under_load(false).await;
+}
+
+/// The same with the senders and the sink in one room: what the sink has not acknowledged is
+/// past its cursor, and comes whole and once after the kills (the senders never acknowledge
+/// each other's messages, hence the large `--max-queue`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_room_message() {
+    kill_9_under_load(true).await;
+}
+
+async fn kill_9_under_load(room: bool) {
     bounded(async {
         let pki = TestPki::new();
-        let mut server = MsgServer::start(&pki, &["--rate-limit", "0"]).await;
+        let mut server =
+            MsgServer::start(&pki, &["--rate-limit", "0", "--max-queue", "1000000"]).await;
         let addr = server.addr();
-        let stop = tokio_util::sync::CancellationToken::new();
         let senders = ["s1", "s2", "s3"];
+        let to = move || {
+            if room {
+                To::Room("load".into())
+            } else {
+                To::User("sink".into())
+            }
+        };
+        if room {
+            let mut first = msg_user(&pki, &addr, "sink").await;
+            first.create("load").await.unwrap();
+            first.close().await;
+            for name in senders {
+                let mut c = msg_user(&pki, &addr, name).await;
+                c.join("load").await.unwrap();
+                c.close().await;
+            }
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
         let mut tasks = Vec::new();
         for name in senders {
             let stem = pki.user(name);
@@ -283,7 +376,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
                     };
                     while !stop.is_cancelled() {
                         n += 1;
-                        match c.send(To::User("sink".into()), &format!("{n}")).await {
+                        match c.send(to(), &format!("{n}")).await {
                             Ok(a) => acked.push((a.id, n)),
                             Err(_) => break, // killed: reconnect; this one may or may not be stored
                         }

@@ -8,13 +8,25 @@
 //! disk. A job that is refused (a full queue, an unknown room) changes nothing and is
 //! answered with the reason; a storage error fails the whole batch, and nothing of it is
 //! answered as done. What many jobs of a batch change (the message counter, a conversation's
-//! sequence, a queue's length) is kept in memory during the batch and written once, before
-//! the commit: the same transaction, so a crash keeps all of the batch or none of it.
+//! sequence, a queue's length, a member's cursor) is kept in memory during the batch and
+//! written once, before the commit: the same transaction, so a crash keeps all of the batch or
+//! none of it.
 //!
 //! What is kept: each message once (by id, as JSON), its place in its conversation
-//! (conversation, sequence → id), one queue entry per recipient that has not acknowledged it
-//! (user, id), rooms and their members, who has talked to whom (for presence), and when each
-//! user was last seen. Messages stay for history after every recipient has acknowledged them.
+//! (conversation, sequence → id), rooms and their members, who has talked to whom (for
+//! presence), and when each user was last seen. What a recipient still has to receive is kept
+//! two ways: a direct message has one queue entry (user, id) until the recipient acknowledges
+//! it; a room message has none, each member has a [`cursor::Cursor`] per room instead (the
+//! room sequence up to which they are done, and the few past it done out of order), and what
+//! they have to receive is the room's messages past it. So a message to a room of 100 is one
+//! message row and one history row, and its 99 `ACK`s move 99 cursors, each written once per
+//! group commit, however many messages it acknowledged. Messages stay for history after every
+//! recipient has acknowledged them.
+//!
+//! The format is number [`FORMAT`] (`meta` `format`). A store of format 1 (tlsnet before the
+//! cursors: every room message queued per member) is brought to 2 when it is opened: each
+//! member gets a cursor at the room's latest message, and the room messages already queued
+//! stay queued, delivered and acknowledged as they were. A store of a later format is refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,12 +35,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use super::codec::Message;
 
+mod cursor;
 mod memo;
-use memo::{Bodies, Memo};
+use cursor::Cursor;
+use memo::{Bodies, Memo, Origin};
 
 /// The most jobs committed together.
 pub const MAX_BATCH: usize = 1024;
@@ -44,6 +58,12 @@ const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members
 const MEMBER_OF: TableDefinition<(&str, &str), ()> = TableDefinition::new("member_of");
 const CONTACTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("contacts");
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// (user, room) → the member's [`Cursor`], encoded.
+const CURSORS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("room_cursors");
+
+/// The store's format: 2 since room members have cursors (1, or no `format` in `meta`: every
+/// room message queued per member).
+pub const FORMAT: u64 = 2;
 
 /// When a committed batch is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -183,8 +203,20 @@ pub fn conversation(from: &str, target: &Target) -> Vec<u8> {
             };
             [b"d\0", a.as_bytes(), b"\0", b.as_bytes()].concat()
         }
-        Target::Room(room) => [b"r\0", room.as_bytes()].concat(),
+        Target::Room(room) => room_key(room),
     }
+}
+
+fn room_of(target: &Target) -> Option<&str> {
+    match target {
+        Target::Room(room) => Some(room),
+        Target::User(_) => None,
+    }
+}
+
+/// The conversation key of a room, `r\0ROOM`.
+fn room_key(room: &str) -> Vec<u8> {
+    [b"r\0", room.as_bytes()].concat()
 }
 
 /// A stored message and who it was queued for.
@@ -304,7 +336,8 @@ impl Store {
             )
         })?;
         let db = Arc::new(db);
-        // Make every table, so that readers never meet a missing one.
+        // Make every table, so that readers never meet a missing one; an older store is
+        // brought to this format.
         init_tables(&db)
             .map_err(|e| crate::Error::unusable(format!("message store {}", path.display()), e))?;
         let (jobs, queue) = mpsc::sync_channel::<Job>(4 * MAX_BATCH);
@@ -536,6 +569,43 @@ impl Store {
                 break;
             }
         }
+        // The rooms' messages past the user's cursors, up to `limit` from each, then the
+        // first `limit` of all in id order.
+        let mut rooms = false;
+        {
+            let cursors = tx.open_table(CURSORS).map_err(db_err("read the cursors"))?;
+            let mut mine = cursors
+                .range((user, "")..)
+                .map_err(db_err("read the cursors"))?
+                .peekable();
+            // Only a user in a room needs the other tables (an error is raised in the loop).
+            if mine
+                .peek()
+                .is_some_and(|e| e.as_ref().map_or(true, |(k, _)| k.value().0 == user))
+            {
+                let seqs = tx.open_table(SEQS).map_err(db_err("read a sequence"))?;
+                let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
+                for entry in mine {
+                    let (key, value) = entry.map_err(db_err("read the cursors"))?;
+                    let (member, room) = key.value();
+                    if member != user {
+                        break;
+                    }
+                    let Some(cursor) = Cursor::decode(value.value()) else {
+                        error!(user, room, "message store: a member's cursor does not parse; the room's messages are not delivered to them");
+                        continue;
+                    };
+                    rooms = true;
+                    let conv = room_key(room);
+                    room_pending(&seqs, &history, &conv, &cursor, start, limit, &mut ids)?;
+                }
+            }
+        }
+        if rooms {
+            ids.sort_unstable();
+            ids.dedup();
+            ids.truncate(limit);
+        }
         // The latest messages from memory, the others (and those a message table without
         // them would skip) from the database.
         let mut missing = Vec::new();
@@ -563,13 +633,36 @@ impl Store {
         Ok(out)
     }
 
-    /// Messages waiting for `user`.
+    /// Messages waiting for `user`: in their queue (direct messages) and past their cursors
+    /// in their rooms.
     pub fn queue_len(&self, user: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("read"))?;
         let t = tx.open_table(QUEUE_LEN).map_err(db_err("read the queue"))?;
-        Ok(t.get(user)
+        let mut len = t
+            .get(user)
             .map_err(db_err("read the queue"))?
-            .map_or(0, |v| v.value()))
+            .map_or(0, |v| v.value());
+        let cursors = tx.open_table(CURSORS).map_err(db_err("read the cursors"))?;
+        let seqs = tx.open_table(SEQS).map_err(db_err("read a sequence"))?;
+        for entry in cursors
+            .range((user, "")..)
+            .map_err(db_err("read the cursors"))?
+        {
+            let (key, value) = entry.map_err(db_err("read the cursors"))?;
+            let (member, room) = key.value();
+            if member != user {
+                break;
+            }
+            let conv = room_key(room);
+            let latest = seqs
+                .get(conv.as_slice())
+                .map_err(db_err("read a sequence"))?
+                .map_or(0, |v| v.value());
+            if let Some(c) = Cursor::decode(value.value()) {
+                len += c.waiting(latest);
+            }
+        }
+        Ok(len)
     }
 
     /// A page of a conversation: up to `limit` messages with a sequence number below
@@ -667,25 +760,98 @@ fn create_private_dir(dir: &Path) -> crate::Result<()> {
         .map_err(|e| crate::Error::file(dir, "create directory", e))
 }
 
-fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
-    Box::new(e.into())
+/// Why a store cannot be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("cannot prepare its tables")]
+    Tables(#[source] Box<redb::Error>),
+    #[error("cannot bring it from format {from} to {FORMAT} (room cursors); it is unchanged")]
+    Migrate {
+        from: u64,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("it is in format {found}, written by a newer tlsnet; this one reads formats 1 to {FORMAT} (run the newer tlsnet on it, or a copy of the store from before it)")]
+    Newer { found: u64 },
 }
 
-fn init_tables(db: &Database) -> Result<(), Box<redb::Error>> {
-    let tx = db.begin_write().map_err(boxed)?;
-    tx.open_table(META).map_err(boxed)?;
-    tx.open_table(MESSAGES).map_err(boxed)?;
-    tx.open_table(SEQS).map_err(boxed)?;
-    tx.open_table(HISTORY).map_err(boxed)?;
-    tx.open_table(QUEUE).map_err(boxed)?;
-    tx.open_table(QUEUE_LEN).map_err(boxed)?;
-    tx.open_table(ROOMS).map_err(boxed)?;
-    tx.open_table(MEMBERS).map_err(boxed)?;
-    tx.open_table(MEMBER_OF).map_err(boxed)?;
-    tx.open_table(CONTACTS).map_err(boxed)?;
-    tx.open_table(SEEN).map_err(boxed)?;
-    tx.commit().map_err(boxed)?;
+fn tables_err(e: impl Into<redb::Error>) -> OpenError {
+    OpenError::Tables(Box::new(e.into()))
+}
+
+/// Makes every table (so that readers never meet a missing one) and brings an older store to
+/// [`FORMAT`], in one transaction: a crash on the way leaves the store as it was.
+fn init_tables(db: &Database) -> Result<(), OpenError> {
+    let tx = db.begin_write().map_err(tables_err)?;
+    for t in [QUEUE_LEN, ROOMS, SEEN] {
+        tx.open_table(t).map_err(tables_err)?;
+    }
+    tx.open_table(MESSAGES).map_err(tables_err)?;
+    tx.open_table(SEQS).map_err(tables_err)?;
+    tx.open_table(HISTORY).map_err(tables_err)?;
+    tx.open_table(QUEUE).map_err(tables_err)?;
+    for t in [MEMBERS, MEMBER_OF, CONTACTS] {
+        tx.open_table(t).map_err(tables_err)?;
+    }
+    tx.open_table(CURSORS).map_err(tables_err)?;
+    let format = {
+        let meta = tx.open_table(META).map_err(tables_err)?;
+        let format = meta.get("format").map_err(tables_err)?.map(|v| v.value());
+        format
+    };
+    match format {
+        Some(FORMAT) => {}
+        Some(found) if found > FORMAT => return Err(OpenError::Newer { found }),
+        older => {
+            let from = older.unwrap_or(1);
+            let cursors = migrate(&tx).map_err(|source| OpenError::Migrate { from, source })?;
+            if cursors > 0 {
+                info!(
+                    from,
+                    to = FORMAT,
+                    cursors,
+                    "message store: brought to the current format (room cursors)"
+                );
+            }
+        }
+    }
+    tx.commit().map_err(tables_err)?;
     Ok(())
+}
+
+/// Format 1 to 2: every room member gets a cursor at the room's latest message (what they
+/// have not acknowledged of the older ones stays in their queue, as format 1 kept it); the
+/// format is recorded. Returns the cursors made.
+fn migrate(tx: &redb::WriteTransaction) -> Result<u64, Box<redb::Error>> {
+    let mut made = 0;
+    let members = tx.open_table(MEMBERS).map_err(boxed)?;
+    let seqs = tx.open_table(SEQS).map_err(boxed)?;
+    let mut cursors = tx.open_table(CURSORS).map_err(boxed)?;
+    for entry in members.iter().map_err(boxed)? {
+        let (key, _) = entry.map_err(boxed)?;
+        let (room, user) = key.value();
+        let conv = room_key(room);
+        if cursors.get((user, room)).map_err(boxed)?.is_some() {
+            continue;
+        }
+        let latest = seqs
+            .get(conv.as_slice())
+            .map_err(boxed)?
+            .map_or(0, |v| v.value());
+        cursors
+            .insert((user, room), Cursor::at(latest).encode().as_slice())
+            .map_err(boxed)?;
+        made += 1;
+    }
+    tx.open_table(META)
+        .map_err(boxed)?
+        .insert("format", FORMAT)
+        .map_err(boxed)?;
+    Ok(made)
+}
+
+fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
+    Box::new(e.into())
 }
 
 fn load(
@@ -708,27 +874,97 @@ fn parse(id: u64, bytes: &[u8]) -> Option<Message> {
     }
 }
 
-/// The sender of a stored message, read without decoding the rest into owned fields (an
-/// `ACK` needs only that, for the receipt), when the writer's memory no longer has it.
-fn sender_of(
+/// Where a stored message comes from (its sender, its room and sequence there), read without
+/// decoding the rest into owned fields (an `ACK` needs only that, for the receipt and the
+/// cursor), when the writer's memory no longer has it.
+fn origin_of(
     messages: &impl ReadableTable<u64, &'static [u8]>,
     id: u64,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Origin>, StoreError> {
     #[derive(serde::Deserialize)]
-    struct From<'a> {
+    struct Fields<'a> {
         #[serde(borrow)]
         from: std::borrow::Cow<'a, str>,
+        #[serde(borrow, default)]
+        room: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        seq: u64,
     }
     let Some(bytes) = messages.get(id).map_err(db_err("read a message"))? else {
         return Ok(None);
     };
-    match serde_json::from_slice::<From<'_>>(bytes.value()) {
-        Ok(f) => Ok(Some(f.from.into_owned())),
+    match serde_json::from_slice::<Fields<'_>>(bytes.value()) {
+        Ok(f) => Ok(Some(Origin {
+            from: Arc::from(&*f.from),
+            room: f.room.map(|r| (Arc::from(&*r), f.seq)),
+        })),
         Err(e) => {
             error!(id, error = %e, "message store: a stored message does not parse; no receipt");
             Ok(None)
         }
     }
+}
+
+/// Adds to `ids` the ids of up to `limit` messages of the room `conv` that are past `cursor`
+/// and have an id of at least `start` (those below were sent already on this connection),
+/// in order.
+fn room_pending(
+    seqs: &impl ReadableTable<&'static [u8], u64>,
+    history: &impl ReadableTable<(&'static [u8], u64), u64>,
+    conv: &[u8],
+    cursor: &Cursor,
+    start: u64,
+    limit: usize,
+    ids: &mut Vec<u64>,
+) -> Result<(), StoreError> {
+    let latest = seqs
+        .get(conv)
+        .map_err(db_err("read a sequence"))?
+        .map_or(0, |v| v.value());
+    if latest <= cursor.acked() {
+        return Ok(());
+    }
+    let id_at = |seq: u64| -> Result<Option<u64>, StoreError> {
+        Ok(history
+            .get((conv, seq))
+            .map_err(db_err("read history"))?
+            .map(|v| v.value()))
+    };
+    // The first sequence with an id of at least `start`: ids grow with sequences in a
+    // conversation, so a binary search skips what this connection has in flight (up to the
+    // window) in a few reads. A gap in the history (which a store never has) falls back to
+    // reading from the cursor on.
+    let (mut lo, mut hi) = (cursor.acked() + 1, latest + 1);
+    if start > 1 {
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match id_at(mid)? {
+                Some(id) if id < start => lo = mid + 1,
+                Some(_) => hi = mid,
+                None => {
+                    lo = cursor.acked() + 1;
+                    break;
+                }
+            }
+        }
+    }
+    let mut taken = 0;
+    for entry in history
+        .range((conv, lo)..=(conv, latest))
+        .map_err(db_err("read history"))?
+    {
+        let (key, id) = entry.map_err(db_err("read history"))?;
+        let (seq, id) = (key.value().1, id.value());
+        if id < start || !cursor.is_pending(seq) {
+            continue;
+        }
+        ids.push(id);
+        taken += 1;
+        if taken >= limit {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The second halves of the `(first, _)` keys of a pair table, sorted.
@@ -839,12 +1075,12 @@ impl Writer {
             Durability::Eventual
         });
         let mut results = Vec::with_capacity(ops.len());
-        let (lens, written) = {
+        let (lens, cursors, written) = {
             let mut t = Tables::open(&tx, &mut self.memo)?;
             for op in ops {
                 results.push(t.apply(op, &self.options));
             }
-            let lens = t.flush()?;
+            let (lens, cursors) = t.flush()?;
             // A storage error in any op fails the batch: nothing of it is committed.
             if let Some(Err(e @ StoreError::Storage { .. })) = results
                 .iter()
@@ -852,10 +1088,11 @@ impl Writer {
             {
                 return Err(e.clone());
             }
-            (lens, std::mem::take(&mut t.written))
+            (lens, cursors, std::mem::take(&mut t.written))
         };
         tx.commit().map_err(db_err("commit"))?;
         self.memo.set_lens(lens);
+        self.memo.set_cursors(cursors);
         if !written.is_empty() {
             let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
             for (id, body) in written {
@@ -865,6 +1102,9 @@ impl Writer {
         Ok(results)
     }
 }
+
+/// Cursors by room, then member (`None`: the member left the room).
+type Cursors = HashMap<String, HashMap<String, Option<Cursor>>>;
 
 struct Tables<'t, 'm> {
     meta: redb::Table<'t, &'static str, u64>,
@@ -878,11 +1118,13 @@ struct Tables<'t, 'm> {
     member_of: redb::Table<'t, (&'static str, &'static str), ()>,
     contacts: redb::Table<'t, (&'static str, &'static str), ()>,
     seen: redb::Table<'t, &'static str, u64>,
-    /// The batch's message counter, sequences and queue lengths, written by
-    /// [`Tables::flush`] before the commit.
+    cursors: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    /// The batch's message counter, sequences, queue lengths and cursors (by room, then
+    /// member; `None`: the member left), written by [`Tables::flush`] before the commit.
     next_id: Option<u64>,
     seq_of: HashMap<Vec<u8>, u64>,
     lens: HashMap<String, u64>,
+    cur_of: Cursors,
     /// The writer's memory: read here before the tables, kept up to date by every op.
     memo: &'m mut Memo,
     /// The messages the batch wrote, for [`Bodies`] once committed.
@@ -904,9 +1146,11 @@ impl<'t, 'm> Tables<'t, 'm> {
             member_of: tx.open_table(MEMBER_OF).map_err(db_err("open a table"))?,
             contacts: tx.open_table(CONTACTS).map_err(db_err("open a table"))?,
             seen: tx.open_table(SEEN).map_err(e)?,
+            cursors: tx.open_table(CURSORS).map_err(db_err("open a table"))?,
             next_id: None,
             seq_of: HashMap::new(),
             lens: HashMap::new(),
+            cur_of: HashMap::new(),
             memo,
             written: Vec::new(),
         })
@@ -951,6 +1195,7 @@ impl<'t, 'm> Tables<'t, 'm> {
                 self.member_of
                     .remove((user.as_str(), room.as_str()))
                     .map_err(db_err("leave a room"))?;
+                self.unwind_cursor(&user, &room)?;
                 Ok(Done::Ok)
             }
             Op::Seen { user, time } => {
@@ -978,15 +1223,120 @@ impl<'t, 'm> Tables<'t, 'm> {
         }
     }
 
+    /// Makes `user` a member (nothing changes when they are one): their cursor starts at the
+    /// room's latest message, so they receive what comes after.
     fn add_member(&mut self, user: &str, room: &str) -> Result<(), StoreError> {
         self.memo.forget_room(room);
-        self.members
+        let was = self
+            .members
             .insert((room, user), ())
-            .map_err(db_err("join a room"))?;
+            .map_err(db_err("join a room"))?
+            .is_some();
         self.member_of
             .insert((user, room), ())
             .map_err(db_err("join a room"))?;
+        if !was || self.cursor_of(room, user)?.is_none() {
+            let latest = self.seq_now(&room_key(room))?;
+            self.set_cursor(room, user, Some(Cursor::at(latest)));
+        }
         Ok(())
+    }
+
+    /// `user` left `room`: what they have not received of it is queued for them one entry per
+    /// message (as a direct message is), so that they still receive it, and the cursor goes.
+    fn unwind_cursor(&mut self, user: &str, room: &str) -> Result<(), StoreError> {
+        let Some(cursor) = self.cursor_of(room, user)? else {
+            return Ok(());
+        };
+        let conv = room_key(room);
+        let latest = self.seq_now(&conv)?;
+        let mut ids = Vec::new();
+        if latest > cursor.acked() {
+            for entry in self
+                .history
+                .range((conv.as_slice(), cursor.acked() + 1)..=(conv.as_slice(), latest))
+                .map_err(db_err("read history"))?
+            {
+                let (key, id) = entry.map_err(db_err("read history"))?;
+                if cursor.is_pending(key.value().1) {
+                    ids.push(id.value());
+                }
+            }
+        }
+        for &id in &ids {
+            self.queue
+                .insert((user, id), ())
+                .map_err(db_err("queue a message"))?;
+        }
+        if !ids.is_empty() {
+            let len = self.len_of(user)?;
+            self.set_len(user, len + ids.len() as u64);
+        }
+        self.set_cursor(room, user, None);
+        Ok(())
+    }
+
+    /// The latest sequence of a conversation, as of this batch.
+    fn seq_now(&self, conv: &[u8]) -> Result<u64, StoreError> {
+        if let Some(&seq) = self.seq_of.get(conv) {
+            return Ok(seq);
+        }
+        Ok(self
+            .seqs
+            .get(conv)
+            .map_err(db_err("read a sequence"))?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// A member's cursor in a room as of this batch; `None` when they have none (not a
+    /// member).
+    fn cursor_of(&self, room: &str, user: &str) -> Result<Option<Cursor>, StoreError> {
+        self.with_cursor(room, user, |c| c.cloned())
+    }
+
+    /// `f` of a member's cursor as of this batch, without a copy when it is in memory.
+    fn with_cursor<R>(
+        &self,
+        room: &str,
+        user: &str,
+        f: impl FnOnce(Option<&Cursor>) -> R,
+    ) -> Result<R, StoreError> {
+        if let Some(c) = self.cur_of.get(room).and_then(|m| m.get(user)) {
+            return Ok(f(c.as_ref()));
+        }
+        if let Some(c) = self.memo.cursor(room, user) {
+            return Ok(f(Some(c)));
+        }
+        let Some(value) = self
+            .cursors
+            .get((user, room))
+            .map_err(db_err("read a member's cursor"))?
+        else {
+            return Ok(f(None));
+        };
+        match Cursor::decode(value.value()) {
+            Some(c) => Ok(f(Some(&c))),
+            None => Err(storage("read a member's cursor")(redb::Error::Corrupted(
+                format!(
+                    "the cursor of {user:?} in room {room:?} is not one ({} bytes)",
+                    value.value().len()
+                ),
+            ))),
+        }
+    }
+
+    /// A member's new cursor, written once per batch by [`Tables::flush`].
+    fn set_cursor(&mut self, room: &str, user: &str, cursor: Option<Cursor>) {
+        let users = match self.cur_of.get_mut(room) {
+            Some(users) => users,
+            None => self.cur_of.entry(room.to_owned()).or_default(),
+        };
+        match users.get_mut(user) {
+            Some(c) => *c = cursor,
+            None => {
+                users.insert(user.to_owned(), cursor);
+            }
+        }
     }
 
     fn send(
@@ -997,12 +1347,22 @@ impl<'t, 'm> Tables<'t, 'm> {
         time: u64,
         options: &StoreOptions,
     ) -> Result<Done, StoreError> {
-        let recipients = match &target {
+        let conv = conversation(&from, &target);
+        // Every check before any write: a refused message changes nothing.
+        let (recipients, lens) = match &target {
             Target::User(to) => {
                 if *to == from {
-                    Vec::new()
+                    (Vec::new(), Vec::new())
                 } else {
-                    vec![to.clone()]
+                    let len = self.len_of(to)?;
+                    if len >= options.max_queue {
+                        return Err(Refusal::QueueFull {
+                            user: to.clone(),
+                            limit: options.max_queue,
+                        }
+                        .into());
+                    }
+                    (vec![to.clone()], vec![len])
                 }
             }
             Target::Room(room) => {
@@ -1010,22 +1370,22 @@ impl<'t, 'm> Tables<'t, 'm> {
                 if members.binary_search(&from).is_err() {
                     return Err(Refusal::NotAMember(room.clone()).into());
                 }
-                members.iter().filter(|m| **m != from).cloned().collect()
+                // A member's queue in a room: the room's messages past their cursor.
+                let latest = self.seq_now(&conv)?;
+                for user in members.iter().filter(|m| **m != from) {
+                    let waiting = self.with_cursor(room, user, |c| c.map(|c| c.waiting(latest)))?;
+                    if waiting.unwrap_or(0) >= options.max_queue {
+                        return Err(Refusal::QueueFull {
+                            user: user.clone(),
+                            limit: options.max_queue,
+                        }
+                        .into());
+                    }
+                }
+                let recipients = members.iter().filter(|m| **m != from).cloned().collect();
+                (recipients, Vec::new())
             }
         };
-        // Every check before any write: a refused message changes nothing.
-        let mut lens = Vec::with_capacity(recipients.len());
-        for user in &recipients {
-            let len = self.len_of(user)?;
-            if len >= options.max_queue {
-                return Err(Refusal::QueueFull {
-                    user: user.clone(),
-                    limit: options.max_queue,
-                }
-                .into());
-            }
-            lens.push(len);
-        }
         let id = match self.next_id {
             Some(id) => id,
             None => self
@@ -1035,16 +1395,10 @@ impl<'t, 'm> Tables<'t, 'm> {
                 .map_or(1, |v| v.value()),
         };
         self.next_id = Some(id + 1);
-        self.memo.senders.push(id, &from);
-        let conv = conversation(&from, &target);
-        let seq = match self.seq_of.get(&conv) {
-            Some(&seq) => seq,
-            None => self
-                .seqs
-                .get(conv.as_slice())
-                .map_err(db_err("read a sequence"))?
-                .map_or(0, |v| v.value()),
-        } + 1;
+        let seq = self.seq_now(&conv)? + 1;
+        self.memo
+            .senders
+            .push(id, &from, room_of(&target).map(|r| (r, seq)));
         let (to, room) = match &target {
             Target::User(u) => (Some(u.clone()), None),
             Target::Room(r) => (None, Some(r.clone())),
@@ -1067,11 +1421,20 @@ impl<'t, 'm> Tables<'t, 'm> {
             .insert((conv.as_slice(), seq), id)
             .map_err(db_err("write history"))?;
         self.seq_of.insert(conv, seq);
+        // A direct message is queued for its recipient; a room message is past its members'
+        // cursors already, but for its sender's: it is done for them.
         for (user, len) in recipients.iter().zip(lens) {
             self.queue
                 .insert((user.as_str(), id), ())
                 .map_err(db_err("queue a message"))?;
             self.set_len(user, len + 1);
+        }
+        if let Target::Room(room) = &target {
+            if let Some(mut mine) = self.cursor_of(room, &message.from)? {
+                if mine.ack(seq) {
+                    self.set_cursor(room, &message.from, Some(mine));
+                }
+            }
         }
         if let Target::User(to) = &target {
             // Contacts are only ever added: a pair written once is not written again.
@@ -1130,10 +1493,11 @@ impl<'t, 'm> Tables<'t, 'm> {
         }
     }
 
-    /// Writes what the batch's ops kept in memory (the message counter, the sequences and
-    /// the queue lengths they changed): once per batch instead of once per message. Returns
-    /// the lengths written, for the writer's memory once they are committed.
-    fn flush(&mut self) -> Result<HashMap<String, u64>, StoreError> {
+    /// Writes what the batch's ops kept in memory (the message counter, the sequences, the
+    /// queue lengths and the cursors they changed): once per batch instead of once per
+    /// message or `ACK`. Returns the lengths and cursors written, for the writer's memory once
+    /// they are committed.
+    fn flush(&mut self) -> Result<(HashMap<String, u64>, Cursors), StoreError> {
         if let Some(next) = self.next_id.take() {
             self.meta
                 .insert("next_id", next)
@@ -1150,13 +1514,53 @@ impl<'t, 'm> Tables<'t, 'm> {
                 .insert(user.as_str(), len)
                 .map_err(db_err("queue a message"))?;
         }
-        Ok(lens)
+        let cursors = std::mem::take(&mut self.cur_of);
+        for (room, users) in &cursors {
+            for (user, cursor) in users {
+                match cursor {
+                    Some(c) => {
+                        self.cursors
+                            .insert((user.as_str(), room.as_str()), c.encode().as_slice())
+                            .map_err(db_err("move a member's cursor"))?;
+                    }
+                    None => {
+                        self.cursors
+                            .remove((user.as_str(), room.as_str()))
+                            .map_err(db_err("leave a room"))?;
+                    }
+                }
+            }
+        }
+        Ok((lens, cursors))
     }
 
     fn ack(&mut self, user: &str, ids: &[u64]) -> Result<Done, StoreError> {
         let mut acked = Vec::new();
         let mut removed = 0;
         for &id in ids {
+            let origin = match self.memo.senders.get(id) {
+                Some(origin) => Some(origin),
+                None => origin_of(&self.messages, id)?,
+            };
+            // A room message past the member's cursor: the cursor moves.
+            if let Some(Origin {
+                from,
+                room: Some((room, seq)),
+            }) = &origin
+            {
+                if let Some(mut cursor) = self.cursor_of(room, user)? {
+                    if cursor.ack(*seq) {
+                        self.set_cursor(room, user, Some(cursor));
+                        acked.push(Acked {
+                            id,
+                            from: from.clone(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            // A direct message, or a room message queued one entry per member (by a store
+            // of format 1, or when the member left the room).
             let was = self
                 .queue
                 .remove((user, id))
@@ -1166,12 +1570,11 @@ impl<'t, 'm> Tables<'t, 'm> {
                 continue;
             }
             removed += 1;
-            let from = match self.memo.senders.get(id) {
-                Some(from) => Some(from),
-                None => sender_of(&self.messages, id)?.map(Arc::from),
-            };
-            if let Some(from) = from {
-                acked.push(Acked { id, from });
+            if let Some(origin) = origin {
+                acked.push(Acked {
+                    id,
+                    from: origin.from,
+                });
             }
         }
         if removed > 0 {
@@ -1335,6 +1738,290 @@ mod tests {
             store.leave("carol", "ops").await.unwrap();
             assert_eq!(store.members("ops").unwrap(), ["alice", "bob"]);
         });
+    }
+
+    fn ids(q: &[Queued]) -> Vec<u64> {
+        q.iter().map(|q| q.id).collect()
+    }
+
+    fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+        store: &Store,
+        t: TableDefinition<K, V>,
+    ) -> u64 {
+        use redb::ReadableTableMetadata;
+        let tx = store.db.begin_read().unwrap();
+        let table = tx.open_table(t).unwrap();
+        table.len().unwrap()
+    }
+
+    /// A room message is one row, with no queue entry per member; each member's `ACK`s
+    /// (in order or not) move their cursor, across a reopen too; the sender does not get
+    /// their own; a member who joins gets only what comes after.
+    #[test]
+    fn room_members_have_cursors_not_queue_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = || Target::Room("ops".into());
+        let (m1, m2, m3, b1);
+        {
+            let r = rt();
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            (m1, m2, m3, b1) = r.block_on(async {
+                store.create_room("alice", "ops", 1).await.unwrap();
+                store.join("bob", "ops").await.unwrap();
+                store.join("carol", "ops").await.unwrap();
+                let mut sent = Vec::new();
+                for (from, text) in [
+                    ("alice", "m1"),
+                    ("alice", "m2"),
+                    ("alice", "m3"),
+                    ("bob", "b1"),
+                ] {
+                    sent.push(
+                        store
+                            .send(from, room(), text.into(), 1)
+                            .await
+                            .unwrap()
+                            .message
+                            .id,
+                    );
+                }
+                (sent[0], sent[1], sent[2], sent[3])
+            });
+            assert_eq!(rows(&store, QUEUE), 0, "no queue entry for a room message");
+            assert_eq!(rows(&store, MESSAGES), 4);
+            assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [m1, m2, m3]);
+            assert_eq!(ids(&store.pending_raw("alice", 0, 10).unwrap()), [b1]);
+            assert_eq!(
+                ids(&store.pending_raw("carol", 0, 10).unwrap()),
+                [m1, m2, m3, b1]
+            );
+            // Past what a connection has sent already, and up to a limit.
+            assert_eq!(ids(&store.pending_raw("carol", m2, 10).unwrap()), [m3, b1]);
+            assert_eq!(ids(&store.pending_raw("carol", m1, 2).unwrap()), [m2, m3]);
+            assert_eq!(store.queue_len("carol").unwrap(), 4);
+            // A direct message to carol: her queue and her cursor merge in id order, the
+            // first `limit` of both.
+            let d = r.block_on(async {
+                let to = Target::User("carol".into());
+                store
+                    .send("bob", to, "d".into(), 1)
+                    .await
+                    .unwrap()
+                    .message
+                    .id
+            });
+            assert_eq!(
+                ids(&store.pending_raw("carol", 0, 3).unwrap()),
+                [m1, m2, m3]
+            );
+            assert_eq!(ids(&store.pending_raw("carol", m3, 3).unwrap()), [b1, d]);
+            assert_eq!(store.queue_len("carol").unwrap(), 5);
+            r.block_on(async {
+                assert_eq!(ids_of(&store.ack("carol", vec![d]).await.unwrap()), [d]);
+                let acked = store.ack("bob", vec![m3, m1, m3]).await.unwrap();
+                let got: Vec<(u64, &str)> = acked.iter().map(|a| (a.id, &*a.from)).collect();
+                assert_eq!(got, [(m3, "alice"), (m1, "alice")]);
+                assert!(
+                    store.ack("bob", vec![b1]).await.unwrap().is_empty(),
+                    "his own"
+                );
+                assert!(
+                    store.ack("dave", vec![m1]).await.unwrap().is_empty(),
+                    "no member"
+                );
+            });
+            assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [m2]);
+            assert_eq!(store.queue_len("bob").unwrap(), 1);
+        }
+        let r = rt();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [m2]);
+        assert_eq!(store.queue_len("carol").unwrap(), 4);
+        r.block_on(async {
+            let acked = store.ack("carol", vec![m1, m2, m3, b1]).await.unwrap();
+            assert_eq!(acked.len(), 4, "read from the messages after a reopen");
+            assert_eq!(&*acked[3].from, "bob");
+            store.join("dave", "ops").await.unwrap();
+            store.join("carol", "ops").await.unwrap();
+            let m4 = store.send("alice", room(), "m4".into(), 2).await.unwrap();
+            assert_eq!(m4.recipients, ["bob", "carol", "dave"]);
+            assert_eq!(
+                ids(&store.pending_raw("dave", 0, 10).unwrap()),
+                [m4.message.id]
+            );
+            assert_eq!(
+                ids(&store.pending_raw("carol", 0, 10).unwrap()),
+                [m4.message.id]
+            );
+            // Leaving: what was not received is queued, and still comes.
+            store.leave("bob", "ops").await.unwrap();
+            assert_eq!(
+                ids(&store.pending_raw("bob", 0, 10).unwrap()),
+                [m2, m4.message.id]
+            );
+            assert_eq!(store.queue_len("bob").unwrap(), 2);
+            let acked = store.ack("bob", vec![m2]).await.unwrap();
+            assert_eq!(ids_of(&acked), [m2]);
+            assert_eq!(store.queue_len("bob").unwrap(), 1);
+            let m5 = store.send("alice", room(), "m5".into(), 3).await.unwrap();
+            assert_eq!(m5.recipients, ["carol", "dave"]);
+            assert_eq!(
+                ids(&store.pending_raw("bob", 0, 10).unwrap()),
+                [m4.message.id]
+            );
+        });
+    }
+
+    fn ids_of(acked: &[Acked]) -> Vec<u64> {
+        acked.iter().map(|a| a.id).collect()
+    }
+
+    /// `--max-queue` in a room: the room's messages a member has not acknowledged; the sender
+    /// is told who, and their own messages do not count for them.
+    #[test]
+    fn a_room_member_behind_by_the_limit_refuses_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            max_queue: 3,
+            ..StoreOptions::default()
+        };
+        rt().block_on(async {
+            let store = Store::open(dir.path(), options).unwrap();
+            let room = || Target::Room("ops".into());
+            store.create_room("alice", "ops", 1).await.unwrap();
+            store.join("bob", "ops").await.unwrap();
+            let mut commits = Vec::new();
+            for i in 0..5 {
+                commits.push(
+                    store
+                        .send_later("alice", room(), format!("{i}"), 1)
+                        .await
+                        .unwrap(),
+                );
+            }
+            let mut accepted = Vec::new();
+            for c in commits {
+                match c.await {
+                    Ok(sent) => accepted.push(sent.message.id),
+                    Err(StoreError::Refused(Refusal::QueueFull { user, limit: 3 })) => {
+                        assert_eq!(user, "bob")
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(accepted, [1, 2, 3], "counted across the batch");
+            store.ack("bob", vec![2]).await.unwrap();
+            let next = store.send("alice", room(), "x".into(), 2).await.unwrap();
+            assert_eq!((next.message.id, next.message.seq), (4, 4));
+            // Bob's own messages are not waiting for him.
+            store.ack("bob", vec![1, 3, 4]).await.unwrap();
+            for i in 0..3 {
+                store.send("bob", room(), format!("b{i}"), 3).await.unwrap();
+            }
+            assert_eq!(store.queue_len("bob").unwrap(), 0);
+            assert_eq!(store.queue_len("alice").unwrap(), 3);
+            assert!(matches!(
+                store.send("bob", room(), "one more".into(), 4).await,
+                Err(StoreError::Refused(Refusal::QueueFull { ref user, .. })) if user == "alice"
+            ));
+        });
+    }
+
+    /// A store of format 1, as tlsnet before the cursors wrote it (room messages queued per
+    /// member, no `format`), is brought to format 2 when opened: what was queued is still
+    /// delivered and acknowledged, what comes next goes by cursors; a later format is refused.
+    #[test]
+    fn a_format_1_store_is_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("msg.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let conv = room_key("ops");
+                let mut messages = tx.open_table(MESSAGES).unwrap();
+                let mut history = tx.open_table(HISTORY).unwrap();
+                for (id, seq) in [(1u64, 1u64), (2, 2)] {
+                    let m = Message {
+                        id,
+                        seq,
+                        from: "alice".into(),
+                        to: None,
+                        room: Some("ops".into()),
+                        time: 1,
+                        text: format!("old {id}"),
+                    };
+                    messages
+                        .insert(id, serde_json::to_vec(&m).unwrap().as_slice())
+                        .unwrap();
+                    history.insert((conv.as_slice(), seq), id).unwrap();
+                }
+                tx.open_table(SEQS)
+                    .unwrap()
+                    .insert(conv.as_slice(), 2)
+                    .unwrap();
+                tx.open_table(META).unwrap().insert("next_id", 3).unwrap();
+                let mut queue = tx.open_table(QUEUE).unwrap();
+                let mut lens = tx.open_table(QUEUE_LEN).unwrap();
+                // Bob has both, carol acknowledged the first.
+                queue.insert(("bob", 1), ()).unwrap();
+                queue.insert(("bob", 2), ()).unwrap();
+                queue.insert(("carol", 2), ()).unwrap();
+                lens.insert("bob", 2).unwrap();
+                lens.insert("carol", 1).unwrap();
+                tx.open_table(ROOMS).unwrap().insert("ops", 1).unwrap();
+                let mut members = tx.open_table(MEMBERS).unwrap();
+                let mut member_of = tx.open_table(MEMBER_OF).unwrap();
+                for user in ["alice", "bob", "carol"] {
+                    members.insert(("ops", user), ()).unwrap();
+                    member_of.insert((user, "ops"), ()).unwrap();
+                }
+                tx.open_table(CONTACTS).unwrap();
+                tx.open_table(SEEN).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        {
+            let r = rt();
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            assert_eq!(rows(&store, CURSORS), 3);
+            assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [1, 2]);
+            assert_eq!(ids(&store.pending_raw("carol", 0, 10).unwrap()), [2]);
+            assert!(store.pending_raw("alice", 0, 10).unwrap().is_empty());
+            r.block_on(async {
+                let m3 = store
+                    .send("alice", Target::Room("ops".into()), "new".into(), 2)
+                    .await
+                    .unwrap();
+                assert_eq!((m3.message.id, m3.message.seq), (3, 3));
+                assert_eq!(rows(&store, QUEUE), 3, "the new one is not queued");
+                assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [1, 2, 3]);
+                assert_eq!(store.queue_len("bob").unwrap(), 3);
+                let acked = store.ack("bob", vec![2, 3, 1]).await.unwrap();
+                assert_eq!(ids_of(&acked), [2, 3, 1]);
+                assert!(acked.iter().all(|a| &*a.from == "alice"));
+                assert_eq!(store.queue_len("bob").unwrap(), 0);
+            });
+            assert_eq!(ids(&store.pending_raw("carol", 0, 10).unwrap()), [2, 3]);
+        }
+        // Opened again: nothing more to migrate, the same state.
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(ids(&store.pending_raw("carol", 0, 10).unwrap()), [2, 3]);
+        assert!(store.pending_raw("bob", 0, 10).unwrap().is_empty());
+        {
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("format", FORMAT + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        drop(store);
+        let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+        let text = crate::error::chain(&err).to_string();
+        assert!(
+            text.contains("format 3, written by a newer tlsnet"),
+            "{text}"
+        );
     }
 
     /// The writer remembers the senders of the latest messages only (here 2): the ACKs of

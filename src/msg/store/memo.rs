@@ -1,8 +1,9 @@
 //! What the store's writer remembers between batches, so that its hot path does not read back
-//! what it wrote itself: the senders of the latest messages (a member's `ACK` needs the sender
-//! for the receipt; without this it reads and parses the stored message, 99 times for one
-//! message to a room of 100), the members of the rooms used (a room message is queued for
-//! each), and the queues' lengths.
+//! what it wrote itself: where the latest messages come from (a member's `ACK` needs the sender
+//! for the receipt, and for a room message the room and its sequence, to move the member's
+//! cursor; without this it reads and parses the stored message, 99 times for one message to a
+//! room of 100), the members of the rooms used (a room message is checked against each one's
+//! cursor), the members' cursors, and the direct queues' lengths.
 //!
 //! Only the writer changes the database, so what it remembers stays true as long as it
 //! remembers only what is committed, or what its open transaction wrote: when a commit fails
@@ -12,12 +13,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::cursor::Cursor;
+
 /// Messages whose sender is remembered (the latest ones): about 2 MiB at most.
 pub const SENDERS_KEPT: usize = 65_536;
 /// Rooms whose members are remembered.
 pub const ROOMS_KEPT: usize = 1024;
 /// Queues whose length is remembered.
 pub const LENS_KEPT: usize = 65_536;
+/// Room members' cursors remembered (about 100 bytes each).
+pub const CURSORS_KEPT: usize = 16_384;
 /// The latest committed messages kept for delivery, at most (see [`Bodies`]).
 pub const BODIES_KEPT: usize = 4096;
 /// ... and at most this many bytes of them.
@@ -30,6 +35,9 @@ pub struct Memo {
     pub senders: Senders,
     members: HashMap<String, Arc<[String]>>,
     lens: HashMap<String, u64>,
+    /// Committed cursors, by room and member.
+    cursors: HashMap<String, HashMap<String, Cursor>>,
+    cursor_count: usize,
     rooms_kept: usize,
     lens_kept: usize,
 }
@@ -47,8 +55,42 @@ impl Memo {
             senders: Senders::new(senders),
             members: HashMap::new(),
             lens: HashMap::new(),
+            cursors: HashMap::new(),
+            cursor_count: 0,
             rooms_kept: rooms,
             lens_kept: lens,
+        }
+    }
+
+    /// A member's committed cursor in a room, when remembered.
+    pub fn cursor(&self, room: &str, user: &str) -> Option<&Cursor> {
+        self.cursors.get(room)?.get(user)
+    }
+
+    /// Remembers the cursors a batch committed (`None`: the member left, the cursor is gone).
+    pub fn set_cursors(&mut self, cursors: HashMap<String, HashMap<String, Option<Cursor>>>) {
+        let changed: usize = cursors.values().map(HashMap::len).sum();
+        if self.cursor_count + changed > CURSORS_KEPT {
+            self.cursors.clear();
+            self.cursor_count = 0;
+        }
+        for (room, users) in cursors {
+            let kept = self.cursors.entry(room).or_default();
+            for (user, cursor) in users {
+                // Counted once per member: what the bound is about.
+                match cursor {
+                    Some(c) => {
+                        if kept.insert(user, c).is_none() {
+                            self.cursor_count += 1;
+                        }
+                    }
+                    None => {
+                        if kept.remove(&user).is_some() {
+                            self.cursor_count -= 1;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -97,12 +139,22 @@ impl Memo {
     }
 }
 
-/// The senders of the latest messages: ids are given one after the other, so a ring indexed
+/// Where a message comes from: its sender, and for a room message the room and its sequence
+/// there (what an `ACK` moves the member's cursor to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The sender.
+    pub from: Arc<str>,
+    /// The room and the message's sequence in it; `None` for a direct message.
+    pub room: Option<(Arc<str>, u64)>,
+}
+
+/// Where the latest messages come from: ids are given one after the other, so a ring indexed
 /// by `id - first` finds one with no hashing.
 #[derive(Debug)]
 pub struct Senders {
     first: u64,
-    names: VecDeque<Arc<str>>,
+    names: VecDeque<Origin>,
     kept: usize,
 }
 
@@ -115,15 +167,16 @@ impl Senders {
         }
     }
 
-    /// The sender of message `id`, when remembered.
-    pub fn get(&self, id: u64) -> Option<Arc<str>> {
+    /// Where message `id` comes from, when remembered.
+    pub fn get(&self, id: u64) -> Option<Origin> {
         let i = usize::try_from(id.checked_sub(self.first)?).ok()?;
         self.names.get(i).cloned()
     }
 
-    /// Remembers that `from` sent message `id` (the oldest is forgotten past the bound; an id
-    /// that does not follow the last one starts the memory again).
-    pub fn push(&mut self, id: u64, from: &str) {
+    /// Remembers that `from` sent message `id`, to `room` as its `seq`-th message when it is a
+    /// room message (the oldest is forgotten past the bound; an id that does not follow the
+    /// last one starts the memory again).
+    pub fn push(&mut self, id: u64, from: &str, room: Option<(&str, u64)>) {
         if self.kept == 0 {
             return;
         }
@@ -132,12 +185,20 @@ impl Senders {
             self.names.clear();
             self.first = id;
         }
-        // Consecutive messages of one sender share the name.
-        let name = match self.names.back() {
-            Some(last) if **last == *from => last.clone(),
+        // Consecutive messages of one sender, or to one room, share the name.
+        let last = self.names.back();
+        let from = match last {
+            Some(o) if *o.from == *from => o.from.clone(),
             _ => Arc::from(from),
         };
-        self.names.push_back(name);
+        let room = room.map(|(room, seq)| {
+            let name = match last.and_then(|o| o.room.as_ref()) {
+                Some((r, _)) if **r == *room => r.clone(),
+                _ => Arc::from(room),
+            };
+            (name, seq)
+        });
+        self.names.push_back(Origin { from, room });
         if self.names.len() > self.kept {
             self.names.pop_front();
             self.first += 1;
@@ -225,14 +286,14 @@ mod tests {
     fn senders_are_bounded_and_keep_the_latest() {
         let mut s = Senders::new(3);
         for id in 1..=5 {
-            s.push(id, if id % 2 == 0 { "bob" } else { "alice" });
+            s.push(id, if id % 2 == 0 { "bob" } else { "alice" }, None);
         }
         assert_eq!(s.len(), 3);
         assert_eq!(s.get(1), None);
         assert_eq!(s.get(2), None);
-        assert_eq!(s.get(3).as_deref(), Some("alice"));
-        assert_eq!(s.get(4).as_deref(), Some("bob"));
-        assert_eq!(s.get(5).as_deref(), Some("alice"));
+        assert_eq!(s.get(3).map(|o| o.from).as_deref(), Some("alice"));
+        assert_eq!(s.get(4).map(|o| o.from).as_deref(), Some("bob"));
+        assert_eq!(s.get(5).map(|o| o.from).as_deref(), Some("alice"));
         assert_eq!(s.get(6), None);
         assert_eq!(s.get(u64::MAX), None);
     }
@@ -240,15 +301,44 @@ mod tests {
     #[test]
     fn an_id_out_of_turn_starts_the_senders_again() {
         let mut s = Senders::new(10);
-        s.push(7, "alice");
-        s.push(8, "alice");
-        s.push(20, "bob");
+        s.push(7, "alice", Some(("ops", 1)));
+        s.push(8, "alice", Some(("ops", 2)));
+        s.push(20, "bob", None);
         assert_eq!((s.get(7), s.get(8)), (None, None));
-        assert_eq!(s.get(20).as_deref(), Some("bob"));
+        assert_eq!(s.get(20).map(|o| o.from).as_deref(), Some("bob"));
         assert_eq!(s.len(), 1);
         let mut none = Senders::new(0);
-        none.push(1, "alice");
+        none.push(1, "alice", None);
         assert_eq!((none.get(1), none.len()), (None, 0));
+    }
+
+    #[test]
+    fn origins_of_room_messages_share_names_and_cursors_follow_commits() {
+        let mut s = Senders::new(10);
+        s.push(1, "alice", Some(("ops", 7)));
+        s.push(2, "alice", Some(("ops", 8)));
+        s.push(3, "bob", None);
+        let (a, b) = (s.get(1).unwrap(), s.get(2).unwrap());
+        assert_eq!(
+            a.room.as_ref().map(|(r, seq)| (&**r, *seq)),
+            Some(("ops", 7))
+        );
+        let (ra, rb) = (a.room.unwrap().0, b.room.unwrap().0);
+        assert!(Arc::ptr_eq(&ra, &rb) && Arc::ptr_eq(&a.from, &b.from));
+        assert_eq!(s.get(3).unwrap().room, None);
+
+        let mut m = Memo::default();
+        let batch = |user: &str, c: Option<Cursor>| {
+            HashMap::from([("ops".to_string(), HashMap::from([(user.to_string(), c)]))])
+        };
+        m.set_cursors(batch("bob", Some(Cursor::at(4))));
+        m.set_cursors(batch("carol", Some(Cursor::at(5))));
+        assert_eq!(m.cursor("ops", "bob"), Some(&Cursor::at(4)));
+        assert_eq!(m.cursor_count, 2);
+        m.set_cursors(batch("bob", None));
+        assert_eq!((m.cursor("ops", "bob"), m.cursor_count), (None, 1));
+        m.forget();
+        assert_eq!(m.cursor("ops", "carol"), None);
     }
 
     #[test]
@@ -291,7 +381,7 @@ mod tests {
         m.set_lens([("c".to_string(), 3)].into());
         assert!(m.lens.len() <= 2);
         assert_eq!(m.len("c"), Some(3));
-        m.senders.push(1, "a");
+        m.senders.push(1, "a", None);
         m.forget();
         assert_eq!(
             (m.len("c"), m.senders.get(1), m.members.len()),
