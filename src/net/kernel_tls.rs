@@ -113,11 +113,12 @@ pub enum Offload {
 /// [`super::read_ahead::ReadAhead::whole_records`].
 pub fn offload(mut stream: ServerStream) -> Offload {
     let (reader, conn) = stream.get_mut();
-    if !reader.between_records() {
-        reader.read_ahead();
+    let whole = reader.between_records();
+    // Whatever happens next, the handshake is over: reads go back to reading ahead.
+    reader.read_ahead();
+    if !whole {
         return Offload::Rustls(Box::new(stream), Fallback::Buffered);
     }
-    reader.read_ahead();
     let state = match conn.process_new_packets() {
         Ok(state) => state,
         Err(_) => return Offload::Rustls(Box::new(stream), Fallback::NotIdle),
@@ -132,10 +133,10 @@ pub fn offload(mut stream: ServerStream) -> Offload {
         SupportedCipherSuite::Tls13(s) => (ktls::Version::Tls13, s.common.confidentiality_limit),
         SupportedCipherSuite::Tls12(s) => (ktls::Version::Tls12, s.common.confidentiality_limit),
     };
-    if kernel_cipher(suite).is_none() {
+    let Some(cipher) = kernel_cipher(suite) else {
         let name = suite.suite().as_str().unwrap_or("cipher suite");
         return Offload::Rustls(Box::new(stream), Fallback::Cipher(name));
-    }
+    };
     if let Err(e) = ktls::attach(reader.get_ref().as_fd()) {
         // The socket is unchanged: rustls goes on.
         return Offload::Rustls(Box::new(stream), Fallback::NoModule(e));
@@ -156,8 +157,9 @@ pub fn offload(mut stream: ServerStream) -> Offload {
     };
     let (tx_seq, tx) = secrets.tx;
     let (rx_seq, rx) = secrets.rx;
-    let installed = install(&tcp, ktls::Direction::Transmit, version, tx_seq, &tx)
-        .and_then(|()| install(&tcp, ktls::Direction::Receive, version, rx_seq, &rx));
+    let install = |direction, seq, secrets| install(&tcp, direction, version, cipher, seq, secrets);
+    let installed = install(ktls::Direction::Transmit, tx_seq, &tx)
+        .and_then(|()| install(ktls::Direction::Receive, rx_seq, &rx));
     match installed {
         Ok(()) => Offload::Kernel(KernelStream {
             tcp,
@@ -190,19 +192,20 @@ fn kernel_cipher(suite: SupportedCipherSuite) -> Option<ktls::Cipher> {
     }
 }
 
+/// Gives the kernel one direction's keys, for the cipher [`kernel_cipher`] chose (the secrets
+/// come from the same suite; [`ktls::install`] checks their lengths).
 fn install(
     tcp: &TcpStream,
     direction: ktls::Direction,
     version: ktls::Version,
+    cipher: ktls::Cipher,
     seq: u64,
     secrets: &ConnectionTrafficSecrets,
 ) -> Result<(), KernelTlsError> {
-    let (cipher, key, iv) = match secrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (ktls::Cipher::Aes128Gcm, key, iv),
-        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (ktls::Cipher::Aes256Gcm, key, iv),
-        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-            (ktls::Cipher::Chacha20Poly1305, key, iv)
-        }
+    let (key, iv) = match secrets {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
         _ => {
             return Err(KernelTlsError::Install(io::Error::new(
                 io::ErrorKind::Unsupported,
