@@ -7,10 +7,12 @@
 //! answers every job of the batch: an `ACCEPTED` frame is sent only for a message that is on
 //! disk. A job that is refused (a full queue, an unknown room) changes nothing and is
 //! answered with the reason; a storage error fails the whole batch, and nothing of it is
-//! answered as done. What many jobs of a batch change (the message counter, a conversation's
-//! sequence, a queue's length, a member's cursor) is kept in memory during the batch and
-//! written once, before the commit: the same transaction, so a crash keeps all of the batch or
-//! none of it.
+//! answered as done. What many jobs of a batch change (the message counter, a member's cursor)
+//! is kept in memory during the batch and written once, before the commit: the same
+//! transaction, so a crash keeps all of the batch or none of it. A conversation's latest
+//! sequence and a queue's length are not stored apart from what they count (the last history
+//! entry, the queue's entries): the writer remembers them ([`memo`]), and reads them from
+//! those when it does not.
 //!
 //! What is kept: each message once (by id, as JSON), its place in its conversation
 //! (conversation, sequence → id), rooms and their members, who has talked to whom (for
@@ -23,12 +25,15 @@
 //! group commit, however many messages it acknowledged. Messages stay for history after every
 //! recipient has acknowledged them.
 //!
-//! The format is number [`FORMAT`] (`meta` `format`). A store of format 1 (tlsnet before the
-//! cursors: every room message queued per member) is brought to 2 when it is opened: each
-//! member gets a cursor at the room's latest message, and the room messages already queued
-//! stay queued, delivered and acknowledged as they were. A store of a later format is refused.
+//! The format is number [`FORMAT`] (`meta` `format`). An older store is brought to it when it
+//! is opened, in one transaction. Format 1 (tlsnet before the cursors: every room message
+//! queued per member) to 2: each member gets a cursor at the room's latest message, and the
+//! room messages already queued stay queued, delivered and acknowledged as they were. Format
+//! 2 to 3: the tables of sequences and of queue lengths go (they were written once per
+//! conversation and per recipient in every commit, and say nothing the history and the queue
+//! do not). A store of a later format is refused.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -42,16 +47,18 @@ use super::codec::Message;
 mod cursor;
 mod memo;
 use cursor::Cursor;
-use memo::{Bodies, Memo, Origin};
+use memo::{Bodies, Map, Memo, Origin};
 
 /// The most jobs committed together.
 pub const MAX_BATCH: usize = 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// Formats 1 and 2 only: conversation → its latest sequence.
 const SEQS: TableDefinition<&[u8], u64> = TableDefinition::new("seqs");
 const HISTORY: TableDefinition<(&[u8], u64), u64> = TableDefinition::new("history");
 const QUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("queue");
+/// Formats 1 and 2 only: user → the length of their queue.
 const QUEUE_LEN: TableDefinition<&str, u64> = TableDefinition::new("queue_len");
 const ROOMS: TableDefinition<&str, u64> = TableDefinition::new("rooms");
 const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
@@ -61,9 +68,9 @@ const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// (user, room) → the member's [`Cursor`], encoded.
 const CURSORS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("room_cursors");
 
-/// The store's format: 2 since room members have cursors (1, or no `format` in `meta`: every
-/// room message queued per member).
-pub const FORMAT: u64 = 2;
+/// The store's format: 3 since sequences and queue lengths are not stored apart (2: room
+/// members have cursors; 1, or no `format` in `meta`: every room message queued per member).
+pub const FORMAT: u64 = 3;
 
 /// When a committed batch is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -583,7 +590,6 @@ impl Store {
                 .peek()
                 .is_some_and(|e| e.as_ref().map_or(true, |(k, _)| k.value().0 == user))
             {
-                let seqs = tx.open_table(SEQS).map_err(db_err("read a sequence"))?;
                 let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
                 for entry in mine {
                     let (key, value) = entry.map_err(db_err("read the cursors"))?;
@@ -597,7 +603,7 @@ impl Store {
                     };
                     rooms = true;
                     let conv = room_key(room);
-                    room_pending(&seqs, &history, &conv, &cursor, start, limit, &mut ids)?;
+                    room_pending(&history, &conv, &cursor, start, limit, &mut ids)?;
                 }
             }
         }
@@ -637,13 +643,10 @@ impl Store {
     /// in their rooms.
     pub fn queue_len(&self, user: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("read"))?;
-        let t = tx.open_table(QUEUE_LEN).map_err(db_err("read the queue"))?;
-        let mut len = t
-            .get(user)
-            .map_err(db_err("read the queue"))?
-            .map_or(0, |v| v.value());
+        let queue = tx.open_table(QUEUE).map_err(db_err("read the queue"))?;
+        let mut len = count_queue(&queue, user)?;
         let cursors = tx.open_table(CURSORS).map_err(db_err("read the cursors"))?;
-        let seqs = tx.open_table(SEQS).map_err(db_err("read a sequence"))?;
+        let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
         for entry in cursors
             .range((user, "")..)
             .map_err(db_err("read the cursors"))?
@@ -654,10 +657,7 @@ impl Store {
                 break;
             }
             let conv = room_key(room);
-            let latest = seqs
-                .get(conv.as_slice())
-                .map_err(db_err("read a sequence"))?
-                .map_or(0, |v| v.value());
+            let latest = last_seq(&history, &conv)?;
             if let Some(c) = Cursor::decode(value.value()) {
                 len += c.waiting(latest);
             }
@@ -765,7 +765,7 @@ fn create_private_dir(dir: &Path) -> crate::Result<()> {
 enum OpenError {
     #[error("cannot prepare its tables")]
     Tables(#[source] Box<redb::Error>),
-    #[error("cannot bring it from format {from} to {FORMAT} (room cursors); it is unchanged")]
+    #[error("cannot bring it from format {from} to {FORMAT}; it is unchanged")]
     Migrate {
         from: u64,
         #[source]
@@ -783,11 +783,10 @@ fn tables_err(e: impl Into<redb::Error>) -> OpenError {
 /// [`FORMAT`], in one transaction: a crash on the way leaves the store as it was.
 fn init_tables(db: &Database) -> Result<(), OpenError> {
     let tx = db.begin_write().map_err(tables_err)?;
-    for t in [QUEUE_LEN, ROOMS, SEEN] {
+    for t in [ROOMS, SEEN] {
         tx.open_table(t).map_err(tables_err)?;
     }
     tx.open_table(MESSAGES).map_err(tables_err)?;
-    tx.open_table(SEQS).map_err(tables_err)?;
     tx.open_table(HISTORY).map_err(tables_err)?;
     tx.open_table(QUEUE).map_err(tables_err)?;
     for t in [MEMBERS, MEMBER_OF, CONTACTS] {
@@ -804,13 +803,24 @@ fn init_tables(db: &Database) -> Result<(), OpenError> {
         Some(found) if found > FORMAT => return Err(OpenError::Newer { found }),
         older => {
             let from = older.unwrap_or(1);
-            let cursors = migrate(&tx).map_err(|source| OpenError::Migrate { from, source })?;
-            if cursors > 0 {
+            let failed = |source| OpenError::Migrate { from, source };
+            let cursors = if from < 2 {
+                migrate_to_2(&tx).map_err(failed)?
+            } else {
+                0
+            };
+            migrate_to_3(&tx).map_err(failed)?;
+            tx.open_table(META)
+                .map_err(tables_err)?
+                .insert("format", FORMAT)
+                .map_err(tables_err)?;
+            // A new store (no format, nothing in it to bring over) says nothing.
+            if cursors > 0 || from == 2 {
                 info!(
                     from,
                     to = FORMAT,
                     cursors,
-                    "message store: brought to the current format (room cursors)"
+                    "message store: brought to the current format"
                 );
             }
         }
@@ -820,9 +830,9 @@ fn init_tables(db: &Database) -> Result<(), OpenError> {
 }
 
 /// Format 1 to 2: every room member gets a cursor at the room's latest message (what they
-/// have not acknowledged of the older ones stays in their queue, as format 1 kept it); the
-/// format is recorded. Returns the cursors made.
-fn migrate(tx: &redb::WriteTransaction) -> Result<u64, Box<redb::Error>> {
+/// have not acknowledged of the older ones stays in their queue, as format 1 kept it).
+/// Returns the cursors made.
+fn migrate_to_2(tx: &redb::WriteTransaction) -> Result<u64, Box<redb::Error>> {
     let mut made = 0;
     let members = tx.open_table(MEMBERS).map_err(boxed)?;
     let seqs = tx.open_table(SEQS).map_err(boxed)?;
@@ -843,11 +853,47 @@ fn migrate(tx: &redb::WriteTransaction) -> Result<u64, Box<redb::Error>> {
             .map_err(boxed)?;
         made += 1;
     }
-    tx.open_table(META)
-        .map_err(boxed)?
-        .insert("format", FORMAT)
-        .map_err(boxed)?;
     Ok(made)
+}
+
+/// Format 2 to 3: the sequences and the queue lengths are no longer stored apart (the last
+/// history entry of a conversation is its latest sequence; a queue's entries are its length).
+fn migrate_to_3(tx: &redb::WriteTransaction) -> Result<(), Box<redb::Error>> {
+    tx.delete_table(SEQS).map_err(boxed)?;
+    tx.delete_table(QUEUE_LEN).map_err(boxed)?;
+    Ok(())
+}
+
+/// The latest sequence of conversation `conv`: its last history entry's (0: none yet).
+fn last_seq(
+    history: &impl ReadableTable<(&'static [u8], u64), u64>,
+    conv: &[u8],
+) -> Result<u64, StoreError> {
+    let last = history
+        .range((conv, 0)..=(conv, u64::MAX))
+        .map_err(db_err("read history"))?
+        .next_back();
+    match last {
+        Some(entry) => Ok(entry.map_err(db_err("read history"))?.0.value().1),
+        None => Ok(0),
+    }
+}
+
+/// The entries of `user`'s queue (their direct messages and those of rooms they left that
+/// they have not acknowledged).
+fn count_queue(
+    queue: &impl ReadableTable<(&'static str, u64), ()>,
+    user: &str,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for entry in queue
+        .range((user, 0)..=(user, u64::MAX))
+        .map_err(db_err("read the queue"))?
+    {
+        entry.map_err(db_err("read the queue"))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
@@ -909,7 +955,6 @@ fn origin_of(
 /// and have an id of at least `start` (those below were sent already on this connection),
 /// in order.
 fn room_pending(
-    seqs: &impl ReadableTable<&'static [u8], u64>,
     history: &impl ReadableTable<(&'static [u8], u64), u64>,
     conv: &[u8],
     cursor: &Cursor,
@@ -917,10 +962,7 @@ fn room_pending(
     limit: usize,
     ids: &mut Vec<u64>,
 ) -> Result<(), StoreError> {
-    let latest = seqs
-        .get(conv)
-        .map_err(db_err("read a sequence"))?
-        .map_or(0, |v| v.value());
+    let latest = last_seq(history, conv)?;
     if latest <= cursor.acked() {
         return Ok(());
     }
@@ -1075,12 +1117,12 @@ impl Writer {
             Durability::Eventual
         });
         let mut results = Vec::with_capacity(ops.len());
-        let (lens, cursors, written) = {
+        let (flushed, written) = {
             let mut t = Tables::open(&tx, &mut self.memo)?;
             for op in ops {
                 results.push(t.apply(op, &self.options));
             }
-            let (lens, cursors) = t.flush()?;
+            let flushed = t.flush()?;
             // A storage error in any op fails the batch: nothing of it is committed.
             if let Some(Err(e @ StoreError::Storage { .. })) = results
                 .iter()
@@ -1088,11 +1130,12 @@ impl Writer {
             {
                 return Err(e.clone());
             }
-            (lens, cursors, std::mem::take(&mut t.written))
+            (flushed, std::mem::take(&mut t.written))
         };
         tx.commit().map_err(db_err("commit"))?;
-        self.memo.set_lens(lens);
-        self.memo.set_cursors(cursors);
+        self.memo.set_lens(flushed.lens);
+        self.memo.set_seqs(flushed.seqs);
+        self.memo.set_cursors(flushed.cursors);
         if !written.is_empty() {
             let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
             for (id, body) in written {
@@ -1104,26 +1147,32 @@ impl Writer {
 }
 
 /// Cursors by room, then member (`None`: the member left the room).
-type Cursors = HashMap<String, HashMap<String, Option<Cursor>>>;
+type Cursors = Map<String, Map<String, Option<Cursor>>>;
+
+/// What a batch changed that the writer remembers once it is committed.
+struct Flushed {
+    lens: Map<String, u64>,
+    seqs: Map<Vec<u8>, u64>,
+    cursors: Cursors,
+}
 
 struct Tables<'t, 'm> {
     meta: redb::Table<'t, &'static str, u64>,
     messages: redb::Table<'t, u64, &'static [u8]>,
-    seqs: redb::Table<'t, &'static [u8], u64>,
     history: redb::Table<'t, (&'static [u8], u64), u64>,
     queue: redb::Table<'t, (&'static str, u64), ()>,
-    queue_len: redb::Table<'t, &'static str, u64>,
     rooms: redb::Table<'t, &'static str, u64>,
     members: redb::Table<'t, (&'static str, &'static str), ()>,
     member_of: redb::Table<'t, (&'static str, &'static str), ()>,
     contacts: redb::Table<'t, (&'static str, &'static str), ()>,
     seen: redb::Table<'t, &'static str, u64>,
     cursors: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
-    /// The batch's message counter, sequences, queue lengths and cursors (by room, then
-    /// member; `None`: the member left), written by [`Tables::flush`] before the commit.
+    /// The batch's message counter and cursors (by room, then member; `None`: the member
+    /// left), written by [`Tables::flush`] before the commit, and the sequences and queue
+    /// lengths it changed, remembered once it is committed.
     next_id: Option<u64>,
-    seq_of: HashMap<Vec<u8>, u64>,
-    lens: HashMap<String, u64>,
+    seq_of: Map<Vec<u8>, u64>,
+    lens: Map<String, u64>,
     cur_of: Cursors,
     /// The writer's memory: read here before the tables, kept up to date by every op.
     memo: &'m mut Memo,
@@ -1137,10 +1186,8 @@ impl<'t, 'm> Tables<'t, 'm> {
         Ok(Tables {
             meta: tx.open_table(META).map_err(db_err("open a table"))?,
             messages: tx.open_table(MESSAGES).map_err(db_err("open a table"))?,
-            seqs: tx.open_table(SEQS).map_err(db_err("open a table"))?,
             history: tx.open_table(HISTORY).map_err(db_err("open a table"))?,
             queue: tx.open_table(QUEUE).map_err(db_err("open a table"))?,
-            queue_len: tx.open_table(QUEUE_LEN).map_err(db_err("open a table"))?,
             rooms: tx.open_table(ROOMS).map_err(db_err("open a table"))?,
             members: tx.open_table(MEMBERS).map_err(db_err("open a table"))?,
             member_of: tx.open_table(MEMBER_OF).map_err(db_err("open a table"))?,
@@ -1148,9 +1195,9 @@ impl<'t, 'm> Tables<'t, 'm> {
             seen: tx.open_table(SEEN).map_err(e)?,
             cursors: tx.open_table(CURSORS).map_err(db_err("open a table"))?,
             next_id: None,
-            seq_of: HashMap::new(),
-            lens: HashMap::new(),
-            cur_of: HashMap::new(),
+            seq_of: Map::default(),
+            lens: Map::default(),
+            cur_of: Map::default(),
             memo,
             written: Vec::new(),
         })
@@ -1281,11 +1328,10 @@ impl<'t, 'm> Tables<'t, 'm> {
         if let Some(&seq) = self.seq_of.get(conv) {
             return Ok(seq);
         }
-        Ok(self
-            .seqs
-            .get(conv)
-            .map_err(db_err("read a sequence"))?
-            .map_or(0, |v| v.value()))
+        if let Some(seq) = self.memo.seq(conv) {
+            return Ok(seq);
+        }
+        last_seq(&self.history, conv)
     }
 
     /// A member's cursor in a room as of this batch; `None` when they have none (not a
@@ -1420,6 +1466,25 @@ impl<'t, 'm> Tables<'t, 'm> {
         self.history
             .insert((conv.as_slice(), seq), id)
             .map_err(db_err("write history"))?;
+        if let Target::User(to) = &target {
+            // Contacts are only ever added: a pair written once is not written again.
+            if *to != message.from && !self.memo.knows_contacts(&conv) {
+                let known = self
+                    .contacts
+                    .get((message.from.as_str(), to.as_str()))
+                    .map_err(db_err("read a contact"))?
+                    .is_some();
+                if !known {
+                    self.contacts
+                        .insert((message.from.as_str(), to.as_str()), ())
+                        .map_err(db_err("record a contact"))?;
+                    self.contacts
+                        .insert((to.as_str(), message.from.as_str()), ())
+                        .map_err(db_err("record a contact"))?;
+                }
+                self.memo.add_contacts(&conv);
+            }
+        }
         self.seq_of.insert(conv, seq);
         // A direct message is queued for its recipient; a room message is past its members'
         // cursors already, but for its sender's: it is done for them.
@@ -1434,22 +1499,6 @@ impl<'t, 'm> Tables<'t, 'm> {
                 if mine.ack(seq) {
                     self.set_cursor(room, &message.from, Some(mine));
                 }
-            }
-        }
-        if let Target::User(to) = &target {
-            // Contacts are only ever added: a pair written once is not written again.
-            let known = self
-                .contacts
-                .get((message.from.as_str(), to.as_str()))
-                .map_err(db_err("read a contact"))?
-                .is_some();
-            if *to != message.from && !known {
-                self.contacts
-                    .insert((message.from.as_str(), to.as_str()), ())
-                    .map_err(db_err("record a contact"))?;
-                self.contacts
-                    .insert((to.as_str(), message.from.as_str()), ())
-                    .map_err(db_err("record a contact"))?;
             }
         }
         Ok(Done::Sent(Sent {
@@ -1476,14 +1525,10 @@ impl<'t, 'm> Tables<'t, 'm> {
         if let Some(len) = self.memo.len(user) {
             return Ok(len);
         }
-        Ok(self
-            .queue_len
-            .get(user)
-            .map_err(db_err("read the queue"))?
-            .map_or(0, |v| v.value()))
+        count_queue(&self.queue, user)
     }
 
-    /// A queue's new length, written once per batch by [`Tables::flush`].
+    /// A queue's new length, remembered once the batch is committed.
     fn set_len(&mut self, user: &str, len: u64) {
         match self.lens.get_mut(user) {
             Some(l) => *l = len,
@@ -1493,27 +1538,18 @@ impl<'t, 'm> Tables<'t, 'm> {
         }
     }
 
-    /// Writes what the batch's ops kept in memory (the message counter, the sequences, the
-    /// queue lengths and the cursors they changed): once per batch instead of once per
-    /// message or `ACK`. Returns the lengths and cursors written, for the writer's memory once
-    /// they are committed.
-    fn flush(&mut self) -> Result<(HashMap<String, u64>, Cursors), StoreError> {
+    /// Writes what the batch's ops kept in memory (the message counter and the cursors they
+    /// changed): once per batch instead of once per message or `ACK`. Returns what the
+    /// writer remembers once the batch is committed: the queue lengths, the sequences and the
+    /// cursors.
+    fn flush(&mut self) -> Result<Flushed, StoreError> {
         if let Some(next) = self.next_id.take() {
             self.meta
                 .insert("next_id", next)
                 .map_err(db_err("write the message counter"))?;
         }
-        for (conv, seq) in std::mem::take(&mut self.seq_of) {
-            self.seqs
-                .insert(conv.as_slice(), seq)
-                .map_err(db_err("write a sequence"))?;
-        }
         let lens = std::mem::take(&mut self.lens);
-        for (user, &len) in &lens {
-            self.queue_len
-                .insert(user.as_str(), len)
-                .map_err(db_err("queue a message"))?;
-        }
+        let seqs = std::mem::take(&mut self.seq_of);
         let cursors = std::mem::take(&mut self.cur_of);
         for (room, users) in &cursors {
             for (user, cursor) in users {
@@ -1531,7 +1567,11 @@ impl<'t, 'm> Tables<'t, 'm> {
                 }
             }
         }
-        Ok((lens, cursors))
+        Ok(Flushed {
+            lens,
+            seqs,
+            cursors,
+        })
     }
 
     fn ack(&mut self, user: &str, ids: &[u64]) -> Result<Done, StoreError> {
@@ -2018,10 +2058,71 @@ mod tests {
         drop(store);
         let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
         let text = crate::error::chain(&err).to_string();
-        assert!(
-            text.contains("format 3, written by a newer tlsnet"),
-            "{text}"
-        );
+        let newer = format!("format {}, written by a newer tlsnet", FORMAT + 1);
+        assert!(text.contains(&newer), "{text}");
+    }
+
+    /// A store of format 2 (sequences and queue lengths in tables of their own) is brought
+    /// to format 3 when opened: those tables go, and what they said is read from the history
+    /// and the queue (the next sequence, the queue limit).
+    #[test]
+    fn a_format_2_store_loses_its_counters_and_keeps_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            max_queue: 3,
+            ..StoreOptions::default()
+        };
+        rt().block_on(async {
+            let store = Store::open(dir.path(), options).unwrap();
+            for text in ["a", "b"] {
+                let to = Target::User("bob".into());
+                store.send("alice", to, text.into(), 1).await.unwrap();
+            }
+        });
+        {
+            // As tlsnet with format 2 left it: its two counter tables, filled in.
+            let db = Database::create(dir.path().join("msg.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let conv = conversation("alice", &Target::User("bob".into()));
+                let mut seqs = tx.open_table(SEQS).unwrap();
+                seqs.insert(conv.as_slice(), 2).unwrap();
+                tx.open_table(QUEUE_LEN).unwrap().insert("bob", 2).unwrap();
+                tx.open_table(META).unwrap().insert("format", 2).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let r = rt();
+        let store = Store::open(dir.path(), options).unwrap();
+        {
+            let tx = store.db.begin_read().unwrap();
+            let names: Vec<String> = tx
+                .list_tables()
+                .unwrap()
+                .map(|t| redb::TableHandle::name(&t).to_string())
+                .collect();
+            assert!(
+                !names.iter().any(|n| n == "seqs" || n == "queue_len"),
+                "{names:?}"
+            );
+            let meta = tx.open_table(META).unwrap();
+            assert_eq!(meta.get("format").unwrap().unwrap().value(), FORMAT);
+        }
+        assert_eq!(store.queue_len("bob").unwrap(), 2);
+        r.block_on(async {
+            let to = || Target::User("bob".into());
+            let c = store.send("alice", to(), "c".into(), 2).await.unwrap();
+            assert_eq!((c.message.id, c.message.seq), (3, 3));
+            let full = store.send("alice", to(), "d".into(), 2).await;
+            assert!(matches!(
+                full,
+                Err(StoreError::Refused(Refusal::QueueFull { limit: 3, .. }))
+            ));
+            store.ack("bob", vec![1]).await.unwrap();
+            let d = store.send("bob", Target::User("alice".into()), "e".into(), 3);
+            assert_eq!(d.await.unwrap().message.seq, 4, "one conversation");
+        });
+        assert_eq!(store.queue_len("bob").unwrap(), 2);
     }
 
     /// The writer remembers the senders of the latest messages only (here 2): the ACKs of

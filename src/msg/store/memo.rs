@@ -10,8 +10,14 @@
 //! the writer forgets everything ([`Memo::forget`]) and reads from the database again. Every
 //! part is bounded; what was forgotten is read from the database as before.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+
+/// The writer's maps: foldhash, not SipHash (a fifth of the cost per lookup; the keys are
+/// user, room and conversation names, and the seed is random per process).
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// The writer's sets, hashed as [`Map`].
+pub type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 use super::cursor::Cursor;
 
@@ -19,7 +25,8 @@ use super::cursor::Cursor;
 pub const SENDERS_KEPT: usize = 65_536;
 /// Rooms whose members are remembered.
 pub const ROOMS_KEPT: usize = 1024;
-/// Queues whose length is remembered.
+/// Queues whose length is remembered (and as many conversations' sequences, and as many
+/// pairs of contacts).
 pub const LENS_KEPT: usize = 65_536;
 /// Room members' cursors remembered (about 100 bytes each).
 pub const CURSORS_KEPT: usize = 16_384;
@@ -33,10 +40,14 @@ pub const BODY_BYTES_KEPT: usize = 4 << 20;
 pub struct Memo {
     /// The senders of the latest messages, by id.
     pub senders: Senders,
-    members: HashMap<String, Arc<[String]>>,
-    lens: HashMap<String, u64>,
+    members: Map<String, Arc<[String]>>,
+    lens: Map<String, u64>,
+    /// The latest sequence of each conversation, by its key.
+    seqs: Map<Vec<u8>, u64>,
+    /// Direct conversations (by key) whose two users are recorded as contacts.
+    contacts: Set<Vec<u8>>,
     /// Committed cursors, by room and member.
-    cursors: HashMap<String, HashMap<String, Cursor>>,
+    cursors: Map<String, Map<String, Cursor>>,
     cursor_count: usize,
     rooms_kept: usize,
     lens_kept: usize,
@@ -53,9 +64,11 @@ impl Memo {
     pub fn new(senders: usize, rooms: usize, lens: usize) -> Memo {
         Memo {
             senders: Senders::new(senders),
-            members: HashMap::new(),
-            lens: HashMap::new(),
-            cursors: HashMap::new(),
+            members: Map::default(),
+            lens: Map::default(),
+            seqs: Map::default(),
+            contacts: Set::default(),
+            cursors: Map::default(),
             cursor_count: 0,
             rooms_kept: rooms,
             lens_kept: lens,
@@ -68,7 +81,7 @@ impl Memo {
     }
 
     /// Remembers the cursors a batch committed (`None`: the member left, the cursor is gone).
-    pub fn set_cursors(&mut self, cursors: HashMap<String, HashMap<String, Option<Cursor>>>) {
+    pub fn set_cursors(&mut self, cursors: Map<String, Map<String, Option<Cursor>>>) {
         let changed: usize = cursors.values().map(HashMap::len).sum();
         if self.cursor_count + changed > CURSORS_KEPT {
             self.cursors.clear();
@@ -121,7 +134,7 @@ impl Memo {
     }
 
     /// Remembers the queue lengths a batch committed.
-    pub fn set_lens(&mut self, lens: HashMap<String, u64>) {
+    pub fn set_lens(&mut self, lens: Map<String, u64>) {
         if self.lens.len() + lens.len() > self.lens_kept {
             self.lens.clear();
         }
@@ -130,6 +143,40 @@ impl Memo {
                 break;
             }
             self.lens.insert(user, len);
+        }
+    }
+
+    /// A conversation's committed latest sequence, when remembered.
+    pub fn seq(&self, conv: &[u8]) -> Option<u64> {
+        self.seqs.get(conv).copied()
+    }
+
+    /// Remembers the sequences a batch committed.
+    pub fn set_seqs(&mut self, seqs: Map<Vec<u8>, u64>) {
+        if self.seqs.len() + seqs.len() > self.lens_kept {
+            self.seqs.clear();
+        }
+        for (conv, seq) in seqs {
+            if self.seqs.len() >= self.lens_kept {
+                break;
+            }
+            self.seqs.insert(conv, seq);
+        }
+    }
+
+    /// Whether the two users of direct conversation `conv` are known to be contacts.
+    pub fn knows_contacts(&self, conv: &[u8]) -> bool {
+        self.contacts.contains(conv)
+    }
+
+    /// The two users of `conv` are contacts (recorded in the open transaction: a commit that
+    /// fails forgets it with the rest).
+    pub fn add_contacts(&mut self, conv: &[u8]) {
+        if self.contacts.len() >= self.lens_kept {
+            self.contacts.clear();
+        }
+        if self.lens_kept > 0 {
+            self.contacts.insert(conv.to_vec());
         }
     }
 
@@ -329,7 +376,7 @@ mod tests {
 
         let mut m = Memo::default();
         let batch = |user: &str, c: Option<Cursor>| {
-            HashMap::from([("ops".to_string(), HashMap::from([(user.to_string(), c)]))])
+            Map::from_iter([("ops".to_string(), Map::from_iter([(user.to_string(), c)]))])
         };
         m.set_cursors(batch("bob", Some(Cursor::at(4))));
         m.set_cursors(batch("carol", Some(Cursor::at(5))));
@@ -376,17 +423,26 @@ mod tests {
         assert!(m.members("r3").is_some());
         m.forget_room("r3");
         assert!(m.members("r3").is_none());
-        m.set_lens([("a".to_string(), 1), ("b".to_string(), 2)].into());
+        m.set_lens(Map::from_iter([("a".to_string(), 1), ("b".to_string(), 2)]));
         assert_eq!((m.len("a"), m.len("b")), (Some(1), Some(2)));
-        m.set_lens([("c".to_string(), 3)].into());
+        m.set_lens(Map::from_iter([("c".to_string(), 3)]));
         assert!(m.lens.len() <= 2);
         assert_eq!(m.len("c"), Some(3));
+        m.set_seqs(Map::from_iter([(b"x".to_vec(), 7), (b"y".to_vec(), 8)]));
+        m.set_seqs(Map::from_iter([(b"z".to_vec(), 9)]));
+        assert!(m.seqs.len() <= 2);
+        assert_eq!((m.seq(b"z"), m.seq(b"w")), (Some(9), None));
+        m.add_contacts(b"p");
+        m.add_contacts(b"q");
+        m.add_contacts(b"r");
+        assert!(m.contacts.len() <= 2 && m.knows_contacts(b"r"));
         m.senders.push(1, "a", None);
         m.forget();
         assert_eq!(
             (m.len("c"), m.senders.get(1), m.members.len()),
             (None, None, 0)
         );
+        assert_eq!((m.seq(b"z"), m.knows_contacts(b"r")), (None, false));
         assert_eq!(m.senders.kept, 4);
     }
 }
