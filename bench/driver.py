@@ -101,7 +101,11 @@ def wait_port(port, proc, secs=15):
 
 
 def spawn(cmd, log_path, max_secs, stdout=None, stdin=subprocess.DEVNULL):
-    """Starts a server in its own process group, bounded by `timeout`."""
+    """Starts a server in its own process group, bounded by `timeout`. A group, not a session:
+    with the kernel's autogroup scheduling (Debian's default) a new session is a scheduling
+    group of its own, and the 2 cores would be split evenly between the server and the load
+    generator under load, capping a server of several threads at one core whatever it needs;
+    in the rig's session every thread competes alone, as under a shell or a service manager."""
     full = ["timeout", "--kill-after=5", str(int(max_secs))] + cmd
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
@@ -109,7 +113,7 @@ def spawn(cmd, log_path, max_secs, stdout=None, stdin=subprocess.DEVNULL):
             stdin=stdin,
             stdout=stdout if stdout is not None else logf,
             stderr=logf,
-            start_new_session=True,
+            process_group=0,
         )
     if PIDFILE:
         with open(PIDFILE, "a") as f:
