@@ -56,8 +56,17 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Formats 1 and 2 only: conversation → its latest sequence.
 const SEQS: TableDefinition<&[u8], u64> = TableDefinition::new("seqs");
-const HISTORY: TableDefinition<(&[u8], u64), u64> = TableDefinition::new("history");
-const QUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("queue");
+/// (conversation's number, sequence) → message id; see [`key`].
+const HISTORY: TableDefinition<u128, u64> = TableDefinition::new("history_by_number");
+/// (user's number, message id) → (); see [`key`].
+const QUEUE: TableDefinition<u128, ()> = TableDefinition::new("queue_by_number");
+/// User → their number, given the first time a message is queued for them.
+const USERS: TableDefinition<&str, u64> = TableDefinition::new("user_numbers");
+/// Conversation key ([`conversation`]) → its number, given at its first message.
+const CONVERSATIONS: TableDefinition<&[u8], u64> = TableDefinition::new("conversation_numbers");
+/// Formats 1 and 2 only: [`HISTORY`] and [`QUEUE`] keyed by the names themselves.
+const HISTORY_V2: TableDefinition<(&[u8], u64), u64> = TableDefinition::new("history");
+const QUEUE_V2: TableDefinition<(&str, u64), ()> = TableDefinition::new("queue");
 /// Formats 1 and 2 only: user → the length of their queue.
 const QUEUE_LEN: TableDefinition<&str, u64> = TableDefinition::new("queue_len");
 const ROOMS: TableDefinition<&str, u64> = TableDefinition::new("rooms");
@@ -68,9 +77,31 @@ const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// (user, room) → the member's [`Cursor`], encoded.
 const CURSORS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("room_cursors");
 
-/// The store's format: 3 since sequences and queue lengths are not stored apart (2: room
-/// members have cursors; 1, or no `format` in `meta`: every room message queued per member).
+/// The store's format: 3 since the queue and the history are keyed by numbers and sequences
+/// and queue lengths are not stored apart (2: room members have cursors; 1, or no `format` in
+/// `meta`: every room message queued per member).
 pub const FORMAT: u64 = 3;
+
+/// `meta` keys: the next numbers to give a user and a conversation.
+const NEXT_USER: &str = "next_user_number";
+const NEXT_CONVERSATION: &str = "next_conversation_number";
+
+/// The key of a [`QUEUE`] or [`HISTORY`] entry: a user's or a conversation's number in the
+/// high 64 bits, a message id or a sequence in the low 64. Fixed-size keys: a B-tree leaf
+/// changed in the middle moves no offsets, and a comparison is one of two integers.
+fn key(number: u64, n: u64) -> u128 {
+    (u128::from(number) << 64) | u128::from(n)
+}
+
+/// The id or sequence of a [`key`].
+fn low(key: u128) -> u64 {
+    key as u64
+}
+
+/// Every key of `number` from `n` on.
+fn keys_from(number: u64, n: u64) -> std::ops::RangeInclusive<u128> {
+    key(number, n)..=key(number, u64::MAX)
+}
 
 /// When a committed batch is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -560,20 +591,23 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Queued>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("read"))?;
-        let queue = tx.open_table(QUEUE).map_err(db_err("read the queue"))?;
         let mut out = Vec::new();
         let Some(start) = after.checked_add(1) else {
             return Ok(out);
         };
         let mut ids = Vec::new();
-        for entry in queue
-            .range((user, start)..=(user, u64::MAX))
-            .map_err(db_err("read the queue"))?
-        {
-            let (key, _) = entry.map_err(db_err("read the queue"))?;
-            ids.push(key.value().1);
-            if ids.len() >= limit {
-                break;
+        let users = tx.open_table(USERS).map_err(db_err("read the queue"))?;
+        if let Some(number) = user_number(&users, user)? {
+            let queue = tx.open_table(QUEUE).map_err(db_err("read the queue"))?;
+            for entry in queue
+                .range(keys_from(number, start))
+                .map_err(db_err("read the queue"))?
+            {
+                let (k, _) = entry.map_err(db_err("read the queue"))?;
+                ids.push(low(k.value()));
+                if ids.len() >= limit {
+                    break;
+                }
             }
         }
         // The rooms' messages past the user's cursors, up to `limit` from each, then the
@@ -591,6 +625,9 @@ impl Store {
                 .is_some_and(|e| e.as_ref().map_or(true, |(k, _)| k.value().0 == user))
             {
                 let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
+                let convs = tx
+                    .open_table(CONVERSATIONS)
+                    .map_err(db_err("read history"))?;
                 for entry in mine {
                     let (key, value) = entry.map_err(db_err("read the cursors"))?;
                     let (member, room) = key.value();
@@ -602,8 +639,10 @@ impl Store {
                         continue;
                     };
                     rooms = true;
-                    let conv = room_key(room);
-                    room_pending(&history, &conv, &cursor, start, limit, &mut ids)?;
+                    let Some(conv) = conversation_number(&convs, &room_key(room))? else {
+                        continue;
+                    };
+                    room_pending(&history, conv, &cursor, start, limit, &mut ids)?;
                 }
             }
         }
@@ -644,9 +683,16 @@ impl Store {
     pub fn queue_len(&self, user: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("read"))?;
         let queue = tx.open_table(QUEUE).map_err(db_err("read the queue"))?;
-        let mut len = count_queue(&queue, user)?;
+        let users = tx.open_table(USERS).map_err(db_err("read the queue"))?;
+        let mut len = match user_number(&users, user)? {
+            Some(number) => count_queue(&queue, number)?,
+            None => 0,
+        };
         let cursors = tx.open_table(CURSORS).map_err(db_err("read the cursors"))?;
         let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
+        let convs = tx
+            .open_table(CONVERSATIONS)
+            .map_err(db_err("read history"))?;
         for entry in cursors
             .range((user, "")..)
             .map_err(db_err("read the cursors"))?
@@ -656,8 +702,10 @@ impl Store {
             if member != user {
                 break;
             }
-            let conv = room_key(room);
-            let latest = last_seq(&history, &conv)?;
+            let latest = match conversation_number(&convs, &room_key(room))? {
+                Some(conv) => last_seq(&history, conv)?,
+                None => 0,
+            };
             if let Some(c) = Cursor::decode(value.value()) {
                 len += c.waiting(latest);
             }
@@ -674,13 +722,19 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
         let tx = self.db.begin_read().map_err(db_err("read"))?;
+        let convs = tx
+            .open_table(CONVERSATIONS)
+            .map_err(db_err("read history"))?;
+        let mut out = Vec::new();
+        let mut more = false;
+        let Some(conv) = conversation_number(&convs, conversation)? else {
+            return Ok((out, more));
+        };
         let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
         let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
         let end = before.unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        let mut more = false;
         for entry in history
-            .range((conversation, 0)..(conversation, end))
+            .range(key(conv, 0)..key(conv, end))
             .map_err(db_err("read history"))?
             .rev()
         {
@@ -789,6 +843,8 @@ fn init_tables(db: &Database) -> Result<(), OpenError> {
     tx.open_table(MESSAGES).map_err(tables_err)?;
     tx.open_table(HISTORY).map_err(tables_err)?;
     tx.open_table(QUEUE).map_err(tables_err)?;
+    tx.open_table(USERS).map_err(tables_err)?;
+    tx.open_table(CONVERSATIONS).map_err(tables_err)?;
     for t in [MEMBERS, MEMBER_OF, CONTACTS] {
         tx.open_table(t).map_err(tables_err)?;
     }
@@ -856,38 +912,88 @@ fn migrate_to_2(tx: &redb::WriteTransaction) -> Result<u64, Box<redb::Error>> {
     Ok(made)
 }
 
-/// Format 2 to 3: the sequences and the queue lengths are no longer stored apart (the last
-/// history entry of a conversation is its latest sequence; a queue's entries are its length).
+/// Format 2 to 3: users and conversations get numbers, the history and the queue are
+/// rewritten keyed by them ([`key`]), and the sequences and the queue lengths are no longer
+/// stored apart (the last history entry of a conversation is its latest sequence; a queue's
+/// entries are its length).
 fn migrate_to_3(tx: &redb::WriteTransaction) -> Result<(), Box<redb::Error>> {
     tx.delete_table(SEQS).map_err(boxed)?;
     tx.delete_table(QUEUE_LEN).map_err(boxed)?;
+    // The old keys are sorted by name first: a name's entries come together, and get one
+    // number.
+    let mut next_conv = 1;
+    {
+        let old = tx.open_table(HISTORY_V2).map_err(boxed)?;
+        let mut history = tx.open_table(HISTORY).map_err(boxed)?;
+        let mut convs = tx.open_table(CONVERSATIONS).map_err(boxed)?;
+        let mut last: Option<(Vec<u8>, u64)> = None;
+        for entry in old.iter().map_err(boxed)? {
+            let (k, id) = entry.map_err(boxed)?;
+            let (conv, seq) = k.value();
+            let number = match &last {
+                Some((name, n)) if name.as_slice() == conv => *n,
+                _ => {
+                    let n = next_conv;
+                    next_conv += 1;
+                    convs.insert(conv, n).map_err(boxed)?;
+                    last = Some((conv.to_vec(), n));
+                    n
+                }
+            };
+            history
+                .insert(key(number, seq), id.value())
+                .map_err(boxed)?;
+        }
+    }
+    let mut next_user = 1;
+    {
+        let old = tx.open_table(QUEUE_V2).map_err(boxed)?;
+        let mut queue = tx.open_table(QUEUE).map_err(boxed)?;
+        let mut users = tx.open_table(USERS).map_err(boxed)?;
+        let mut last: Option<(String, u64)> = None;
+        for entry in old.iter().map_err(boxed)? {
+            let (k, _) = entry.map_err(boxed)?;
+            let (user, id) = k.value();
+            let number = match &last {
+                Some((name, n)) if name == user => *n,
+                _ => {
+                    let n = next_user;
+                    next_user += 1;
+                    users.insert(user, n).map_err(boxed)?;
+                    last = Some((user.to_owned(), n));
+                    n
+                }
+            };
+            queue.insert(key(number, id), ()).map_err(boxed)?;
+        }
+    }
+    tx.delete_table(HISTORY_V2).map_err(boxed)?;
+    tx.delete_table(QUEUE_V2).map_err(boxed)?;
+    let mut meta = tx.open_table(META).map_err(boxed)?;
+    meta.insert(NEXT_USER, next_user).map_err(boxed)?;
+    meta.insert(NEXT_CONVERSATION, next_conv).map_err(boxed)?;
     Ok(())
 }
 
-/// The latest sequence of conversation `conv`: its last history entry's (0: none yet).
-fn last_seq(
-    history: &impl ReadableTable<(&'static [u8], u64), u64>,
-    conv: &[u8],
-) -> Result<u64, StoreError> {
+/// The latest sequence of the conversation numbered `conv`: its last history entry's (0:
+/// none yet).
+fn last_seq(history: &impl ReadableTable<u128, u64>, conv: u64) -> Result<u64, StoreError> {
     let last = history
-        .range((conv, 0)..=(conv, u64::MAX))
+        .range(keys_from(conv, 0))
         .map_err(db_err("read history"))?
         .next_back();
     match last {
-        Some(entry) => Ok(entry.map_err(db_err("read history"))?.0.value().1),
+        Some(entry) => Ok(low(entry.map_err(db_err("read history"))?.0.value())),
         None => Ok(0),
     }
 }
 
-/// The entries of `user`'s queue (their direct messages and those of rooms they left that
-/// they have not acknowledged).
-fn count_queue(
-    queue: &impl ReadableTable<(&'static str, u64), ()>,
-    user: &str,
-) -> Result<u64, StoreError> {
+/// The entries of the queue of the user numbered `user` (their direct messages and those of
+/// rooms they left that they have not acknowledged).
+fn count_queue(queue: &impl ReadableTable<u128, ()>, user: u64) -> Result<u64, StoreError> {
     let mut n = 0;
     for entry in queue
-        .range((user, 0)..=(user, u64::MAX))
+        .range(keys_from(user, 0))
         .map_err(db_err("read the queue"))?
     {
         entry.map_err(db_err("read the queue"))?;
@@ -951,12 +1057,34 @@ fn origin_of(
     }
 }
 
-/// Adds to `ids` the ids of up to `limit` messages of the room `conv` that are past `cursor`
+/// A user's number; `None` when nothing was ever queued for them.
+fn user_number(
+    users: &impl ReadableTable<&'static str, u64>,
+    user: &str,
+) -> Result<Option<u64>, StoreError> {
+    Ok(users
+        .get(user)
+        .map_err(db_err("read a user's number"))?
+        .map(|v| v.value()))
+}
+
+/// A conversation's number; `None` when it has no message yet.
+fn conversation_number(
+    convs: &impl ReadableTable<&'static [u8], u64>,
+    conv: &[u8],
+) -> Result<Option<u64>, StoreError> {
+    Ok(convs
+        .get(conv)
+        .map_err(db_err("read a conversation's number"))?
+        .map(|v| v.value()))
+}
+
+/// Adds to `ids` the ids of up to `limit` messages of the room numbered `conv` that are past `cursor`
 /// and have an id of at least `start` (those below were sent already on this connection),
 /// in order.
 fn room_pending(
-    history: &impl ReadableTable<(&'static [u8], u64), u64>,
-    conv: &[u8],
+    history: &impl ReadableTable<u128, u64>,
+    conv: u64,
     cursor: &Cursor,
     start: u64,
     limit: usize,
@@ -968,7 +1096,7 @@ fn room_pending(
     }
     let id_at = |seq: u64| -> Result<Option<u64>, StoreError> {
         Ok(history
-            .get((conv, seq))
+            .get(key(conv, seq))
             .map_err(db_err("read history"))?
             .map(|v| v.value()))
     };
@@ -992,11 +1120,11 @@ fn room_pending(
     }
     let mut taken = 0;
     for entry in history
-        .range((conv, lo)..=(conv, latest))
+        .range(key(conv, lo)..=key(conv, latest))
         .map_err(db_err("read history"))?
     {
-        let (key, id) = entry.map_err(db_err("read history"))?;
-        let (seq, id) = (key.value().1, id.value());
+        let (k, id) = entry.map_err(db_err("read history"))?;
+        let (seq, id) = (low(k.value()), id.value());
         if id < start || !cursor.is_pending(seq) {
             continue;
         }
@@ -1149,6 +1277,24 @@ impl Writer {
 /// Cursors by room, then member (`None`: the member left the room).
 type Cursors = Map<String, Map<String, Option<Cursor>>>;
 
+/// The next number of counter `name` (`meta`), counted in `next` during the batch and
+/// written by [`Tables::flush`].
+fn next_number(
+    meta: &redb::Table<'_, &'static str, u64>,
+    next: &mut Option<u64>,
+    name: &'static str,
+) -> Result<u64, StoreError> {
+    let n = match *next {
+        Some(n) => n,
+        None => meta
+            .get(name)
+            .map_err(db_err("read a counter"))?
+            .map_or(1, |v| v.value()),
+    };
+    *next = Some(n + 1);
+    Ok(n)
+}
+
 /// What a batch changed that the writer remembers once it is committed.
 struct Flushed {
     lens: Map<String, u64>,
@@ -1159,8 +1305,10 @@ struct Flushed {
 struct Tables<'t, 'm> {
     meta: redb::Table<'t, &'static str, u64>,
     messages: redb::Table<'t, u64, &'static [u8]>,
-    history: redb::Table<'t, (&'static [u8], u64), u64>,
-    queue: redb::Table<'t, (&'static str, u64), ()>,
+    history: redb::Table<'t, u128, u64>,
+    queue: redb::Table<'t, u128, ()>,
+    users: redb::Table<'t, &'static str, u64>,
+    convs: redb::Table<'t, &'static [u8], u64>,
     rooms: redb::Table<'t, &'static str, u64>,
     members: redb::Table<'t, (&'static str, &'static str), ()>,
     member_of: redb::Table<'t, (&'static str, &'static str), ()>,
@@ -1171,6 +1319,9 @@ struct Tables<'t, 'm> {
     /// left), written by [`Tables::flush`] before the commit, and the sequences and queue
     /// lengths it changed, remembered once it is committed.
     next_id: Option<u64>,
+    /// The batch's counters of user and conversation numbers, written like `next_id`.
+    next_user: Option<u64>,
+    next_conv: Option<u64>,
     seq_of: Map<Vec<u8>, u64>,
     lens: Map<String, u64>,
     cur_of: Cursors,
@@ -1188,6 +1339,10 @@ impl<'t, 'm> Tables<'t, 'm> {
             messages: tx.open_table(MESSAGES).map_err(db_err("open a table"))?,
             history: tx.open_table(HISTORY).map_err(db_err("open a table"))?,
             queue: tx.open_table(QUEUE).map_err(db_err("open a table"))?,
+            users: tx.open_table(USERS).map_err(db_err("open a table"))?,
+            convs: tx
+                .open_table(CONVERSATIONS)
+                .map_err(db_err("open a table"))?,
             rooms: tx.open_table(ROOMS).map_err(db_err("open a table"))?,
             members: tx.open_table(MEMBERS).map_err(db_err("open a table"))?,
             member_of: tx.open_table(MEMBER_OF).map_err(db_err("open a table"))?,
@@ -1195,6 +1350,8 @@ impl<'t, 'm> Tables<'t, 'm> {
             seen: tx.open_table(SEEN).map_err(e)?,
             cursors: tx.open_table(CURSORS).map_err(db_err("open a table"))?,
             next_id: None,
+            next_user: None,
+            next_conv: None,
             seq_of: Map::default(),
             lens: Map::default(),
             cur_of: Map::default(),
@@ -1298,40 +1455,95 @@ impl<'t, 'm> Tables<'t, 'm> {
         let conv = room_key(room);
         let latest = self.seq_now(&conv)?;
         let mut ids = Vec::new();
-        if latest > cursor.acked() {
+        if let (true, Some(conv_n)) = (latest > cursor.acked(), self.find_conv(&conv)?) {
             for entry in self
                 .history
-                .range((conv.as_slice(), cursor.acked() + 1)..=(conv.as_slice(), latest))
+                .range(key(conv_n, cursor.acked() + 1)..=key(conv_n, latest))
                 .map_err(db_err("read history"))?
             {
-                let (key, id) = entry.map_err(db_err("read history"))?;
-                if cursor.is_pending(key.value().1) {
+                let (k, id) = entry.map_err(db_err("read history"))?;
+                if cursor.is_pending(low(k.value())) {
                     ids.push(id.value());
                 }
             }
         }
-        for &id in &ids {
-            self.queue
-                .insert((user, id), ())
-                .map_err(db_err("queue a message"))?;
-        }
         if !ids.is_empty() {
+            // The length before the entries are added (it may be counted from the queue).
             let len = self.len_of(user)?;
+            let user_n = self.user_num(user)?;
+            for &id in &ids {
+                self.queue
+                    .insert(key(user_n, id), ())
+                    .map_err(db_err("queue a message"))?;
+            }
             self.set_len(user, len + ids.len() as u64);
         }
         self.set_cursor(room, user, None);
         Ok(())
     }
 
+    /// A user's number, when they have one.
+    fn find_user(&mut self, user: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(n) = self.memo.user_number(user) {
+            return Ok(Some(n));
+        }
+        let found = user_number(&self.users, user)?;
+        if let Some(n) = found {
+            self.memo.set_user_number(user, n);
+        }
+        Ok(found)
+    }
+
+    /// A user's number, given now when they have none.
+    fn user_num(&mut self, user: &str) -> Result<u64, StoreError> {
+        if let Some(n) = self.find_user(user)? {
+            return Ok(n);
+        }
+        let n = next_number(&self.meta, &mut self.next_user, NEXT_USER)?;
+        self.users
+            .insert(user, n)
+            .map_err(db_err("number a user"))?;
+        self.memo.set_user_number(user, n);
+        Ok(n)
+    }
+
+    /// A conversation's number, when it has one.
+    fn find_conv(&mut self, conv: &[u8]) -> Result<Option<u64>, StoreError> {
+        if let Some(n) = self.memo.conversation_number(conv) {
+            return Ok(Some(n));
+        }
+        let found = conversation_number(&self.convs, conv)?;
+        if let Some(n) = found {
+            self.memo.set_conversation_number(conv, n);
+        }
+        Ok(found)
+    }
+
+    /// A conversation's number, given now when it has none.
+    fn conv_num(&mut self, conv: &[u8]) -> Result<u64, StoreError> {
+        if let Some(n) = self.find_conv(conv)? {
+            return Ok(n);
+        }
+        let n = next_number(&self.meta, &mut self.next_conv, NEXT_CONVERSATION)?;
+        self.convs
+            .insert(conv, n)
+            .map_err(db_err("number a conversation"))?;
+        self.memo.set_conversation_number(conv, n);
+        Ok(n)
+    }
+
     /// The latest sequence of a conversation, as of this batch.
-    fn seq_now(&self, conv: &[u8]) -> Result<u64, StoreError> {
+    fn seq_now(&mut self, conv: &[u8]) -> Result<u64, StoreError> {
         if let Some(&seq) = self.seq_of.get(conv) {
             return Ok(seq);
         }
         if let Some(seq) = self.memo.seq(conv) {
             return Ok(seq);
         }
-        last_seq(&self.history, conv)
+        match self.find_conv(conv)? {
+            Some(number) => last_seq(&self.history, number),
+            None => Ok(0),
+        }
     }
 
     /// A member's cursor in a room as of this batch; `None` when they have none (not a
@@ -1463,8 +1675,9 @@ impl<'t, 'm> Tables<'t, 'm> {
             .insert(id, &*json)
             .map_err(db_err("write a message"))?;
         self.written.push((id, json));
+        let conv_n = self.conv_num(&conv)?;
         self.history
-            .insert((conv.as_slice(), seq), id)
+            .insert(key(conv_n, seq), id)
             .map_err(db_err("write history"))?;
         if let Target::User(to) = &target {
             // Contacts are only ever added: a pair written once is not written again.
@@ -1489,8 +1702,9 @@ impl<'t, 'm> Tables<'t, 'm> {
         // A direct message is queued for its recipient; a room message is past its members'
         // cursors already, but for its sender's: it is done for them.
         for (user, len) in recipients.iter().zip(lens) {
+            let user_n = self.user_num(user)?;
             self.queue
-                .insert((user.as_str(), id), ())
+                .insert(key(user_n, id), ())
                 .map_err(db_err("queue a message"))?;
             self.set_len(user, len + 1);
         }
@@ -1518,14 +1732,17 @@ impl<'t, 'm> Tables<'t, 'm> {
         Ok(members)
     }
 
-    fn len_of(&self, user: &str) -> Result<u64, StoreError> {
+    fn len_of(&mut self, user: &str) -> Result<u64, StoreError> {
         if let Some(&len) = self.lens.get(user) {
             return Ok(len);
         }
         if let Some(len) = self.memo.len(user) {
             return Ok(len);
         }
-        count_queue(&self.queue, user)
+        match self.find_user(user)? {
+            Some(number) => count_queue(&self.queue, number),
+            None => Ok(0),
+        }
     }
 
     /// A queue's new length, remembered once the batch is committed.
@@ -1543,10 +1760,16 @@ impl<'t, 'm> Tables<'t, 'm> {
     /// writer remembers once the batch is committed: the queue lengths, the sequences and the
     /// cursors.
     fn flush(&mut self) -> Result<Flushed, StoreError> {
-        if let Some(next) = self.next_id.take() {
-            self.meta
-                .insert("next_id", next)
-                .map_err(db_err("write the message counter"))?;
+        for (name, next) in [
+            ("next_id", self.next_id.take()),
+            (NEXT_USER, self.next_user.take()),
+            (NEXT_CONVERSATION, self.next_conv.take()),
+        ] {
+            if let Some(next) = next {
+                self.meta
+                    .insert(name, next)
+                    .map_err(db_err("write a counter"))?;
+            }
         }
         let lens = std::mem::take(&mut self.lens);
         let seqs = std::mem::take(&mut self.seq_of);
@@ -1577,6 +1800,9 @@ impl<'t, 'm> Tables<'t, 'm> {
     fn ack(&mut self, user: &str, ids: &[u64]) -> Result<Done, StoreError> {
         let mut acked = Vec::new();
         let mut removed = 0;
+        // The user's number and queue length before the first removal (the length may be
+        // counted from the queue); `None` until a direct message is acknowledged.
+        let mut queue: Option<Option<(u64, u64)>> = None;
         for &id in ids {
             let origin = match self.memo.senders.get(id) {
                 Some(origin) => Some(origin),
@@ -1601,9 +1827,23 @@ impl<'t, 'm> Tables<'t, 'm> {
             }
             // A direct message, or a room message queued one entry per member (by a store
             // of format 1, or when the member left the room).
+            let mine = match queue {
+                Some(q) => q,
+                None => {
+                    let q = match self.find_user(user)? {
+                        Some(n) => Some((n, self.len_of(user)?)),
+                        None => None,
+                    };
+                    queue = Some(q);
+                    q
+                }
+            };
+            let Some((user_n, _)) = mine else {
+                continue;
+            };
             let was = self
                 .queue
-                .remove((user, id))
+                .remove(key(user_n, id))
                 .map_err(db_err("remove from the queue"))?
                 .is_some();
             if !was {
@@ -1617,8 +1857,7 @@ impl<'t, 'm> Tables<'t, 'm> {
                 });
             }
         }
-        if removed > 0 {
-            let len = self.len_of(user)?;
+        if let (true, Some(Some((_, len)))) = (removed > 0, queue) {
             self.set_len(user, len.saturating_sub(removed));
         }
         Ok(Done::Acked(acked))
@@ -1979,7 +2218,7 @@ mod tests {
             {
                 let conv = room_key("ops");
                 let mut messages = tx.open_table(MESSAGES).unwrap();
-                let mut history = tx.open_table(HISTORY).unwrap();
+                let mut history = tx.open_table(HISTORY_V2).unwrap();
                 for (id, seq) in [(1u64, 1u64), (2, 2)] {
                     let m = Message {
                         id,
@@ -2000,7 +2239,7 @@ mod tests {
                     .insert(conv.as_slice(), 2)
                     .unwrap();
                 tx.open_table(META).unwrap().insert("next_id", 3).unwrap();
-                let mut queue = tx.open_table(QUEUE).unwrap();
+                let mut queue = tx.open_table(QUEUE_V2).unwrap();
                 let mut lens = tx.open_table(QUEUE_LEN).unwrap();
                 // Bob has both, carol acknowledged the first.
                 queue.insert(("bob", 1), ()).unwrap();
@@ -2062,9 +2301,10 @@ mod tests {
         assert!(text.contains(&newer), "{text}");
     }
 
-    /// A store of format 2 (sequences and queue lengths in tables of their own) is brought
-    /// to format 3 when opened: those tables go, and what they said is read from the history
-    /// and the queue (the next sequence, the queue limit).
+    /// A store of format 2 (the queue and the history keyed by names, sequences and queue
+    /// lengths in tables of their own) is brought to format 3 when opened: the queue and the
+    /// history are keyed by numbers, the counter tables go, and what they said is read from
+    /// the history and the queue (the next sequence, the queue limit).
     #[test]
     fn a_format_2_store_loses_its_counters_and_keeps_counting() {
         let dir = tempfile::tempdir().unwrap();
@@ -2072,23 +2312,38 @@ mod tests {
             max_queue: 3,
             ..StoreOptions::default()
         };
-        rt().block_on(async {
-            let store = Store::open(dir.path(), options).unwrap();
-            for text in ["a", "b"] {
-                let to = Target::User("bob".into());
-                store.send("alice", to, text.into(), 1).await.unwrap();
-            }
-        });
         {
-            // As tlsnet with format 2 left it: its two counter tables, filled in.
+            // As tlsnet with format 2 left it: two messages from alice to bob, queued, with
+            // the counter tables and the queue and history keyed by names.
             let db = Database::create(dir.path().join("msg.redb")).unwrap();
             let tx = db.begin_write().unwrap();
             {
                 let conv = conversation("alice", &Target::User("bob".into()));
+                let mut messages = tx.open_table(MESSAGES).unwrap();
+                let mut history = tx.open_table(HISTORY_V2).unwrap();
+                let mut queue = tx.open_table(QUEUE_V2).unwrap();
+                for id in [1u64, 2] {
+                    let m = Message {
+                        id,
+                        seq: id,
+                        from: "alice".into(),
+                        to: Some("bob".into()),
+                        room: None,
+                        time: 1,
+                        text: format!("old {id}"),
+                    };
+                    messages
+                        .insert(id, serde_json::to_vec(&m).unwrap().as_slice())
+                        .unwrap();
+                    history.insert((conv.as_slice(), id), id).unwrap();
+                    queue.insert(("bob", id), ()).unwrap();
+                }
                 let mut seqs = tx.open_table(SEQS).unwrap();
                 seqs.insert(conv.as_slice(), 2).unwrap();
                 tx.open_table(QUEUE_LEN).unwrap().insert("bob", 2).unwrap();
-                tx.open_table(META).unwrap().insert("format", 2).unwrap();
+                let mut meta = tx.open_table(META).unwrap();
+                meta.insert("format", 2).unwrap();
+                meta.insert("next_id", 3).unwrap();
             }
             tx.commit().unwrap();
         }
@@ -2102,13 +2357,22 @@ mod tests {
                 .map(|t| redb::TableHandle::name(&t).to_string())
                 .collect();
             assert!(
-                !names.iter().any(|n| n == "seqs" || n == "queue_len"),
+                !names
+                    .iter()
+                    .any(|n| ["seqs", "queue_len", "queue", "history"].contains(&n.as_str())),
                 "{names:?}"
             );
             let meta = tx.open_table(META).unwrap();
             assert_eq!(meta.get("format").unwrap().unwrap().value(), FORMAT);
         }
         assert_eq!(store.queue_len("bob").unwrap(), 2);
+        assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [1, 2]);
+        let conv = conversation("alice", &Target::User("bob".into()));
+        let (page, more) = store.history(&conv, None, 10).unwrap();
+        assert_eq!(
+            (page.len(), page[1].text.as_str(), more),
+            (2, "old 2", false)
+        );
         r.block_on(async {
             let to = || Target::User("bob".into());
             let c = store.send("alice", to(), "c".into(), 2).await.unwrap();

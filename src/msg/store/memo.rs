@@ -3,7 +3,11 @@
 //! for the receipt, and for a room message the room and its sequence, to move the member's
 //! cursor; without this it reads and parses the stored message, 99 times for one message to a
 //! room of 100), the members of the rooms used (a room message is checked against each one's
-//! cursor), the members' cursors, and the direct queues' lengths.
+//! cursor), the members' cursors, the direct queues' lengths, the conversations' latest
+//! sequences, the users' and conversations' numbers (the keys of the queue and the history)
+//! and the pairs of users known to be contacts. Lengths and sequences are not stored as such
+//! (format 3): without this memory each would be counted or looked up in the queue and the
+//! history, once per message.
 //!
 //! Only the writer changes the database, so what it remembers stays true as long as it
 //! remembers only what is committed, or what its open transaction wrote: when a commit fails
@@ -44,6 +48,9 @@ pub struct Memo {
     lens: Map<String, u64>,
     /// The latest sequence of each conversation, by its key.
     seqs: Map<Vec<u8>, u64>,
+    /// Users' and conversations' numbers (they never change once given).
+    user_numbers: Map<String, u64>,
+    conv_numbers: Map<Vec<u8>, u64>,
     /// Direct conversations (by key) whose two users are recorded as contacts.
     contacts: Set<Vec<u8>>,
     /// Committed cursors, by room and member.
@@ -67,6 +74,8 @@ impl Memo {
             members: Map::default(),
             lens: Map::default(),
             seqs: Map::default(),
+            user_numbers: Map::default(),
+            conv_numbers: Map::default(),
             contacts: Set::default(),
             cursors: Map::default(),
             cursor_count: 0,
@@ -161,6 +170,37 @@ impl Memo {
                 break;
             }
             self.seqs.insert(conv, seq);
+        }
+    }
+
+    /// A user's number, when remembered.
+    pub fn user_number(&self, user: &str) -> Option<u64> {
+        self.user_numbers.get(user).copied()
+    }
+
+    /// Remembers a user's number (read, or given in the open transaction: a commit that
+    /// fails forgets it with the rest).
+    pub fn set_user_number(&mut self, user: &str, number: u64) {
+        if self.user_numbers.len() >= self.lens_kept {
+            self.user_numbers.clear();
+        }
+        if self.lens_kept > 0 {
+            self.user_numbers.insert(user.to_owned(), number);
+        }
+    }
+
+    /// A conversation's number, when remembered.
+    pub fn conversation_number(&self, conv: &[u8]) -> Option<u64> {
+        self.conv_numbers.get(conv).copied()
+    }
+
+    /// Remembers a conversation's number, as [`Memo::set_user_number`].
+    pub fn set_conversation_number(&mut self, conv: &[u8], number: u64) {
+        if self.conv_numbers.len() >= self.lens_kept {
+            self.conv_numbers.clear();
+        }
+        if self.lens_kept > 0 {
+            self.conv_numbers.insert(conv.to_vec(), number);
         }
     }
 
@@ -432,6 +472,13 @@ mod tests {
         m.set_seqs(Map::from_iter([(b"z".to_vec(), 9)]));
         assert!(m.seqs.len() <= 2);
         assert_eq!((m.seq(b"z"), m.seq(b"w")), (Some(9), None));
+        m.set_user_number("a", 1);
+        m.set_user_number("b", 2);
+        m.set_user_number("c", 3);
+        m.set_conversation_number(b"d\0a\0b", 4);
+        assert!(m.user_numbers.len() <= 2);
+        assert_eq!(m.user_number("c"), Some(3));
+        assert_eq!(m.conversation_number(b"d\0a\0b"), Some(4));
         m.add_contacts(b"p");
         m.add_contacts(b"q");
         m.add_contacts(b"r");
@@ -443,6 +490,10 @@ mod tests {
             (None, None, 0)
         );
         assert_eq!((m.seq(b"z"), m.knows_contacts(b"r")), (None, false));
+        assert_eq!(
+            (m.user_number("c"), m.conversation_number(b"d\0a\0b")),
+            (None, None)
+        );
         assert_eq!(m.senders.kept, 4);
     }
 }
