@@ -144,15 +144,7 @@ impl Memo {
 
     /// Remembers the queue lengths a batch committed.
     pub fn set_lens(&mut self, lens: Map<String, u64>) {
-        if self.lens.len() + lens.len() > self.lens_kept {
-            self.lens.clear();
-        }
-        for (user, len) in lens {
-            if self.lens.len() >= self.lens_kept {
-                break;
-            }
-            self.lens.insert(user, len);
-        }
+        keep(&mut self.lens, lens, self.lens_kept);
     }
 
     /// A conversation's committed latest sequence, when remembered.
@@ -162,15 +154,7 @@ impl Memo {
 
     /// Remembers the sequences a batch committed.
     pub fn set_seqs(&mut self, seqs: Map<Vec<u8>, u64>) {
-        if self.seqs.len() + seqs.len() > self.lens_kept {
-            self.seqs.clear();
-        }
-        for (conv, seq) in seqs {
-            if self.seqs.len() >= self.lens_kept {
-                break;
-            }
-            self.seqs.insert(conv, seq);
-        }
+        keep(&mut self.seqs, seqs, self.lens_kept);
     }
 
     /// A user's number, when remembered.
@@ -223,6 +207,20 @@ impl Memo {
     /// A commit failed: what was remembered may not be on disk.
     pub fn forget(&mut self) {
         *self = Memo::new(self.senders.kept, self.rooms_kept, self.lens_kept);
+    }
+}
+
+/// Adds a committed batch's values to `kept`, which holds at most `bound` (all of it is
+/// forgotten first when the batch would not fit).
+fn keep<K: std::hash::Hash + Eq>(kept: &mut Map<K, u64>, batch: Map<K, u64>, bound: usize) {
+    if kept.len() + batch.len() > bound {
+        kept.clear();
+    }
+    for (k, v) in batch {
+        if kept.len() >= bound {
+            break;
+        }
+        kept.insert(k, v);
     }
 }
 
