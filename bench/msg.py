@@ -61,7 +61,9 @@ def start(rig, d, system, users, bins):
     cert, key, ca = rig.cert()
     port = rig.ports.take()
     work = rig.work / f"msg-{system}"
-    work.mkdir(exist_ok=True)
+    # A fresh store per server: the last case's messages are not the next one's.
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     logp = rig.work / f"msg-{system}.log"
     if system == "tlsnet":
         store = work / "store"
