@@ -6,6 +6,9 @@
 //! reads as much as the socket has, up to [`READ_AHEAD`] bytes, and hands them out from memory.
 //!
 //! The buffer costs only what is used:
+//! - a read that fits in the caller's buffer goes there directly, with no buffer of ours at all:
+//!   only a read that fills the caller's buffer (there may be more in the socket) makes the next
+//!   ones go through the buffer, until the socket has less than they ask for;
 //! - it starts at [`FIRST_READ`] (one full TLS record) and grows to [`READ_AHEAD`] only once a
 //!   read has filled it (a bulk transfer), so interactive traffic never touches more;
 //! - it is never zeroed: the socket reads into its spare capacity (`tokio_util::io::
@@ -43,6 +46,9 @@ pub struct ReadAhead<S> {
     buf: BytesMut,
     /// How much the next read from the socket asks for.
     want: usize,
+    /// The next read goes straight into the caller's buffer (the last one did not fill its
+    /// buffer: the socket is drained, or nearly).
+    direct: bool,
     /// Set while reads must stop at record boundaries (see the module docs).
     records: Option<Records>,
 }
@@ -97,6 +103,7 @@ impl<S> ReadAhead<S> {
             inner,
             buf: BytesMut::new(),
             want: FIRST_READ,
+            direct: true,
             records: None,
         }
     }
@@ -156,8 +163,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 }
             }
         } else if this.buf.is_empty() {
-            if out.remaining() >= this.want {
-                return Pin::new(&mut this.inner).poll_read(cx, out);
+            if this.direct || out.remaining() >= this.want {
+                if this.buf.capacity() != 0 {
+                    this.buf = BytesMut::new();
+                }
+                let room = out.remaining();
+                let before = out.filled().len();
+                let read = Pin::new(&mut this.inner).poll_read(cx, out);
+                if matches!(read, Poll::Ready(Ok(()))) && out.filled().len() - before == room {
+                    // It filled the caller's buffer: the socket may hold more.
+                    this.direct = room >= this.want;
+                }
+                return read;
             }
             this.buf.reserve(this.want);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
@@ -168,6 +185,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 Poll::Ready(Ok(n)) => {
                     if n >= this.want {
                         this.want = READ_AHEAD;
+                    } else {
+                        // Less than asked for: the socket is drained.
+                        this.direct = true;
                     }
                 }
                 Poll::Ready(Err(e)) => {
@@ -177,6 +197,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 Poll::Pending => {
                     // Nothing more for now: an idle connection keeps no buffer.
                     this.buf = BytesMut::new();
+                    this.direct = true;
                     return Poll::Pending;
                 }
             }
@@ -255,7 +276,8 @@ mod tests {
         a.write_all(b"hello").await.unwrap();
         let mut two = [0u8; 2];
         r.read_exact(&mut two).await.unwrap();
-        assert_eq!(r.buffered(), 3);
+        // That read filled its buffer: the next one reads ahead.
+        assert_eq!(r.buffered(), 0);
         let mut rest = [0u8; 3];
         r.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"llo");
@@ -271,17 +293,19 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(READ_AHEAD * 2);
         let mut r = ReadAhead::new(b);
         let mut one = [0u8; 1];
-        // A small message: one small read, the buffer stays at its first size.
+        let mut page = [0u8; 4096];
+        // A small message: it goes straight into the caller's buffer, none of ours is made.
         a.write_all(&[7u8; 100]).await.unwrap();
-        r.read_exact(&mut one).await.unwrap();
+        assert_eq!(r.read(&mut page).await.unwrap(), 100);
         assert_eq!(r.want, FIRST_READ);
-        assert!(r.buf.capacity() < READ_AHEAD);
-        let mut rest = [0u8; 99];
-        r.read_exact(&mut rest).await.unwrap();
-        // A burst larger than the first read: it fills it, and the next read asks for more.
-        a.write_all(&vec![9u8; READ_AHEAD + FIRST_READ])
+        assert_eq!(r.buf.capacity(), 0);
+        // A burst: the read that fills the caller's buffer makes the next one read ahead, one
+        // record's worth; that one fills ours, and the one after asks for more.
+        a.write_all(&vec![9u8; page.len() + READ_AHEAD + FIRST_READ])
             .await
             .unwrap();
+        assert_eq!(r.read(&mut page).await.unwrap(), page.len());
+        assert_eq!(r.buf.capacity(), 0);
         r.read_exact(&mut one).await.unwrap();
         assert_eq!(r.buffered(), FIRST_READ - 1);
         assert_eq!(r.want, READ_AHEAD);
