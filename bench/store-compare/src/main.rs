@@ -42,6 +42,37 @@ macro_rules! redb_bench {
     }};
 }
 
+/// The msg store's direct-message pattern on one redb version: per message a message row, a
+/// history entry and a queue entry; per ACK (of the previous batch's messages) the queue entry
+/// removed; one durable commit per batch.
+macro_rules! redb_direct {
+    ($redb:ident, $name:expr, $file:expr, $dir:expr, $n:expr, $value:expr) => {{
+        let (dir, n, value) = ($dir, $n, $value);
+        const MESSAGES: $redb::TableDefinition<u64, &[u8]> = $redb::TableDefinition::new("m");
+        const HISTORY: $redb::TableDefinition<u128, u64> = $redb::TableDefinition::new("h");
+        const QUEUE: $redb::TableDefinition<u128, ()> = $redb::TableDefinition::new("q");
+        let db = $redb::Database::create(dir.join($file)).unwrap();
+        let (wall, cpu) = direct(n, |batch, acks| {
+            let tx = db.begin_write().unwrap();
+            {
+                let mut m = tx.open_table(MESSAGES).unwrap();
+                let mut h = tx.open_table(HISTORY).unwrap();
+                let mut q = tx.open_table(QUEUE).unwrap();
+                for msg in batch {
+                    m.insert(msg.id, &value[..]).unwrap();
+                    h.insert(msg.history(), msg.id).unwrap();
+                    q.insert(msg.queue(), ()).unwrap();
+                }
+                for msg in acks {
+                    q.remove(msg.queue()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        });
+        direct_row($name, n, wall, cpu);
+    }};
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "store-compare.tmp".into()));
@@ -85,7 +116,109 @@ fn main() {
     // redb: copy-on-write B-trees; Durability::Immediate fsyncs on commit.
     redb_bench!(redb, "redb 2", "redb", &dir, n, &value);
     redb_bench!(redb4, "redb 4", "redb4", &dir, n, &value);
+
+    // The direct-message pattern, CPU per message (the process's, fjall's threads included).
+    let direct_n = n * 100;
+    println!();
+    println!(
+        "direct pattern: {direct_n} messages among {USERS} users, {PER_BATCH} messages and the \
+         previous batch's {PER_BATCH} ACKs per durable commit"
+    );
+    println!("| store | msgs/s | CPU per message (incl. ACK) |");
+    println!("|---|---|---|");
+    {
+        let db = fjall::Database::builder(dir.join("fjall-direct"))
+            .open()
+            .unwrap();
+        let opts = fjall::KeyspaceCreateOptions::default;
+        let (m, h, q) = (
+            db.keyspace("m", opts).unwrap(),
+            db.keyspace("h", opts).unwrap(),
+            db.keyspace("q", opts).unwrap(),
+        );
+        let (wall, cpu) = direct(direct_n, |batch, acks| {
+            let mut b = db.batch();
+            for msg in batch {
+                b.insert(&m, msg.id.to_be_bytes(), &value[..]);
+                b.insert(&h, msg.history().to_be_bytes(), msg.id.to_be_bytes());
+                b.insert(&q, msg.queue().to_be_bytes(), b"");
+            }
+            for msg in acks {
+                b.remove(&q, msg.queue().to_be_bytes());
+            }
+            b.commit().unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        });
+        direct_row("fjall 3", direct_n, wall, cpu);
+    }
+    redb_direct!(redb, "redb 2", "redb-direct", &dir, direct_n, &value);
+    redb_direct!(redb4, "redb 4", "redb4-direct", &dir, direct_n, &value);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+const USERS: u64 = 1000;
+const PER_BATCH: usize = 512;
+
+/// A direct message of the pattern: user `from` to `from + 1`.
+#[derive(Clone, Copy)]
+struct Msg {
+    id: u64,
+    to: u64,
+    conv: u64,
+    seq: u64,
+}
+
+impl Msg {
+    fn history(&self) -> u128 {
+        (u128::from(self.conv) << 64) | u128::from(self.seq)
+    }
+    fn queue(&self) -> u128 {
+        (u128::from(self.to) << 64) | u128::from(self.id)
+    }
+}
+
+/// Runs `commit(batch, acks)` over `n` messages; wall seconds and process CPU seconds.
+fn direct(n: usize, mut commit: impl FnMut(&[Msg], &[Msg])) -> (f64, f64) {
+    let mut seqs = vec![0u64; USERS as usize];
+    let mut acks: Vec<Msg> = Vec::new();
+    let (started, cpu0) = (Instant::now(), cpu_secs());
+    let mut id = 0u64;
+    while (id as usize) < n {
+        let batch: Vec<Msg> = (0..PER_BATCH.min(n - id as usize))
+            .map(|_| {
+                id += 1;
+                let from = id % USERS;
+                seqs[from as usize] += 1;
+                Msg {
+                    id,
+                    to: (from + 1) % USERS,
+                    conv: from,
+                    seq: seqs[from as usize],
+                }
+            })
+            .collect();
+        commit(&batch, &acks);
+        acks = batch;
+    }
+    commit(&[], &acks);
+    (started.elapsed().as_secs_f64(), cpu_secs() - cpu0)
+}
+
+/// utime + stime of this process (all its threads), from /proc.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn direct_row(name: &str, n: usize, wall: f64, cpu: f64) {
+    println!(
+        "| {name} | {:.0} | {:.2} µs |",
+        n as f64 / wall,
+        cpu / n as f64 * 1e6
+    );
 }
 
 fn key(i: usize) -> [u8; 8] {
