@@ -110,9 +110,11 @@ pub enum SyncMode {
     /// crash, a kill -9 or a power loss.
     #[default]
     Always,
-    /// Every batch is written to the operating system before its acknowledgements, and
-    /// fsynced at least once a second: nothing acknowledged is lost when the process dies
-    /// (kill -9), up to about a second of it when the machine does (power loss, kernel panic).
+    /// Every batch is committed with redb's eventual durability before its acknowledgements,
+    /// and fully synced at least once a second: nothing acknowledged is lost when the process
+    /// dies (kill -9), up to about a second of it when the machine does (power loss, kernel
+    /// panic). On Linux redb syncs eventual commits with `fdatasync` as well, so this mode is
+    /// as durable as [`SyncMode::Always`] there, and no faster (docs/OPERATIONS.md).
     Batch,
 }
 
