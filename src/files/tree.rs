@@ -30,7 +30,7 @@ pub fn fits(size: u64, offset: u64, len: usize) -> bool {
     let Some(end) = offset.checked_add(len) else {
         return false;
     };
-    if len > CHUNK || end > size || offset % CHUNK != 0 {
+    if len > CHUNK || end > size || !offset.is_multiple_of(CHUNK) {
         return false;
     }
     if !chunked(size) {
@@ -203,7 +203,7 @@ impl Prefix {
     /// Keeps only the first `len` bytes (a chunk boundary, at most [`Prefix::len`]); false,
     /// and nothing changes, otherwise.
     pub fn truncate(&mut self, len: u64) -> bool {
-        if len > self.len() || len % CHUNK != 0 {
+        if len > self.len() || !len.is_multiple_of(CHUNK) {
             return false;
         }
         let keep = (len / CHUNK) as usize;

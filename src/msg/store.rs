@@ -1,4 +1,4 @@
-//! The message store: an embedded, crash-safe [redb] database in one file, written by one
+//! The message store: an embedded, crash-safe [redb] 4 database in one file, written by one
 //! thread with group commit.
 //!
 //! Every change (a message, an acknowledgement, a room change) is a job sent to the writer
@@ -26,21 +26,24 @@
 //! recipient has acknowledged them.
 //!
 //! The format is number [`FORMAT`] (`meta` `format`). An older store is brought to it when it
-//! is opened, in one transaction. Format 1 (tlsnet before the cursors: every room message
-//! queued per member) to 2: each member gets a cursor at the room's latest message, and the
-//! room messages already queued stay queued, delivered and acknowledged as they were. Format
-//! 2 to 3: the tables of sequences and of queue lengths go (they were written once per
-//! conversation and per recipient in every commit, and say nothing the history and the queue
-//! do not). A store of a later format is refused.
+//! is opened. Formats 1 to 3 are redb 2 files, which redb 4 does not read: [`legacy`] brings
+//! one to format 3 in one transaction, then copies it into a redb 4 file and keeps the old
+//! file beside it. Format 1 (tlsnet before the cursors: every room message queued per member)
+//! to 2: each member gets a cursor at the room's latest message, and the room messages already
+//! queued stay queued, delivered and acknowledged as they were. Format 2 to 3: the tables of
+//! sequences and of queue lengths go (they were written once per conversation and per
+//! recipient in every commit, and say nothing the history and the queue do not). Format 3 to
+//! 4: the same tables in a redb 4 file (a third less of the writer's CPU per message, measured
+//! in bench/store-compare). A store of a later format is refused.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
-use tracing::{debug, error, info};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use tracing::{debug, error};
 
 use super::codec::Message;
 
@@ -52,35 +55,50 @@ use memo::{Bodies, Map, Memo, Origin};
 /// The most jobs committed together.
 pub const MAX_BATCH: usize = 1024;
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-/// Formats 1 and 2 only: conversation → its latest sequence.
-const SEQS: TableDefinition<&[u8], u64> = TableDefinition::new("seqs");
-/// (conversation's number, sequence) → message id; see [`key`].
-const HISTORY: TableDefinition<u128, u64> = TableDefinition::new("history_by_number");
-/// (user's number, message id) → (); see [`key`].
-const QUEUE: TableDefinition<u128, ()> = TableDefinition::new("queue_by_number");
-/// User → their number, given the first time a message is queued for them.
-const USERS: TableDefinition<&str, u64> = TableDefinition::new("user_numbers");
-/// Conversation key ([`conversation`]) → its number, given at its first message.
-const CONVERSATIONS: TableDefinition<&[u8], u64> = TableDefinition::new("conversation_numbers");
-/// Formats 1 and 2 only: [`HISTORY`] and [`QUEUE`] keyed by the names themselves.
-const HISTORY_V2: TableDefinition<(&[u8], u64), u64> = TableDefinition::new("history");
-const QUEUE_V2: TableDefinition<(&str, u64), ()> = TableDefinition::new("queue");
-/// Formats 1 and 2 only: user → the length of their queue.
-const QUEUE_LEN: TableDefinition<&str, u64> = TableDefinition::new("queue_len");
-const ROOMS: TableDefinition<&str, u64> = TableDefinition::new("rooms");
-const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
-const MEMBER_OF: TableDefinition<(&str, &str), ()> = TableDefinition::new("member_of");
-const CONTACTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("contacts");
-const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
-/// (user, room) → the member's [`Cursor`], encoded.
-const CURSORS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("room_cursors");
+/// The tables, for the redb crate `$redb` (this one, and redb 2 for the stores of before
+/// format 4: [`legacy`]).
+macro_rules! tables {
+    ($redb:ident) => {
+        pub(crate) const META: $redb::TableDefinition<&str, u64> =
+            $redb::TableDefinition::new("meta");
+        pub(crate) const MESSAGES: $redb::TableDefinition<u64, &[u8]> =
+            $redb::TableDefinition::new("messages");
+        /// (conversation's number, sequence) → message id; see `key`.
+        pub(crate) const HISTORY: $redb::TableDefinition<u128, u64> =
+            $redb::TableDefinition::new("history_by_number");
+        /// (user's number, message id) → (); see `key`.
+        pub(crate) const QUEUE: $redb::TableDefinition<u128, ()> =
+            $redb::TableDefinition::new("queue_by_number");
+        /// User → their number, given the first time a message is queued for them.
+        pub(crate) const USERS: $redb::TableDefinition<&str, u64> =
+            $redb::TableDefinition::new("user_numbers");
+        /// Conversation key (`conversation`) → its number, given at its first message.
+        pub(crate) const CONVERSATIONS: $redb::TableDefinition<&[u8], u64> =
+            $redb::TableDefinition::new("conversation_numbers");
+        pub(crate) const ROOMS: $redb::TableDefinition<&str, u64> =
+            $redb::TableDefinition::new("rooms");
+        pub(crate) const MEMBERS: $redb::TableDefinition<(&str, &str), ()> =
+            $redb::TableDefinition::new("members");
+        pub(crate) const MEMBER_OF: $redb::TableDefinition<(&str, &str), ()> =
+            $redb::TableDefinition::new("member_of");
+        pub(crate) const CONTACTS: $redb::TableDefinition<(&str, &str), ()> =
+            $redb::TableDefinition::new("contacts");
+        pub(crate) const SEEN: $redb::TableDefinition<&str, u64> =
+            $redb::TableDefinition::new("seen");
+        /// (user, room) → the member's `Cursor`, encoded.
+        pub(crate) const CURSORS: $redb::TableDefinition<(&str, &str), &[u8]> =
+            $redb::TableDefinition::new("room_cursors");
+    };
+}
+tables!(redb);
 
-/// The store's format: 3 since the queue and the history are keyed by numbers and sequences
-/// and queue lengths are not stored apart (2: room members have cursors; 1, or no `format` in
-/// `meta`: every room message queued per member).
-pub const FORMAT: u64 = 3;
+mod legacy;
+
+/// The store's format: 4 since the file is a redb 4 one (the tables are those of format 3;
+/// 3: the queue and the history keyed by numbers, sequences and queue lengths not stored
+/// apart; 2: room members have cursors; 1, or no `format` in `meta`: every room message
+/// queued per member). Formats 1 to 3 are redb 2 files ([`legacy`]).
+pub const FORMAT: u64 = 4;
 
 /// `meta` keys: the next numbers to give a user and a conversation.
 const NEXT_USER: &str = "next_user_number";
@@ -110,16 +128,12 @@ pub enum SyncMode {
     /// crash, a kill -9 or a power loss.
     #[default]
     Always,
-    /// Every batch is committed with redb's eventual durability before its acknowledgements,
-    /// and fully synced at least once a second: nothing acknowledged is lost when the process
-    /// dies (kill -9), up to about a second of it when the machine does (power loss, kernel
-    /// panic). On Linux redb syncs eventual commits with `fdatasync` as well, so this mode is
-    /// as durable as [`SyncMode::Always`] there, and no faster (docs/OPERATIONS.md).
+    /// Accepted for the configurations written for it, and the same as [`SyncMode::Always`]
+    /// since store format 4: it meant a commit made durable with redb 2's eventual durability
+    /// (which on Linux was an `fdatasync` as well) and fully synced once a second, and redb 4
+    /// has no such level (its only commit without an fsync is not there after a kill -9).
     Batch,
 }
-
-/// How often `--sync batch` fsyncs.
-pub const BATCH_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// The store's limits.
 #[derive(Debug, Clone, Copy)]
@@ -369,17 +383,20 @@ impl Store {
     fn open_with(dir: &Path, options: StoreOptions, memo: Memo) -> crate::Result<Store> {
         create_private_dir(dir)?;
         let path = dir.join("msg.redb");
-        let db = Database::create(&path).map_err(|e| {
-            crate::Error::unusable(
-                format!("message store {}", path.display()),
-                redb::Error::from(e),
-            )
-        })?;
+        let unusable =
+            |e: OpenError| crate::Error::unusable(format!("message store {}", path.display()), e);
+        let db = match Database::create(&path) {
+            Err(redb::DatabaseError::UpgradeRequired(_)) => {
+                legacy::upgrade(&path).map_err(unusable)?;
+                Database::create(&path)
+            }
+            opened => opened,
+        }
+        .map_err(|e| unusable(OpenError::Tables(Box::new(e.into()))))?;
         let db = Arc::new(db);
         // Make every table, so that readers never meet a missing one; an older store is
         // brought to this format.
-        init_tables(&db)
-            .map_err(|e| crate::Error::unusable(format!("message store {}", path.display()), e))?;
+        init_tables(&db).map_err(unusable)?;
         let (jobs, queue) = mpsc::sync_channel::<Job>(4 * MAX_BATCH);
         let bodies = Arc::new(std::sync::Mutex::new(Bodies::default()));
         let writer = Writer {
@@ -822,11 +839,15 @@ enum OpenError {
     #[error("cannot prepare its tables")]
     Tables(#[source] Box<redb::Error>),
     #[error("cannot bring it from format {from} to {FORMAT}; it is unchanged")]
-    Migrate {
+    Upgrade {
         from: u64,
         #[source]
-        source: Box<redb::Error>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "it says format {found}, which only a redb 2 file can be in (made by another program?)"
+    )]
+    Inconsistent { found: u64 },
     #[error("it is in format {found}, written by a newer tlsnet; this one reads formats 1 to {FORMAT} (run the newer tlsnet on it, or a copy of the store from before it)")]
     Newer { found: u64 },
 }
@@ -835,8 +856,9 @@ fn tables_err(e: impl Into<redb::Error>) -> OpenError {
     OpenError::Tables(Box::new(e.into()))
 }
 
-/// Makes every table (so that readers never meet a missing one) and brings an older store to
-/// [`FORMAT`], in one transaction: a crash on the way leaves the store as it was.
+/// Makes every table (so that readers never meet a missing one) and marks a new store with
+/// [`FORMAT`], in one transaction. Older formats are redb 2 files, brought here by
+/// [`legacy::upgrade`] before this opens them.
 fn init_tables(db: &Database) -> Result<(), OpenError> {
     let tx = db.begin_write().map_err(tables_err)?;
     for t in [ROOMS, SEEN] {
@@ -851,129 +873,18 @@ fn init_tables(db: &Database) -> Result<(), OpenError> {
         tx.open_table(t).map_err(tables_err)?;
     }
     tx.open_table(CURSORS).map_err(tables_err)?;
-    let format = {
-        let meta = tx.open_table(META).map_err(tables_err)?;
-        let format = meta.get("format").map_err(tables_err)?.map(|v| v.value());
-        format
-    };
+    let mut meta = tx.open_table(META).map_err(tables_err)?;
+    let format = meta.get("format").map_err(tables_err)?.map(|v| v.value());
     match format {
         Some(FORMAT) => {}
         Some(found) if found > FORMAT => return Err(OpenError::Newer { found }),
-        older => {
-            let from = older.unwrap_or(1);
-            let failed = |source| OpenError::Migrate { from, source };
-            let cursors = if from < 2 {
-                migrate_to_2(&tx).map_err(failed)?
-            } else {
-                0
-            };
-            migrate_to_3(&tx).map_err(failed)?;
-            tx.open_table(META)
-                .map_err(tables_err)?
-                .insert("format", FORMAT)
-                .map_err(tables_err)?;
-            // A new store (no format, nothing in it to bring over) says nothing.
-            if cursors > 0 || from == 2 {
-                info!(
-                    from,
-                    to = FORMAT,
-                    cursors,
-                    "message store: brought to the current format"
-                );
-            }
+        Some(found) => return Err(OpenError::Inconsistent { found }),
+        None => {
+            meta.insert("format", FORMAT).map_err(tables_err)?;
         }
     }
+    drop(meta);
     tx.commit().map_err(tables_err)?;
-    Ok(())
-}
-
-/// Format 1 to 2: every room member gets a cursor at the room's latest message (what they
-/// have not acknowledged of the older ones stays in their queue, as format 1 kept it).
-/// Returns the cursors made.
-fn migrate_to_2(tx: &redb::WriteTransaction) -> Result<u64, Box<redb::Error>> {
-    let mut made = 0;
-    let members = tx.open_table(MEMBERS).map_err(boxed)?;
-    let seqs = tx.open_table(SEQS).map_err(boxed)?;
-    let mut cursors = tx.open_table(CURSORS).map_err(boxed)?;
-    for entry in members.iter().map_err(boxed)? {
-        let (key, _) = entry.map_err(boxed)?;
-        let (room, user) = key.value();
-        let conv = room_key(room);
-        if cursors.get((user, room)).map_err(boxed)?.is_some() {
-            continue;
-        }
-        let latest = seqs
-            .get(conv.as_slice())
-            .map_err(boxed)?
-            .map_or(0, |v| v.value());
-        cursors
-            .insert((user, room), Cursor::at(latest).encode().as_slice())
-            .map_err(boxed)?;
-        made += 1;
-    }
-    Ok(made)
-}
-
-/// Format 2 to 3: users and conversations get numbers, the history and the queue are
-/// rewritten keyed by them ([`key`]), and the sequences and the queue lengths are no longer
-/// stored apart (the last history entry of a conversation is its latest sequence; a queue's
-/// entries are its length).
-fn migrate_to_3(tx: &redb::WriteTransaction) -> Result<(), Box<redb::Error>> {
-    tx.delete_table(SEQS).map_err(boxed)?;
-    tx.delete_table(QUEUE_LEN).map_err(boxed)?;
-    // The old keys are sorted by name first: a name's entries come together, and get one
-    // number.
-    let mut next_conv = 1;
-    {
-        let old = tx.open_table(HISTORY_V2).map_err(boxed)?;
-        let mut history = tx.open_table(HISTORY).map_err(boxed)?;
-        let mut convs = tx.open_table(CONVERSATIONS).map_err(boxed)?;
-        let mut last: Option<(Vec<u8>, u64)> = None;
-        for entry in old.iter().map_err(boxed)? {
-            let (k, id) = entry.map_err(boxed)?;
-            let (conv, seq) = k.value();
-            let number = match &last {
-                Some((name, n)) if name.as_slice() == conv => *n,
-                _ => {
-                    let n = next_conv;
-                    next_conv += 1;
-                    convs.insert(conv, n).map_err(boxed)?;
-                    last = Some((conv.to_vec(), n));
-                    n
-                }
-            };
-            history
-                .insert(key(number, seq), id.value())
-                .map_err(boxed)?;
-        }
-    }
-    let mut next_user = 1;
-    {
-        let old = tx.open_table(QUEUE_V2).map_err(boxed)?;
-        let mut queue = tx.open_table(QUEUE).map_err(boxed)?;
-        let mut users = tx.open_table(USERS).map_err(boxed)?;
-        let mut last: Option<(String, u64)> = None;
-        for entry in old.iter().map_err(boxed)? {
-            let (k, _) = entry.map_err(boxed)?;
-            let (user, id) = k.value();
-            let number = match &last {
-                Some((name, n)) if name == user => *n,
-                _ => {
-                    let n = next_user;
-                    next_user += 1;
-                    users.insert(user, n).map_err(boxed)?;
-                    last = Some((user.to_owned(), n));
-                    n
-                }
-            };
-            queue.insert(key(number, id), ()).map_err(boxed)?;
-        }
-    }
-    tx.delete_table(HISTORY_V2).map_err(boxed)?;
-    tx.delete_table(QUEUE_V2).map_err(boxed)?;
-    let mut meta = tx.open_table(META).map_err(boxed)?;
-    meta.insert(NEXT_USER, next_user).map_err(boxed)?;
-    meta.insert(NEXT_CONVERSATION, next_conv).map_err(boxed)?;
     Ok(())
 }
 
@@ -1002,10 +913,6 @@ fn count_queue(queue: &impl ReadableTable<u128, ()>, user: u64) -> Result<u64, S
         n += 1;
     }
     Ok(n)
-}
-
-fn boxed(e: impl Into<redb::Error>) -> Box<redb::Error> {
-    Box::new(e.into())
 }
 
 fn load(
@@ -1167,47 +1074,22 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, queue: mpsc::Receiver<Job>) {
-        let mut last_sync = Instant::now();
-        let mut unsynced = false;
-        loop {
-            let first = if unsynced {
-                match queue.recv_timeout(BATCH_SYNC_EVERY.saturating_sub(last_sync.elapsed())) {
-                    Ok(job) => Some(job),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match queue.recv() {
-                    Ok(job) => Some(job),
-                    Err(_) => break,
-                }
-            };
-            let mut batch: Vec<Job> = first.into_iter().collect();
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
             }
-            let fsync = match self.options.sync {
-                SyncMode::Always => true,
-                SyncMode::Batch => last_sync.elapsed() >= BATCH_SYNC_EVERY,
-            };
             let size = batch.len();
             let (ops, replies): (Vec<Op>, Vec<_>) =
                 batch.into_iter().map(|j| (j.op, j.reply)).unzip();
             let started = Instant::now();
-            match self.commit(ops, fsync) {
+            match self.commit(ops) {
                 Ok(results) => {
-                    if fsync {
-                        last_sync = Instant::now();
-                        unsynced = false;
-                    } else {
-                        unsynced = true;
-                    }
                     debug!(
                         jobs = size,
-                        fsync,
                         ms = started.elapsed().as_millis() as u64,
                         "message store: committed"
                     );
@@ -1224,28 +1106,17 @@ impl Writer {
                 }
             }
         }
-        if unsynced {
-            if let Err(e) = self.commit(Vec::new(), true) {
-                error!(error = %crate::error::chain(&e), "message store: final sync failed");
-            }
-        }
     }
 
     /// One transaction for `ops`: each one's result, or the error that failed them all.
-    fn commit(
-        &mut self,
-        ops: Vec<Op>,
-        fsync: bool,
-    ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
         let mut tx = self
             .db
             .begin_write()
             .map_err(db_err("begin a transaction"))?;
-        tx.set_durability(if fsync {
-            Durability::Immediate
-        } else {
-            Durability::Eventual
-        });
+        // Every commit is durable, in both sync modes (see SyncMode::Batch).
+        tx.set_durability(Durability::Immediate)
+            .map_err(db_err("begin a transaction"))?;
         let mut results = Vec::with_capacity(ops.len());
         let (flushed, written) = {
             let mut t = Tables::open(&tx, &mut self.memo)?;
@@ -2027,7 +1898,7 @@ mod tests {
 
     fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
         store: &Store,
-        t: TableDefinition<K, V>,
+        t: redb::TableDefinition<K, V>,
     ) -> u64 {
         use redb::ReadableTableMetadata;
         let tx = store.db.begin_read().unwrap();
@@ -2215,7 +2086,9 @@ mod tests {
     fn a_format_1_store_is_migrated_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = Database::create(dir.path().join("msg.redb")).unwrap();
+            // A redb 2 file, as every tlsnet before format 4 wrote.
+            use legacy::v2::*;
+            let db = redb2::Database::create(dir.path().join("msg.redb")).unwrap();
             let tx = db.begin_write().unwrap();
             {
                 let conv = room_key("ops");
@@ -2316,8 +2189,9 @@ mod tests {
         };
         {
             // As tlsnet with format 2 left it: two messages from alice to bob, queued, with
-            // the counter tables and the queue and history keyed by names.
-            let db = Database::create(dir.path().join("msg.redb")).unwrap();
+            // the counter tables and the queue and history keyed by names (in redb 2).
+            use legacy::v2::*;
+            let db = redb2::Database::create(dir.path().join("msg.redb")).unwrap();
             let tx = db.begin_write().unwrap();
             {
                 let conv = conversation("alice", &Target::User("bob".into()));
@@ -2389,6 +2263,96 @@ mod tests {
             assert_eq!(d.await.unwrap().message.seq, 4, "one conversation");
         });
         assert_eq!(store.queue_len("bob").unwrap(), 2);
+    }
+
+    /// A store of format 3, the last in a redb 2 file (every store of tlsnet before format
+    /// 4), is copied into a redb 4 file when opened: its queue, history, rooms (tuple keys,
+    /// which redb 4 encodes otherwise), cursors, contacts and counters carry over; the old
+    /// file is kept beside it; a copy that a crash left half-made is made afresh; and the
+    /// next open finds format 4 and copies nothing.
+    #[test]
+    fn a_format_3_redb_2_store_is_copied_into_redb_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("msg.redb");
+        {
+            use legacy::v2::*;
+            let db = redb2::Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let m = |id, to: Option<&str>, room: Option<&str>| Message {
+                    id,
+                    seq: 1,
+                    from: "alice".into(),
+                    to: to.map(Into::into),
+                    room: room.map(Into::into),
+                    time: 1,
+                    text: format!("old {id}"),
+                };
+                let mut messages = tx.open_table(MESSAGES).unwrap();
+                for msg in [m(1, Some("bob"), None), m(2, None, Some("ops"))] {
+                    let json = serde_json::to_vec(&msg).unwrap();
+                    messages.insert(msg.id, json.as_slice()).unwrap();
+                }
+                let direct = conversation("alice", &Target::User("bob".into()));
+                let mut convs = tx.open_table(CONVERSATIONS).unwrap();
+                convs.insert(direct.as_slice(), 1).unwrap();
+                convs.insert(room_key("ops").as_slice(), 2).unwrap();
+                let mut history = tx.open_table(HISTORY).unwrap();
+                history.insert(key(1, 1), 1).unwrap();
+                history.insert(key(2, 1), 2).unwrap();
+                tx.open_table(USERS).unwrap().insert("bob", 1).unwrap();
+                tx.open_table(QUEUE).unwrap().insert(key(1, 1), ()).unwrap();
+                tx.open_table(ROOMS).unwrap().insert("ops", 1).unwrap();
+                let mut members = tx.open_table(MEMBERS).unwrap();
+                let mut member_of = tx.open_table(MEMBER_OF).unwrap();
+                let mut cursors = tx.open_table(CURSORS).unwrap();
+                for user in ["alice", "carol"] {
+                    members.insert(("ops", user), ()).unwrap();
+                    member_of.insert((user, "ops"), ()).unwrap();
+                    let at = Cursor::at(0).encode();
+                    cursors.insert((user, "ops"), at.as_slice()).unwrap();
+                }
+                let mut contacts = tx.open_table(CONTACTS).unwrap();
+                contacts.insert(("alice", "bob"), ()).unwrap();
+                contacts.insert(("bob", "alice"), ()).unwrap();
+                tx.open_table(SEEN).unwrap().insert("carol", 7).unwrap();
+                let mut meta = tx.open_table(META).unwrap();
+                meta.insert("format", 3).unwrap();
+                meta.insert("next_id", 3).unwrap();
+                meta.insert(NEXT_USER, 2).unwrap();
+                meta.insert(NEXT_CONVERSATION, 3).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let upgrading = path.with_extension("redb.upgrading");
+        std::fs::write(&upgrading, b"half a copy").unwrap();
+        let kept = legacy::kept(&path);
+        {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            assert!(kept.exists() && !upgrading.exists());
+            assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [1]);
+            assert_eq!(ids(&store.pending_raw("carol", 0, 10).unwrap()), [2]);
+            assert_eq!(store.members("ops").unwrap(), ["alice", "carol"]);
+            assert!(store.peers("alice").unwrap().contains("bob"));
+            assert_eq!(store.last_seen("carol").unwrap(), 7);
+            rt().block_on(async {
+                let to_bob = Target::User("bob".into());
+                let next = store.send("alice", to_bob, "new".into(), 2).await.unwrap();
+                assert_eq!((next.message.id, next.message.seq), (3, 2));
+                let to_ops = Target::Room("ops".into());
+                let next = store.send("carol", to_ops, "hi".into(), 2).await.unwrap();
+                assert_eq!((next.message.id, next.message.seq), (4, 2));
+            });
+        }
+        let before = std::fs::read(&kept).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(ids(&store.pending_raw("bob", 0, 10).unwrap()), [1, 3]);
+        // Alice's cursor was made at 0 above, past her own message: both are hers to take.
+        assert_eq!(ids(&store.pending_raw("alice", 0, 10).unwrap()), [2, 4]);
+        assert_eq!(std::fs::read(&kept).unwrap(), before, "copied once");
+        let tx = store.db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        assert_eq!(meta.get("format").unwrap().unwrap().value(), FORMAT);
     }
 
     /// The writer remembers the senders of the latest messages only (here 2): the ACKs of

@@ -61,9 +61,8 @@ pub struct MsgServeArgs {
     pub(crate) nats_replicas: Option<u8>,
 
     /// When a message is on disk before it is acknowledged: always (fsync every batch; no
-    /// acknowledged message is lost, even on power loss) or batch (redb's eventual
-    /// durability, a full sync once a second: a kill -9 loses nothing, a power loss up to a
-    /// second; on Linux redb syncs those commits too, so it is no faster there).
+    /// acknowledged message is lost, even on power loss). batch is accepted and is the same
+    /// since store format 4 (docs/OPERATIONS.md).
     #[arg(long, value_enum, default_value = "always")]
     pub(crate) sync: SyncArg,
 

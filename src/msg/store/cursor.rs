@@ -97,7 +97,7 @@ impl Cursor {
 
     /// Reads the stored form; `None` when it is not one (a damaged value).
     pub fn decode(bytes: &[u8]) -> Option<Cursor> {
-        if bytes.len() < 8 || (bytes.len() - 8) % 16 != 0 {
+        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(16) {
             return None;
         }
         let word = |i: usize| -> Option<u64> {
