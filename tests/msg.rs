@@ -43,7 +43,7 @@ async fn two_users_message_both_ways_with_receipts_and_presence() {
             _ => None,
         })
         .await;
-        assert_eq!((receipt.id, receipt.by.as_str()), (sent.id, "bob"));
+        assert_eq!((receipt.id, &*receipt.by), (sent.id, "bob"));
 
         let reply = bob
             .send(To::User("alice".into()), "hi alice")
@@ -201,7 +201,7 @@ async fn a_python_stdlib_client_is_one_of_the_two_users() {
         // Python acked them: alice gets the receipts.
         for _ in 0..2 {
             expect(&mut alice, "receipt", |f| match f {
-                Frame::Receipt(r) if r.by == "pyuser" => Some(()),
+                Frame::Receipt(r) if &*r.by == "pyuser" => Some(()),
                 _ => None,
             })
             .await;
@@ -798,6 +798,95 @@ async fn pipelined_requests_are_answered_in_order() {
             .map(|r| format!("n{r}"))
             .collect();
         assert_eq!(got.into_iter().map(|m| m.text).collect::<Vec<_>>(), texts);
+    })
+    .await;
+}
+
+/// An online recipient whose window fills while messages keep coming from two senders (a
+/// direct conversation and a room, pipelined): the server hands new messages to the session as
+/// they are committed, and past a bound reads them from the store instead; either way each
+/// comes exactly once, in its conversation's order, also after the window opens again.
+#[tokio::test]
+async fn an_online_recipient_gets_everything_once_in_order_through_a_full_window() {
+    bounded(async {
+        let pki = TestPki::new();
+        let server = MsgServer::start(&pki, &["--rate-limit", "0"]).await;
+        let addr = server.addr();
+        let mut alice = msg_user(&pki, &addr, "alice").await;
+        let mut carol = msg_user(&pki, &addr, "carol").await;
+        let mut bob = msg_user(&pki, &addr, "bob").await;
+        carol.create("busy").await.unwrap();
+        bob.join("busy").await.unwrap();
+        // 250 direct messages and 150 room messages, pipelined, while bob acknowledges
+        // nothing: 256 fill his window, the rest wait.
+        let pipelined = |to: Option<&str>, room: Option<&str>, n: u64, tag: &str| {
+            let mut bytes = Vec::new();
+            for req in 1..=n {
+                Frame::Send(codec::Send {
+                    req,
+                    to: to.map(Into::into),
+                    room: room.map(Into::into),
+                    text: format!("{tag}{req}"),
+                })
+                .encode_into(&mut bytes);
+            }
+            bytes
+        };
+        alice
+            .write_raw(&pipelined(Some("bob"), None, 250, "d"))
+            .await
+            .unwrap();
+        carol
+            .write_raw(&pipelined(None, Some("busy"), 150, "r"))
+            .await
+            .unwrap();
+        for (client, n) in [(&mut alice, 250), (&mut carol, 150)] {
+            for _ in 0..n {
+                expect(client, "ACCEPTED", |f| match f {
+                    Frame::Accepted(_) => Some(()),
+                    Frame::Error(e) => panic!("refused: {e:?}"),
+                    _ => None,
+                })
+                .await;
+            }
+        }
+        let mut got = Vec::new();
+        while got.len() < 256 {
+            got.push(deliver(&mut bob).await);
+        }
+        no_message(&mut bob, Duration::from_millis(300)).await;
+        // The window opens: the other 144, then 20 more sent now.
+        let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
+        bob.ack(&ids).await.unwrap();
+        while got.len() < 400 {
+            let m = deliver(&mut bob).await;
+            bob.ack(&[m.id]).await.unwrap();
+            got.push(m);
+        }
+        for i in 0..20 {
+            alice
+                .send(To::User("bob".into()), &format!("late{i}"))
+                .await
+                .unwrap();
+        }
+        got.extend(receive(&mut bob, 20).await);
+        no_message(&mut bob, Duration::from_millis(300)).await;
+
+        let unique: HashSet<u64> = got.iter().map(|m| m.id).collect();
+        assert_eq!(unique.len(), 420, "every message once");
+        let texts = |room: bool| -> Vec<String> {
+            got.iter()
+                .filter(|m| m.room.is_some() == room)
+                .map(|m| m.text.clone())
+                .collect()
+        };
+        let direct: Vec<String> = (1..=250)
+            .map(|i| format!("d{i}"))
+            .chain((0..20).map(|i| format!("late{i}")))
+            .collect();
+        assert_eq!(texts(false), direct, "the direct conversation in order");
+        let room: Vec<String> = (1..=150).map(|i| format!("r{i}")).collect();
+        assert_eq!(texts(true), room, "the room in order");
     })
     .await;
 }

@@ -245,7 +245,7 @@ async fn users_on_two_nodes_message_share_rooms_presence_and_offline_queues() {
             _ => None,
         })
         .await;
-        assert_eq!((receipt.id, receipt.by.as_str()), (sent.id, "bob"));
+        assert_eq!((receipt.id, &*receipt.by), (sent.id, "bob"));
         let reply = bob
             .send(To::User("alice".into()), "hi alice")
             .await

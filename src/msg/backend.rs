@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{Message, Presence, Receipt};
 use super::nats::Cluster;
-use super::store::{conversation, Acked, Queued, Refusal, Sent, Store, StoreError, Target};
+use super::store::{
+    conversation, Acked, Queued, Recipients, Refusal, Sent, Store, StoreError, Target,
+};
 
 /// A commit that was queued: it resolves once the data is durable.
 pub type Commit<T> = crate::service::BoxFuture<'static, Result<T, StoreError>>;
@@ -266,6 +268,15 @@ impl Backend {
     pub fn notify(&self, user: &str, event: impl FnOnce() -> Remote) {
         if let Backend::Nats(c) = self {
             c.notify(user, &event());
+        }
+    }
+
+    /// Has the embedded store's writer call `f` for each message it commits (see
+    /// [`Store::on_commit`]); false on a backend that does not (NATS).
+    pub fn on_commit(&self, f: impl Fn(&Queued, &Recipients) + Send + Sync + 'static) -> bool {
+        match self {
+            Backend::Embedded(s) => s.on_commit(f),
+            Backend::Nats(_) => false,
         }
     }
 

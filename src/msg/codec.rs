@@ -165,8 +165,9 @@ pub struct Message {
 pub struct Receipt {
     /// The message id.
     pub id: u64,
-    /// The recipient who acknowledged it.
-    pub by: String,
+    /// The recipient who acknowledged it (shared: a user's `ACK` of many messages gives
+    /// each sender a receipt, with one copy of the name).
+    pub by: std::sync::Arc<str>,
     /// When, milliseconds since the Unix epoch.
     pub time: u64,
 }

@@ -25,7 +25,9 @@ use super::codec::{
     Presence, Receipt, Welcome,
 };
 use super::nats::NatsOptions;
-use super::store::{Acked, Refusal, Sent, Store, StoreError, StoreOptions, Target};
+use super::store::{
+    Acked, Queued, Recipients, Refusal, Sent, Store, StoreError, StoreOptions, Target,
+};
 use crate::error::BoxError;
 use crate::service::user::{UserId, UserIdError, UserIdSource};
 use crate::service::{BoxFuture, BoxStream, Context, End, Service};
@@ -39,6 +41,9 @@ pub const MAX_PENDING_RECEIPTS: usize = 1024;
 /// Requests of one client read and not yet answered (SENDs waiting for their commit), at most;
 /// past that the session reads no more until the oldest is answered.
 pub const MAX_PIPELINE: usize = 256;
+/// Messages the store's writer hands a session ahead of its next look at its queue, at most
+/// (past that the session reads its queue from the store; see [`Events::pushed`]).
+const MAX_PUSHED: usize = 64;
 /// The session's read buffer while the client is quiet, and while it sends a lot.
 const READ_SMALL: usize = 512;
 const READ_LARGE: usize = 16 * 1024;
@@ -207,9 +212,18 @@ impl MsgService {
 struct Hub {
     store: Backend,
     options: MsgOptions,
-    sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Shared with the store's writer, which hands them their messages (see [`push`]).
+    sessions: Arc<Sessions>,
+    buckets: Mutex<Map<String, Bucket>>,
+    /// Whether the store hands the sessions their messages (the embedded store does).
+    pushes: bool,
 }
+
+/// foldhash, not SipHash: a room message looks up each of its members.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The sessions on this node, by user.
+type Sessions = Mutex<Map<String, Vec<Arc<Session>>>>;
 
 /// What other sessions leave for a session: wake-ups, presence changes, receipts.
 #[derive(Default)]
@@ -229,6 +243,67 @@ struct Session {
 struct Events {
     presence: BTreeMap<String, Presence>,
     receipts: VecDeque<Receipt>,
+    /// The messages committed for the user since the session's last look at its queue, in
+    /// id order, as the embedded store's writer hands them over (before it answers their
+    /// senders). While `complete`, they are all the session has to send past what it sent,
+    /// and a look takes them from here instead of reading the store.
+    pushed: VecDeque<Queued>,
+    /// Set at a look that reads the store (so that what is committed during the read is
+    /// kept), unset when that read may not have taken everything (it filled the window, or
+    /// failed) or when `pushed` outgrows [`MAX_PUSHED`]: the next look reads the store.
+    complete: bool,
+}
+
+impl Session {
+    /// Up to `room` of the pushed messages past `cursor`, and whether more are left; `None`
+    /// when they may not be all that is queued: then the caller reads the queue, and calls
+    /// [`Session::incomplete`] if that read may not have taken everything.
+    fn take_pushed(&self, cursor: u64, room: usize) -> Option<(Vec<Queued>, bool)> {
+        let mut ev = lock(&self.events);
+        if !ev.complete {
+            ev.pushed = VecDeque::new();
+            ev.complete = true;
+            return None;
+        }
+        // Those committed during the last read of the store came with it too.
+        while ev.pushed.front().is_some_and(|q| q.id <= cursor) {
+            ev.pushed.pop_front();
+        }
+        let n = room.min(ev.pushed.len());
+        let taken: Vec<Queued> = ev.pushed.drain(..n).collect();
+        let more = !ev.pushed.is_empty();
+        if !more && ev.pushed.capacity() > 8 {
+            ev.pushed = VecDeque::new();
+        }
+        Some((taken, more))
+    }
+
+    /// The pushed messages are not all: the next look reads the store.
+    fn incomplete(&self) {
+        let mut ev = lock(&self.events);
+        ev.complete = false;
+        ev.pushed = VecDeque::new();
+    }
+}
+
+/// The store's writer committed `q` for `recipients`: it goes to their sessions here (those
+/// whose pushed messages are complete; see [`Events::pushed`]).
+fn push(sessions: &Sessions, q: &Queued, recipients: &Recipients) {
+    let sessions = lock(sessions);
+    for user in recipients.iter() {
+        for s in sessions.get(user).into_iter().flatten() {
+            let mut ev = lock(&s.events);
+            if !ev.complete {
+                continue;
+            }
+            if ev.pushed.len() >= MAX_PUSHED {
+                ev.complete = false;
+                ev.pushed = VecDeque::new();
+            } else {
+                ev.pushed.push_back(q.clone());
+            }
+        }
+    }
 }
 
 struct Bucket {
@@ -249,11 +324,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Hub {
     fn new(store: Backend, options: MsgOptions) -> Arc<Hub> {
         let events = store.take_events();
+        let sessions = Arc::new(Sessions::default());
+        // The writer holds the sessions, not the hub (which holds the store).
+        let pushed = sessions.clone();
+        let pushes = store.on_commit(move |q, recipients| push(&pushed, q, recipients));
         let hub = Arc::new(Hub {
             store,
             options,
-            sessions: Mutex::new(HashMap::new()),
-            buckets: Mutex::new(HashMap::new()),
+            sessions,
+            buckets: Mutex::new(Map::default()),
+            pushes,
         });
         if let Some(mut events) = events {
             // What other nodes leave for this node's users, delivered as if said here.
@@ -300,17 +380,17 @@ impl Hub {
 
     /// Message `id` was queued for `users`: their sessions look at their queues (one lock
     /// for all of a room's members).
-    fn wake(&self, users: &[String], id: u64) {
+    fn wake(&self, users: &Recipients, id: u64) {
         {
             let sessions = lock(&self.sessions);
-            for user in users {
-                for s in sessions.get(user.as_str()).into_iter().flatten() {
+            for user in users.iter() {
+                for s in sessions.get(user).into_iter().flatten() {
                     s.queued.fetch_max(id, Ordering::AcqRel);
                     s.wake.notify_one();
                 }
             }
         }
-        for user in users {
+        for user in users.iter() {
             self.store.notify(user, || Remote::Wake);
         }
     }
@@ -395,10 +475,10 @@ impl Hub {
     }
 
     /// `by` acknowledged these messages: a receipt to each sender (one lock for all).
-    fn receipts(&self, by: &str, acked: &[Acked], time: u64) {
+    fn receipts(&self, by: &Arc<str>, acked: &[Acked], time: u64) {
         let receipt = |a: &Acked| Receipt {
             id: a.id,
-            by: by.to_owned(),
+            by: by.clone(),
             time,
         };
         {
@@ -609,6 +689,8 @@ async fn run_session(
     // Answers in the order of the requests, each once its commit is done.
     let window = hub.options.window.max(1);
     let polls = hub.store.poll_every().is_some();
+    // The user's name in receipts, shared by all of them.
+    let by: Arc<str> = user.into();
     let answers = async {
         // When the writer is gone, the reader stops at its next request.
         let _closing = Closing(&pending);
@@ -630,7 +712,7 @@ async fn run_session(
                 }),
                 Pending::Ack(ids, commit) => match commit.await {
                     Ok(acked) => {
-                        hub.receipts(user, &acked, now_ms());
+                        hub.receipts(&by, &acked, now_ms());
                         let was_full = {
                             let mut f = lock(&in_flight);
                             let was_full = f.len() >= window;
@@ -853,10 +935,24 @@ async fn deliver(
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
         if room > 0 && std::mem::take(&mut look) {
-            match hub.store.pending(user, cursor, room).await {
-                Ok(messages) => {
+            let looked = match hub
+                .pushes
+                .then(|| session.take_pushed(cursor, room))
+                .flatten()
+            {
+                Some(pushed) => Ok(pushed),
+                None => hub.store.pending(user, cursor, room).await.map(|messages| {
+                    let full = messages.len() >= room;
+                    if full && hub.pushes {
+                        session.incomplete();
+                    }
+                    (messages, full)
+                }),
+            };
+            match looked {
+                Ok((messages, more)) => {
                     soon = woken && messages.is_empty() && polls;
-                    full = messages.len() >= room;
+                    full = more;
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);
@@ -868,6 +964,7 @@ async fn deliver(
                 }
                 Err(e) => {
                     full = true;
+                    session.incomplete();
                     warn!(user, error = %crate::error::chain(&e), "msg: cannot read the queue");
                 }
             }

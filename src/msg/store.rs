@@ -39,7 +39,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
@@ -279,7 +279,44 @@ pub struct Sent {
     /// The message as committed.
     pub message: Message,
     /// The users it was queued for (not the sender).
-    pub recipients: Vec<String>,
+    pub recipients: Recipients,
+}
+
+/// The users a message was queued for: one (or none, for a message to oneself), or a room's
+/// members but the sender, sharing the room's list (not a copy of it per message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipients {
+    users: Arc<[String]>,
+    /// The sender's place in `users`, left out.
+    skip: Option<usize>,
+}
+
+impl Recipients {
+    /// `users` but the one at `skip`.
+    pub fn all_but(users: Arc<[String]>, skip: Option<usize>) -> Recipients {
+        Recipients { users, skip }
+    }
+
+    /// The users, in the room's order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let skip = self.skip;
+        self.users
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| Some(*i) != skip)
+            .map(|(_, u)| u.as_str())
+    }
+
+    /// The users, copied.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
+impl From<Vec<String>> for Recipients {
+    fn from(users: Vec<String>) -> Recipients {
+        Recipients::all_but(users.into(), None)
+    }
 }
 
 /// A queued message as stored: its id and its `DELIVER` payload (the JSON of its
@@ -350,8 +387,14 @@ pub struct Store {
     inner: Arc<Inner>,
     /// The latest committed messages, for the sessions' reads of their queues.
     bodies: Arc<std::sync::Mutex<Bodies>>,
+    /// Where the writer hands each committed message (see [`Store::on_commit`]).
+    on_commit: Arc<OnceLock<Box<OnCommit>>>,
     path: PathBuf,
 }
+
+/// What the writer calls for each committed message, with its recipients (see
+/// [`Store::on_commit`]).
+pub type OnCommit = dyn Fn(&Queued, &Recipients) + Send + Sync;
 
 struct Inner {
     jobs: Option<mpsc::SyncSender<Job>>,
@@ -399,11 +442,13 @@ impl Store {
         init_tables(&db).map_err(unusable)?;
         let (jobs, queue) = mpsc::sync_channel::<Job>(4 * MAX_BATCH);
         let bodies = Arc::new(std::sync::Mutex::new(Bodies::default()));
+        let on_commit = Arc::new(OnceLock::new());
         let writer = Writer {
             db: db.clone(),
             options,
             memo,
             bodies: bodies.clone(),
+            on_commit: on_commit.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("msg-store".into())
@@ -417,8 +462,19 @@ impl Store {
             db,
             inner,
             bodies,
+            on_commit,
             path,
         })
+    }
+
+    /// Has the writer call `f` for every message it commits from now on, with the users it
+    /// was queued for, in id order, once it is durable and before any job of its batch is
+    /// answered. A server hands them to its recipients' sessions with it, which then need no
+    /// read of the database to deliver them. Only the first call counts (false for the
+    /// others). `f` runs on the writer thread: it must be quick and must not wait for the
+    /// store.
+    pub fn on_commit(&self, f: impl Fn(&Queued, &Recipients) + Send + Sync + 'static) -> bool {
+        self.on_commit.set(Box::new(f)).is_ok()
     }
 
     /// The database file.
@@ -1070,6 +1126,8 @@ struct Writer {
     memo: Memo,
     /// Where it puts each committed batch's messages for the sessions.
     bodies: Arc<std::sync::Mutex<Bodies>>,
+    /// Whom it tells of each committed message (see [`Store::on_commit`]).
+    on_commit: Arc<OnceLock<Box<OnCommit>>>,
 }
 
 impl Writer {
@@ -1139,8 +1197,13 @@ impl Writer {
         self.memo.set_cursors(flushed.cursors);
         if !written.is_empty() {
             let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, body) in written {
-                bodies.push(id, body);
+            for (q, _) in &written {
+                bodies.push(q.id, q.body.clone());
+            }
+        }
+        if let Some(f) = self.on_commit.get() {
+            for (q, recipients) in &written {
+                f(q, recipients);
             }
         }
         Ok(results)
@@ -1200,8 +1263,9 @@ struct Tables<'t, 'm> {
     cur_of: Cursors,
     /// The writer's memory: read here before the tables, kept up to date by every op.
     memo: &'m mut Memo,
-    /// The messages the batch wrote, for [`Bodies`] once committed.
-    written: Vec<(u64, Arc<[u8]>)>,
+    /// The messages the batch wrote and their recipients, for [`Bodies`] and
+    /// [`Store::on_commit`] once committed.
+    written: Vec<(Queued, Recipients)>,
 }
 
 impl<'t, 'm> Tables<'t, 'm> {
@@ -1483,7 +1547,7 @@ impl<'t, 'm> Tables<'t, 'm> {
         let (recipients, lens) = match &target {
             Target::User(to) => {
                 if *to == from {
-                    (Vec::new(), Vec::new())
+                    (Recipients::from(Vec::new()), Vec::new())
                 } else {
                     let len = self.len_of(to)?;
                     if len >= options.max_queue {
@@ -1493,14 +1557,14 @@ impl<'t, 'm> Tables<'t, 'm> {
                         }
                         .into());
                     }
-                    (vec![to.clone()], vec![len])
+                    (Recipients::from(vec![to.clone()]), vec![len])
                 }
             }
             Target::Room(room) => {
                 let members = self.members_of(room)?;
-                if members.binary_search(&from).is_err() {
+                let Ok(sender) = members.binary_search(&from) else {
                     return Err(Refusal::NotAMember(room.clone()).into());
-                }
+                };
                 // A member's queue in a room: the room's messages past their cursor.
                 let latest = self.seq_now(&conv)?;
                 for user in members.iter().filter(|m| **m != from) {
@@ -1513,8 +1577,7 @@ impl<'t, 'm> Tables<'t, 'm> {
                         .into());
                     }
                 }
-                let recipients = members.iter().filter(|m| **m != from).cloned().collect();
-                (recipients, Vec::new())
+                (Recipients::all_but(members, Some(sender)), Vec::new())
             }
         };
         let id = match self.next_id {
@@ -1547,7 +1610,13 @@ impl<'t, 'm> Tables<'t, 'm> {
         self.messages
             .insert(id, &*json)
             .map_err(db_err("write a message"))?;
-        self.written.push((id, json));
+        self.written.push((
+            Queued {
+                id,
+                body: json.clone(),
+            },
+            recipients.clone(),
+        ));
         let conv_n = self.conv_num(&conv)?;
         self.history
             .insert(key(conv_n, seq), id)
@@ -1763,7 +1832,7 @@ mod tests {
                 .unwrap();
             assert_eq!((a.message.id, a.message.seq), (1, 1));
             assert_eq!((b.message.id, b.message.seq), (2, 2), "one conversation");
-            assert_eq!(a.recipients, ["bob"]);
+            assert_eq!(a.recipients.to_vec(), ["bob"]);
             let pending = store.pending("bob", 0, 10).unwrap();
             assert_eq!(pending.len(), 1);
             let acked = store.ack("bob", vec![1, 1, 99]).await.unwrap();
@@ -1879,7 +1948,7 @@ mod tests {
             store.join("bob", "ops").await.unwrap();
             store.join("carol", "ops").await.unwrap();
             let sent = store.send("alice", room.clone(), "hi".into(), 2).await.unwrap();
-            assert_eq!(sent.recipients, ["bob", "carol"]);
+            assert_eq!(sent.recipients.to_vec(), ["bob", "carol"]);
             let full = store.send("alice", room.clone(), "again".into(), 3).await;
             assert!(matches!(full, Err(StoreError::Refused(Refusal::QueueFull { ref user, limit: 1 })) if user == "bob"));
             // The refused message took no id and no sequence number.
@@ -1996,7 +2065,7 @@ mod tests {
             store.join("dave", "ops").await.unwrap();
             store.join("carol", "ops").await.unwrap();
             let m4 = store.send("alice", room(), "m4".into(), 2).await.unwrap();
-            assert_eq!(m4.recipients, ["bob", "carol", "dave"]);
+            assert_eq!(m4.recipients.to_vec(), ["bob", "carol", "dave"]);
             assert_eq!(
                 ids(&store.pending_raw("dave", 0, 10).unwrap()),
                 [m4.message.id]
@@ -2016,7 +2085,7 @@ mod tests {
             assert_eq!(ids_of(&acked), [m2]);
             assert_eq!(store.queue_len("bob").unwrap(), 1);
             let m5 = store.send("alice", room(), "m5".into(), 3).await.unwrap();
-            assert_eq!(m5.recipients, ["carol", "dave"]);
+            assert_eq!(m5.recipients.to_vec(), ["carol", "dave"]);
             assert_eq!(
                 ids(&store.pending_raw("bob", 0, 10).unwrap()),
                 [m4.message.id]
@@ -2403,19 +2472,19 @@ mod tests {
                 .send("alice", room.clone(), "1".into(), 1)
                 .await
                 .unwrap();
-            assert_eq!(sent.recipients, ["bob"]);
+            assert_eq!(sent.recipients.to_vec(), ["bob"]);
             store.join("carol", "ops").await.unwrap();
             let sent = store
                 .send("alice", room.clone(), "2".into(), 2)
                 .await
                 .unwrap();
-            assert_eq!(sent.recipients, ["bob", "carol"]);
+            assert_eq!(sent.recipients.to_vec(), ["bob", "carol"]);
             // A leave and a send queued together: the send sees the leave.
             let leave = store.leave("bob", "ops");
             let send = store.send_later("alice", room.clone(), "3".into(), 3);
             let (left, send) = tokio::join!(leave, send);
             left.unwrap();
-            assert_eq!(send.unwrap().await.unwrap().recipients, ["carol"]);
+            assert_eq!(send.unwrap().await.unwrap().recipients.to_vec(), ["carol"]);
             assert!(matches!(
                 store.send("bob", room.clone(), "x".into(), 4).await,
                 Err(StoreError::Refused(Refusal::NotAMember(_)))

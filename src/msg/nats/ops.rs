@@ -286,7 +286,7 @@ impl Cluster {
         time: u64,
     ) -> Result<Sent, StoreError> {
         let ready = self.ready("storing the message").await?;
-        let (subject, recipients, to, room) = match target {
+        let (subject, recipients, to, room): (_, Vec<String>, _, _) = match target {
             Target::User(to) => {
                 self.queue(ready, &to).await?;
                 self.contact(ready, from, &to).await?;
@@ -320,7 +320,7 @@ impl Cluster {
         let seq = self.publish(subject, payload).await?;
         Ok(Sent {
             message: stored.message(seq),
-            recipients,
+            recipients: recipients.into(),
         })
     }
 

@@ -48,6 +48,18 @@ impl Cursor {
 
     /// Marks message `seq` done; true when it was pending (false: done already).
     pub fn ack(&mut self, seq: u64) -> bool {
+        // The usual case, the next one in order: no range to make (and no allocation).
+        if self.acked.checked_add(1) == Some(seq) {
+            self.acked = seq;
+            if let Some(&(first, last)) = self.ahead.first() {
+                if seq.checked_add(1) == Some(first) {
+                    self.acked = last;
+                    self.ahead_count -= last - first + 1;
+                    self.ahead.remove(0);
+                }
+            }
+            return true;
+        }
         if !self.is_pending(seq) {
             return false;
         }
