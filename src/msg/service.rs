@@ -624,6 +624,9 @@ async fn run_session(
         // A small buffer while the client is quiet, a large one while it sends a lot.
         let mut buf = vec![0u8; READ_SMALL];
         let mut last = 0;
+        // Made once, not at every read: each one registers with the token, and drops out.
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             if last == buf.len() && buf.len() < READ_LARGE {
                 buf = vec![0u8; READ_LARGE];
@@ -631,7 +634,7 @@ async fn run_session(
                 buf = vec![0u8; READ_SMALL];
             }
             let n = tokio::select! {
-                _ = stop.cancelled() => return None,
+                _ = &mut stopped => return None,
                 r = rd.read(&mut buf) => match r {
                     Ok(0) if decoder.is_mid_frame() => return Some(End::Truncated),
                     Ok(0) => return Some(End::Closed),

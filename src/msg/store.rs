@@ -268,6 +268,14 @@ fn room_of(target: &Target) -> Option<&str> {
     }
 }
 
+/// The length of a message's recipient or room name.
+fn to_or_room_len(target: &Target) -> usize {
+    match target {
+        Target::User(u) => u.len(),
+        Target::Room(r) => r.len(),
+    }
+}
+
 /// The conversation key of a room, `r\0ROOM`.
 fn room_key(room: &str) -> Vec<u8> {
     [b"r\0", room.as_bytes()].concat()
@@ -1557,7 +1565,10 @@ impl<'t, 'm> Tables<'t, 'm> {
                         }
                         .into());
                     }
-                    (Recipients::from(vec![to.clone()]), vec![len])
+                    (
+                        Recipients::all_but(Arc::from([to.clone()]), None),
+                        vec![len],
+                    )
                 }
             }
             Target::Room(room) => {
@@ -1606,7 +1617,13 @@ impl<'t, 'm> Tables<'t, 'm> {
             time,
             text,
         };
-        let json: Arc<[u8]> = serde_json::to_vec(&message).unwrap_or_default().into();
+        // The JSON's size, near enough that it is written without growing.
+        let names = message.from.len() + to_or_room_len(&target);
+        let mut json = Vec::with_capacity(96 + message.text.len() + names);
+        if serde_json::to_writer(&mut json, &message).is_err() {
+            json.clear();
+        }
+        let json: Arc<[u8]> = json.into();
         self.messages
             .insert(id, &*json)
             .map_err(db_err("write a message"))?;
