@@ -261,7 +261,7 @@ impl Session {
     fn take_pushed(&self, cursor: u64, room: usize) -> Option<(Vec<Queued>, bool)> {
         let mut ev = lock(&self.events);
         if !ev.complete {
-            ev.pushed = VecDeque::new();
+            // Nothing is pushed while incomplete: from now on, what is committed is kept.
             ev.complete = true;
             return None;
         }
@@ -946,7 +946,7 @@ async fn deliver(
                 Some(pushed) => Ok(pushed),
                 None => hub.store.pending(user, cursor, room).await.map(|messages| {
                     let full = messages.len() >= room;
-                    if full && hub.pushes {
+                    if full {
                         session.incomplete();
                     }
                     (messages, full)

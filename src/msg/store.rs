@@ -268,14 +268,6 @@ fn room_of(target: &Target) -> Option<&str> {
     }
 }
 
-/// The length of a message's recipient or room name.
-fn to_or_room_len(target: &Target) -> usize {
-    match target {
-        Target::User(u) => u.len(),
-        Target::Room(r) => r.len(),
-    }
-}
-
 /// The conversation key of a room, `r\0ROOM`.
 fn room_key(room: &str) -> Vec<u8> {
     [b"r\0", room.as_bytes()].concat()
@@ -1576,19 +1568,20 @@ impl<'t, 'm> Tables<'t, 'm> {
                 let Ok(sender) = members.binary_search(&from) else {
                     return Err(Refusal::NotAMember(room.clone()).into());
                 };
+                let recipients = Recipients::all_but(members, Some(sender));
                 // A member's queue in a room: the room's messages past their cursor.
                 let latest = self.seq_now(&conv)?;
-                for user in members.iter().filter(|m| **m != from) {
+                for user in recipients.iter() {
                     let waiting = self.with_cursor(room, user, |c| c.map(|c| c.waiting(latest)))?;
                     if waiting.unwrap_or(0) >= options.max_queue {
                         return Err(Refusal::QueueFull {
-                            user: user.clone(),
+                            user: user.to_owned(),
                             limit: options.max_queue,
                         }
                         .into());
                     }
                 }
-                (Recipients::all_but(members, Some(sender)), Vec::new())
+                (recipients, Vec::new())
             }
         };
         let id = match self.next_id {
@@ -1618,7 +1611,8 @@ impl<'t, 'm> Tables<'t, 'm> {
             text,
         };
         // The JSON's size, near enough that it is written without growing.
-        let names = message.from.len() + to_or_room_len(&target);
+        let to = message.to.as_deref().or(message.room.as_deref());
+        let names = message.from.len() + to.map_or(0, str::len);
         let mut json = Vec::with_capacity(96 + message.text.len() + names);
         if serde_json::to_writer(&mut json, &message).is_err() {
             json.clear();
