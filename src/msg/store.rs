@@ -15,7 +15,8 @@
 //! those when it does not.
 //!
 //! What is kept: each message once (by id, as JSON), its place in its conversation
-//! (conversation, sequence → id), rooms and their members, who has talked to whom (for
+//! (conversation, sequence → id; for a direct message written in bulk later, see
+//! [`unwritten`]), rooms and their members, who has talked to whom (for
 //! presence), and when each user was last seen. What a recipient still has to receive is kept
 //! two ways: a direct message has one queue entry (user, id) until the recipient acknowledges
 //! it; a room message has none, each member has a [`cursor::Cursor`] per room instead (the
@@ -34,7 +35,8 @@
 //! sequences and of queue lengths go (they were written once per conversation and per
 //! recipient in every commit, and say nothing the history and the queue do not). Format 3 to
 //! 4: the same tables in a redb 4 file (a third less of the writer's CPU per message, measured
-//! in bench/store-compare). A store of a later format is refused.
+//! in bench/store-compare). Format 4 to 5: the same tables, and `meta` `history_through`
+//! (see [`unwritten`]). A store of a later format is refused.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -43,14 +45,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use super::codec::Message;
 
 mod cursor;
 mod memo;
+mod unwritten;
 use cursor::Cursor;
 use memo::{Bodies, Map, Memo, Origin};
+use unwritten::Unwritten;
 
 /// The most jobs committed together.
 pub const MAX_BATCH: usize = 1024;
@@ -94,15 +98,20 @@ tables!(redb);
 
 mod legacy;
 
-/// The store's format: 4 since the file is a redb 4 one (the tables are those of format 3;
-/// 3: the queue and the history keyed by numbers, sequences and queue lengths not stored
-/// apart; 2: room members have cursors; 1, or no `format` in `meta`: every room message
-/// queued per member). Formats 1 to 3 are redb 2 files ([`legacy`]).
-pub const FORMAT: u64 = 4;
+/// The store's format: 5 since the history of direct conversations is written in bulk, with
+/// `meta` `history_through` ([`unwritten`]; the tables are those of format 4). 4: the file is
+/// a redb 4 one (the tables are those of format 3); 3: the queue and the history keyed by
+/// numbers, sequences and queue lengths not stored apart; 2: room members have cursors; 1, or
+/// no `format` in `meta`: every room message queued per member. Formats 1 to 3 are redb 2
+/// files ([`legacy`]).
+pub const FORMAT: u64 = 5;
 
 /// `meta` keys: the next numbers to give a user and a conversation.
 const NEXT_USER: &str = "next_user_number";
 const NEXT_CONVERSATION: &str = "next_conversation_number";
+/// `meta` key: every direct message up to this id has its history entry in the table (those
+/// past it are made again from the messages on open; see [`unwritten`]).
+const HISTORY_THROUGH: &str = "history_through";
 
 /// The key of a [`QUEUE`] or [`HISTORY`] entry: a user's or a conversation's number in the
 /// high 64 bits, a message id or a sequence in the low 64. Fixed-size keys: a B-tree leaf
@@ -389,6 +398,8 @@ pub struct Store {
     bodies: Arc<std::sync::Mutex<Bodies>>,
     /// Where the writer hands each committed message (see [`Store::on_commit`]).
     on_commit: Arc<OnceLock<Box<OnCommit>>>,
+    /// The history entries of direct messages not yet in the table.
+    unwritten: Arc<std::sync::Mutex<Unwritten>>,
     path: PathBuf,
 }
 
@@ -440,15 +451,25 @@ impl Store {
         // Make every table, so that readers never meet a missing one; an older store is
         // brought to this format.
         init_tables(&db).map_err(unusable)?;
+        let remade = remake_history(&db).map_err(unusable)?;
+        if remade > 0 {
+            info!(
+                messages = remade,
+                store = %path.display(),
+                "message store: the history entries of the last direct messages before the stop were made again from the messages"
+            );
+        }
         let (jobs, queue) = mpsc::sync_channel::<Job>(4 * MAX_BATCH);
         let bodies = Arc::new(std::sync::Mutex::new(Bodies::default()));
         let on_commit = Arc::new(OnceLock::new());
+        let unwritten = Arc::new(std::sync::Mutex::new(Unwritten::default()));
         let writer = Writer {
             db: db.clone(),
             options,
             memo,
             bodies: bodies.clone(),
             on_commit: on_commit.clone(),
+            unwritten: unwritten.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("msg-store".into())
@@ -463,6 +484,7 @@ impl Store {
             inner,
             bodies,
             on_commit,
+            unwritten,
             path,
         })
     }
@@ -796,33 +818,51 @@ impl Store {
         before: Option<u64>,
         limit: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("read"))?;
-        let convs = tx
-            .open_table(CONVERSATIONS)
-            .map_err(db_err("read history"))?;
-        let mut out = Vec::new();
-        let mut more = false;
-        let Some(conv) = conversation_number(&convs, conversation)? else {
-            return Ok((out, more));
+        // The entries not yet in the table are taken with the snapshot, under their lock: the
+        // writer empties them only after the commit that wrote them, so each entry is in one
+        // or the other (or both, for a moment: then the table's is skipped).
+        let (tx, newest) = {
+            let unwritten = lock(&self.unwritten);
+            let tx = self.db.begin_read().map_err(db_err("read"))?;
+            let convs = tx
+                .open_table(CONVERSATIONS)
+                .map_err(db_err("read history"))?;
+            let Some(conv) = conversation_number(&convs, conversation)? else {
+                return Ok((Vec::new(), false));
+            };
+            let newest = unwritten.entries(conv, before.unwrap_or(u64::MAX));
+            (tx, (conv, newest))
         };
+        let (conv, newest) = newest;
         let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
         let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
-        let end = before.unwrap_or(u64::MAX);
-        for entry in history
-            .range(key(conv, 0)..key(conv, end))
-            .map_err(db_err("read history"))?
-            .rev()
-        {
-            let (_, id) = entry.map_err(db_err("read history"))?;
-            if out.len() >= limit {
-                more = true;
-                break;
+        // Newest first: those waiting, then the table's below them.
+        let end = newest
+            .first()
+            .map_or(before.unwrap_or(u64::MAX), |&(seq, _)| seq);
+        let mut ids: Vec<u64> = newest.iter().rev().map(|&(_, id)| id).collect();
+        let mut more = ids.len() > limit;
+        ids.truncate(limit);
+        if !more {
+            for entry in history
+                .range(key(conv, 0)..key(conv, end))
+                .map_err(db_err("read history"))?
+                .rev()
+            {
+                let (_, id) = entry.map_err(db_err("read history"))?;
+                if ids.len() >= limit {
+                    more = true;
+                    break;
+                }
+                ids.push(id.value());
             }
-            if let Some(m) = load(&messages, id.value())? {
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids.into_iter().rev() {
+            if let Some(m) = load(&messages, id)? {
                 out.push(m);
             }
         }
-        out.reverse();
         Ok((out, more))
     }
 
@@ -932,16 +972,79 @@ fn init_tables(db: &Database) -> Result<(), OpenError> {
     let mut meta = tx.open_table(META).map_err(tables_err)?;
     let format = meta.get("format").map_err(tables_err)?.map(|v| v.value());
     match format {
-        Some(FORMAT) => {}
-        Some(found) if found > FORMAT => return Err(OpenError::Newer { found }),
-        Some(found) => return Err(OpenError::Inconsistent { found }),
-        None => {
+        // Format 4 to 5: the same tables, and the history complete (below).
+        Some(FORMAT) | Some(4) | None => {
             meta.insert("format", FORMAT).map_err(tables_err)?;
         }
+        Some(found) if found > FORMAT => return Err(OpenError::Newer { found }),
+        Some(found) => return Err(OpenError::Inconsistent { found }),
+    }
+    // A store without the mark (new, of format 4, or copied from redb 2) has every history
+    // entry in the table.
+    if meta.get(HISTORY_THROUGH).map_err(tables_err)?.is_none() {
+        let messages = tx.open_table(MESSAGES).map_err(tables_err)?;
+        let last = messages
+            .last()
+            .map_err(tables_err)?
+            .map_or(0, |(k, _)| k.value());
+        meta.insert(HISTORY_THROUGH, last).map_err(tables_err)?;
     }
     drop(meta);
     tx.commit().map_err(tables_err)?;
     Ok(())
+}
+
+/// Makes again the history entries of the direct messages past `meta` `history_through`
+/// (those the writer had not yet added to the table when the server stopped: see
+/// [`unwritten`]), in one transaction; how many it made.
+fn remake_history(db: &Database) -> Result<usize, OpenError> {
+    let tx = db.begin_write().map_err(tables_err)?;
+    let mut made = 0;
+    {
+        let mut meta = tx.open_table(META).map_err(tables_err)?;
+        let through = meta
+            .get(HISTORY_THROUGH)
+            .map_err(tables_err)?
+            .map_or(0, |v| v.value());
+        let messages = tx.open_table(MESSAGES).map_err(tables_err)?;
+        let convs = tx.open_table(CONVERSATIONS).map_err(tables_err)?;
+        let mut history = tx.open_table(HISTORY).map_err(tables_err)?;
+        let mut last = through;
+        for entry in messages
+            .range(through.saturating_add(1)..)
+            .map_err(tables_err)?
+        {
+            let (id, body) = entry.map_err(tables_err)?;
+            let id = id.value();
+            last = id;
+            let Some(m) = parse(id, body.value()) else {
+                continue;
+            };
+            let Some(to) = m.to else { continue };
+            let conv = conversation(&m.from, &Target::User(to));
+            match conversation_number(&convs, &conv) {
+                Ok(Some(number)) => {
+                    history
+                        .insert(key(number, m.seq), id)
+                        .map_err(tables_err)?;
+                    made += 1;
+                }
+                _ => error!(
+                    id,
+                    "message store: a stored message's conversation has no number; it is left out of the history"
+                ),
+            }
+        }
+        if last != through {
+            meta.insert(HISTORY_THROUGH, last).map_err(tables_err)?;
+        }
+    }
+    tx.commit().map_err(tables_err)?;
+    Ok(made)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The latest sequence of the conversation numbered `conv`: its last history entry's (0:
@@ -1128,11 +1231,36 @@ struct Writer {
     bodies: Arc<std::sync::Mutex<Bodies>>,
     /// Whom it tells of each committed message (see [`Store::on_commit`]).
     on_commit: Arc<OnceLock<Box<OnCommit>>>,
+    /// The history entries of the direct messages it committed, until it writes them.
+    unwritten: Arc<std::sync::Mutex<Unwritten>>,
 }
 
 impl Writer {
     fn run(mut self, queue: mpsc::Receiver<Job>) {
-        while let Ok(first) = queue.recv() {
+        loop {
+            // Waiting history entries are written when there is nothing else to do, or once
+            // the oldest has waited long enough.
+            let wait = lock(&self.unwritten).wait();
+            let first = match wait {
+                None => queue
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(wait) => queue.recv_timeout(wait),
+            };
+            let first = match first {
+                Ok(job) => job,
+                Err(gone) => {
+                    let waiting = !lock(&self.unwritten).is_empty();
+                    if let Err(e) = waiting.then(|| self.commit(Vec::new(), true)).transpose() {
+                        self.memo.forget();
+                        error!(error = %crate::error::chain(&e), "message store: cannot write the history of the last messages (it is made again from them on the next open)");
+                    }
+                    match gone {
+                        mpsc::RecvTimeoutError::Timeout => continue,
+                        mpsc::RecvTimeoutError::Disconnected => return,
+                    }
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
@@ -1144,7 +1272,7 @@ impl Writer {
             let (ops, replies): (Vec<Op>, Vec<_>) =
                 batch.into_iter().map(|j| (j.op, j.reply)).unzip();
             let started = Instant::now();
-            match self.commit(ops) {
+            match self.commit(ops, false) {
                 Ok(results) => {
                     debug!(
                         jobs = size,
@@ -1166,8 +1294,13 @@ impl Writer {
         }
     }
 
-    /// One transaction for `ops`: each one's result, or the error that failed them all.
-    fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    /// One transaction for `ops`: each one's result, or the error that failed them all. The
+    /// waiting history entries are written with it when they are due, or `history` is set.
+    fn commit(
+        &mut self,
+        ops: Vec<Op>,
+        history: bool,
+    ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
         let mut tx = self
             .db
             .begin_write()
@@ -1176,11 +1309,12 @@ impl Writer {
         tx.set_durability(Durability::Immediate)
             .map_err(db_err("begin a transaction"))?;
         let mut results = Vec::with_capacity(ops.len());
-        let (flushed, written) = {
-            let mut t = Tables::open(&tx, &mut self.memo)?;
+        let (flushed, written, direct, history_written) = {
+            let mut t = Tables::open(&tx, &mut self.memo, &self.unwritten)?;
             for op in ops {
                 results.push(t.apply(op, &self.options));
             }
+            let history_written = t.write_history(history)?;
             let flushed = t.flush()?;
             // A storage error in any op fails the batch: nothing of it is committed.
             if let Some(Err(e @ StoreError::Storage { .. })) = results
@@ -1189,14 +1323,27 @@ impl Writer {
             {
                 return Err(e.clone());
             }
-            (flushed, std::mem::take(&mut t.written))
+            (
+                flushed,
+                std::mem::take(&mut t.written),
+                std::mem::take(&mut t.direct),
+                history_written,
+            )
         };
         tx.commit().map_err(db_err("commit"))?;
+        {
+            let mut unwritten = lock(&self.unwritten);
+            if history_written {
+                unwritten.clear();
+            } else {
+                unwritten.extend(&direct);
+            }
+        }
         self.memo.set_lens(flushed.lens);
         self.memo.set_seqs(flushed.seqs);
         self.memo.set_cursors(flushed.cursors);
         if !written.is_empty() {
-            let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+            let mut bodies = lock(&self.bodies);
             for (q, _) in &written {
                 bodies.push(q.id, q.body.clone());
             }
@@ -1266,10 +1413,19 @@ struct Tables<'t, 'm> {
     /// The messages the batch wrote and their recipients, for [`Bodies`] and
     /// [`Store::on_commit`] once committed.
     written: Vec<(Queued, Recipients)>,
+    /// The history entries of the batch's direct messages (conversation, sequence, id): not
+    /// written with it (see [`unwritten`]).
+    direct: Vec<(u64, u64, u64)>,
+    /// Those of the batches before, committed and not written yet.
+    unwritten: &'m std::sync::Mutex<Unwritten>,
 }
 
 impl<'t, 'm> Tables<'t, 'm> {
-    fn open(tx: &'t redb::WriteTransaction, memo: &'m mut Memo) -> Result<Self, StoreError> {
+    fn open(
+        tx: &'t redb::WriteTransaction,
+        memo: &'m mut Memo,
+        unwritten: &'m std::sync::Mutex<Unwritten>,
+    ) -> Result<Self, StoreError> {
         let e = db_err("open a table");
         Ok(Tables {
             meta: tx.open_table(META).map_err(db_err("open a table"))?,
@@ -1294,6 +1450,8 @@ impl<'t, 'm> Tables<'t, 'm> {
             cur_of: Map::default(),
             memo,
             written: Vec::new(),
+            direct: Vec::new(),
+            unwritten,
         })
     }
 
@@ -1478,7 +1636,10 @@ impl<'t, 'm> Tables<'t, 'm> {
             return Ok(seq);
         }
         match self.find_conv(conv)? {
-            Some(number) => last_seq(&self.history, number),
+            Some(number) => match lock(self.unwritten).last_seq(number) {
+                Some(seq) => Ok(seq),
+                None => last_seq(&self.history, number),
+            },
             None => Ok(0),
         }
     }
@@ -1629,9 +1790,13 @@ impl<'t, 'm> Tables<'t, 'm> {
             recipients.clone(),
         ));
         let conv_n = self.conv_num(&conv)?;
-        self.history
-            .insert(key(conv_n, seq), id)
-            .map_err(db_err("write history"))?;
+        if message.room.is_some() {
+            self.history
+                .insert(key(conv_n, seq), id)
+                .map_err(db_err("write history"))?;
+        } else {
+            self.direct.push((conv_n, seq, id));
+        }
         if let Target::User(to) = &target {
             // Contacts are only ever added: a pair written once is not written again.
             if *to != message.from && !self.memo.knows_contacts(&conv) {
@@ -1706,6 +1871,35 @@ impl<'t, 'm> Tables<'t, 'm> {
                 self.lens.insert(user.to_owned(), len);
             }
         }
+    }
+
+    /// Writes the waiting history entries and the batch's own, when they are due or `now`;
+    /// whether it did.
+    fn write_history(&mut self, now: bool) -> Result<bool, StoreError> {
+        let unwritten = lock(self.unwritten);
+        let due = now || unwritten.due(self.direct.len());
+        if !due || (unwritten.is_empty() && self.direct.is_empty()) {
+            return Ok(false);
+        }
+        for (conv, seq, id) in unwritten.all().chain(self.direct.iter().copied()) {
+            self.history
+                .insert(key(conv, seq), id)
+                .map_err(db_err("write history"))?;
+        }
+        drop(unwritten);
+        // Every direct message committed so far, this batch's included, has its entry.
+        let next = match self.next_id {
+            Some(next) => next,
+            None => self
+                .meta
+                .get("next_id")
+                .map_err(db_err("read the message counter"))?
+                .map_or(1, |v| v.value()),
+        };
+        self.meta
+            .insert(HISTORY_THROUGH, next - 1)
+            .map_err(db_err("write history"))?;
+        Ok(true)
     }
 
     /// Writes what the batch's ops kept in memory (the message counter and the cursors they
@@ -1974,6 +2168,96 @@ mod tests {
 
     fn ids(q: &[Queued]) -> Vec<u64> {
         q.iter().map(|q| q.id).collect()
+    }
+
+    /// A direct conversation's history, in pages, across the entries written to the table
+    /// (at a close), those still waiting for the writer, and a crash that lost the waiting
+    /// ones (made again from the messages on the next open); a format 4 store is format 5
+    /// with a complete history.
+    #[test]
+    fn direct_history_is_whole_across_waiting_entries_and_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let conv = conversation("alice", &Target::User("bob".into()));
+        let to_bob = || Target::User("bob".into());
+        let seqs = |page: &[Message]| page.iter().map(|m| m.seq).collect::<Vec<_>>();
+        rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            for t in 1..=3 {
+                store.send("alice", to_bob(), "x".into(), t).await.unwrap();
+            }
+        });
+        let third_id = rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            assert_eq!(rows(&store, HISTORY), 3, "written at the close");
+            let third_id = store.history(&conv, None, 1).unwrap().0[0].id;
+            for t in 4..=5 {
+                store.send("alice", to_bob(), "x".into(), t).await.unwrap();
+            }
+            let (page, more) = store.history(&conv, None, 10).unwrap();
+            assert_eq!((seqs(&page), more), (vec![1, 2, 3, 4, 5], false));
+            let (page, more) = store.history(&conv, None, 1).unwrap();
+            assert_eq!((seqs(&page), more), (vec![5], true));
+            let (page, more) = store.history(&conv, Some(5), 2).unwrap();
+            assert_eq!((seqs(&page), more), (vec![3, 4], true));
+            let (page, more) = store.history(&conv, Some(3), 5).unwrap();
+            assert_eq!((seqs(&page), more), (vec![1, 2], false));
+            third_id
+        });
+        // A crash before the writer wrote entries 4 and 5: the mark is still at the third.
+        {
+            let db = Database::create(dir.path().join("msg.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut history = tx.open_table(HISTORY).unwrap();
+                let keys: Vec<u128> = history
+                    .iter()
+                    .unwrap()
+                    .map(|e| e.unwrap().0.value())
+                    .filter(|&k| low(k) > 3)
+                    .collect();
+                assert_eq!(keys.len(), 2);
+                for k in keys {
+                    history.remove(k).unwrap();
+                }
+                tx.open_table(META)
+                    .unwrap()
+                    .insert(HISTORY_THROUGH, third_id)
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        rt().block_on(async {
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            assert_eq!(rows(&store, HISTORY), 5, "made again on open");
+            let (page, _) = store.history(&conv, None, 10).unwrap();
+            assert_eq!(seqs(&page), [1, 2, 3, 4, 5]);
+            let sent = store.send("bob", Target::User("alice".into()), "y".into(), 6);
+            assert_eq!(sent.await.unwrap().message.seq, 6);
+        });
+        // Format 4: no mark, every entry in the table.
+        {
+            let db = Database::create(dir.path().join("msg.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut meta = tx.open_table(META).unwrap();
+                meta.insert("format", 4).unwrap();
+                meta.remove(HISTORY_THROUGH).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let tx = store.db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        assert_eq!(meta.get("format").unwrap().unwrap().value(), FORMAT);
+        let last = tx
+            .open_table(MESSAGES)
+            .unwrap()
+            .last()
+            .unwrap()
+            .unwrap()
+            .0
+            .value();
+        assert_eq!(meta.get(HISTORY_THROUGH).unwrap().unwrap().value(), last);
     }
 
     fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
