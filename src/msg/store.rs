@@ -1745,14 +1745,7 @@ impl<'t, 'm> Tables<'t, 'm> {
                 (recipients, Vec::new())
             }
         };
-        let id = match self.next_id {
-            Some(id) => id,
-            None => self
-                .meta
-                .get("next_id")
-                .map_err(db_err("read the message counter"))?
-                .map_or(1, |v| v.value()),
-        };
+        let id = self.next_id()?;
         self.next_id = Some(id + 1);
         let seq = self.seq_now(&conv)? + 1;
         self.memo
@@ -1873,6 +1866,18 @@ impl<'t, 'm> Tables<'t, 'm> {
         }
     }
 
+    /// The id the next message gets.
+    fn next_id(&self) -> Result<u64, StoreError> {
+        match self.next_id {
+            Some(id) => Ok(id),
+            None => Ok(self
+                .meta
+                .get("next_id")
+                .map_err(db_err("read the message counter"))?
+                .map_or(1, |v| v.value())),
+        }
+    }
+
     /// Writes the waiting history entries and the batch's own, when they are due or `now`;
     /// whether it did.
     fn write_history(&mut self, now: bool) -> Result<bool, StoreError> {
@@ -1888,14 +1893,7 @@ impl<'t, 'm> Tables<'t, 'm> {
         }
         drop(unwritten);
         // Every direct message committed so far, this batch's included, has its entry.
-        let next = match self.next_id {
-            Some(next) => next,
-            None => self
-                .meta
-                .get("next_id")
-                .map_err(db_err("read the message counter"))?
-                .map_or(1, |v| v.value()),
-        };
+        let next = self.next_id()?;
         self.meta
             .insert(HISTORY_THROUGH, next - 1)
             .map_err(db_err("write history"))?;
