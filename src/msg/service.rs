@@ -934,7 +934,21 @@ async fn deliver(
     let mut full = false;
     // A backend that polls (NATS) looks at every wake-up.
     let polls = hub.store.poll_every().is_some();
+    // Made once, not at every turn: polled, each registers with its signal (the server's
+    // shutdown is shared by every connection) and drops out when dropped.
+    let stopping = ctx.shutdown.draining();
+    tokio::pin!(stopping);
+    let reader_gone = reader_done.cancelled();
+    tokio::pin!(reader_gone);
+    let mut first = true;
     loop {
+        // After a wake-up, the session's other parts run once before this one writes: a
+        // commit answers the session's sends as it hands over the messages for it, and the
+        // answers come in the same write as the deliveries (a quarter fewer writes in the
+        // rig's direct case, each a system call through the peer's TCP receive).
+        if !std::mem::take(&mut first) {
+            tokio::task::yield_now().await;
+        }
         // Queued messages, up to the window.
         let room = window.saturating_sub(lock(in_flight).len());
         if room > 0 && std::mem::take(&mut look) {
@@ -1004,8 +1018,11 @@ async fn deliver(
             return None;
         }
         tokio::select! {
-            _ = ctx.shutdown.forced() => return Some(End::Shutdown),
-            _ = ctx.shutdown.draining() => {
+            // Draining, or forced (which completes a draining wait too).
+            () = &mut stopping => {
+                if ctx.shutdown.is_forced() {
+                    return Some(End::Shutdown);
+                }
                 let bye = Frame::Goodbye(Goodbye { reason: "server shutting down".into() });
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     out.push(&bye);
@@ -1027,7 +1044,7 @@ async fn deliver(
                     return None;
                 }
             },
-            _ = reader_done.cancelled() => {
+            () = &mut reader_gone => {
                 while let Some(more) = rx.try_recv() {
                     out.push(&more);
                 }

@@ -1705,10 +1705,11 @@ impl<'t, 'm> Tables<'t, 'm> {
     ) -> Result<Done, StoreError> {
         let conv = conversation(&from, &target);
         // Every check before any write: a refused message changes nothing.
-        let (recipients, lens) = match &target {
+        // A direct message's recipient's queue length (none for a room message, or to oneself).
+        let (recipients, len) = match &target {
             Target::User(to) => {
                 if *to == from {
-                    (Recipients::from(Vec::new()), Vec::new())
+                    (Recipients::from(Vec::new()), None)
                 } else {
                     let len = self.len_of(to)?;
                     if len >= options.max_queue {
@@ -1720,7 +1721,7 @@ impl<'t, 'm> Tables<'t, 'm> {
                     }
                     (
                         Recipients::all_but(Arc::from([to.clone()]), None),
-                        vec![len],
+                        Some(len),
                     )
                 }
             }
@@ -1742,7 +1743,7 @@ impl<'t, 'm> Tables<'t, 'm> {
                         .into());
                     }
                 }
-                (recipients, Vec::new())
+                (recipients, None)
             }
         };
         let id = self.next_id()?;
@@ -1751,9 +1752,9 @@ impl<'t, 'm> Tables<'t, 'm> {
         self.memo
             .senders
             .push(id, &from, room_of(&target).map(|r| (r, seq)));
-        let (to, room) = match &target {
-            Target::User(u) => (Some(u.clone()), None),
-            Target::Room(r) => (None, Some(r.clone())),
+        let (to, room) = match target {
+            Target::User(u) => (Some(u), None),
+            Target::Room(r) => (None, Some(r)),
         };
         let message = Message {
             id,
@@ -1790,7 +1791,7 @@ impl<'t, 'm> Tables<'t, 'm> {
         } else {
             self.direct.push((conv_n, seq, id));
         }
-        if let Target::User(to) = &target {
+        if let Some(to) = &message.to {
             // Contacts are only ever added: a pair written once is not written again.
             if *to != message.from && !self.memo.knows_contacts(&conv) {
                 let known = self
@@ -1812,14 +1813,14 @@ impl<'t, 'm> Tables<'t, 'm> {
         self.seq_of.insert(conv, seq);
         // A direct message is queued for its recipient; a room message is past its members'
         // cursors already, but for its sender's: it is done for them.
-        for (user, len) in recipients.iter().zip(lens) {
+        if let (Some(user), Some(len)) = (recipients.iter().next(), len) {
             let user_n = self.user_num(user)?;
             self.queue
                 .insert(key(user_n, id), ())
                 .map_err(db_err("queue a message"))?;
             self.set_len(user, len + 1);
         }
-        if let Target::Room(room) = &target {
+        if let Some(room) = &message.room {
             if let Some(mut mine) = self.cursor_of(room, &message.from)? {
                 if mine.ack(seq) {
                     self.set_cursor(room, &message.from, Some(mine));
