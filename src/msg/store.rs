@@ -450,8 +450,7 @@ impl Store {
         let db = Arc::new(db);
         // Make every table, so that readers never meet a missing one; an older store is
         // brought to this format.
-        init_tables(&db).map_err(unusable)?;
-        let remade = remake_history(&db).map_err(unusable)?;
+        let remade = init_tables(&db).map_err(unusable)?;
         if remade > 0 {
             info!(
                 messages = remade,
@@ -821,7 +820,7 @@ impl Store {
         // The entries not yet in the table are taken with the snapshot, under their lock: the
         // writer empties them only after the commit that wrote them, so each entry is in one
         // or the other (or both, for a moment: then the table's is skipped).
-        let (tx, newest) = {
+        let (tx, conv, newest) = {
             let unwritten = lock(&self.unwritten);
             let tx = self.db.begin_read().map_err(db_err("read"))?;
             let convs = tx
@@ -831,9 +830,8 @@ impl Store {
                 return Ok((Vec::new(), false));
             };
             let newest = unwritten.entries(conv, before.unwrap_or(u64::MAX));
-            (tx, (conv, newest))
+            (tx, conv, newest)
         };
-        let (conv, newest) = newest;
         let history = tx.open_table(HISTORY).map_err(db_err("read history"))?;
         let messages = tx.open_table(MESSAGES).map_err(db_err("read messages"))?;
         // Newest first: those waiting, then the table's below them.
@@ -952,10 +950,11 @@ fn tables_err(e: impl Into<redb::Error>) -> OpenError {
     OpenError::Tables(Box::new(e.into()))
 }
 
-/// Makes every table (so that readers never meet a missing one) and marks a new store with
-/// [`FORMAT`], in one transaction. Older formats are redb 2 files, brought here by
+/// Makes every table (so that readers never meet a missing one), marks a new store with
+/// [`FORMAT`] and makes again the history entries a stop lost ([`remake_history`]), in one
+/// transaction; how many entries it made. Older formats are redb 2 files, brought here by
 /// [`legacy::upgrade`] before this opens them.
-fn init_tables(db: &Database) -> Result<(), OpenError> {
+fn init_tables(db: &Database) -> Result<usize, OpenError> {
     let tx = db.begin_write().map_err(tables_err)?;
     for t in [ROOMS, SEEN] {
         tx.open_table(t).map_err(tables_err)?;
@@ -972,8 +971,9 @@ fn init_tables(db: &Database) -> Result<(), OpenError> {
     let mut meta = tx.open_table(META).map_err(tables_err)?;
     let format = meta.get("format").map_err(tables_err)?.map(|v| v.value());
     match format {
+        Some(FORMAT) => {}
         // Format 4 to 5: the same tables, and the history complete (below).
-        Some(FORMAT) | Some(4) | None => {
+        Some(4) | None => {
             meta.insert("format", FORMAT).map_err(tables_err)?;
         }
         Some(found) if found > FORMAT => return Err(OpenError::Newer { found }),
@@ -990,15 +990,15 @@ fn init_tables(db: &Database) -> Result<(), OpenError> {
         meta.insert(HISTORY_THROUGH, last).map_err(tables_err)?;
     }
     drop(meta);
+    let made = remake_history(&tx)?;
     tx.commit().map_err(tables_err)?;
-    Ok(())
+    Ok(made)
 }
 
 /// Makes again the history entries of the direct messages past `meta` `history_through`
 /// (those the writer had not yet added to the table when the server stopped: see
-/// [`unwritten`]), in one transaction; how many it made.
-fn remake_history(db: &Database) -> Result<usize, OpenError> {
-    let tx = db.begin_write().map_err(tables_err)?;
+/// [`unwritten`]); how many it made.
+fn remake_history(tx: &redb::WriteTransaction) -> Result<usize, OpenError> {
     let mut made = 0;
     {
         let mut meta = tx.open_table(META).map_err(tables_err)?;
@@ -1022,14 +1022,14 @@ fn remake_history(db: &Database) -> Result<usize, OpenError> {
             };
             let Some(to) = m.to else { continue };
             let conv = conversation(&m.from, &Target::User(to));
-            match conversation_number(&convs, &conv) {
-                Ok(Some(number)) => {
+            match convs.get(conv.as_slice()).map_err(tables_err)? {
+                Some(number) => {
                     history
-                        .insert(key(number, m.seq), id)
+                        .insert(key(number.value(), m.seq), id)
                         .map_err(tables_err)?;
                     made += 1;
                 }
-                _ => error!(
+                None => error!(
                     id,
                     "message store: a stored message's conversation has no number; it is left out of the history"
                 ),
@@ -1039,7 +1039,6 @@ fn remake_history(db: &Database) -> Result<usize, OpenError> {
             meta.insert(HISTORY_THROUGH, last).map_err(tables_err)?;
         }
     }
-    tx.commit().map_err(tables_err)?;
     Ok(made)
 }
 
