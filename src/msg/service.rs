@@ -47,6 +47,10 @@ const MAX_PUSHED: usize = 64;
 /// The session's read buffer while the client is quiet, and while it sends a lot.
 const READ_SMALL: usize = 512;
 const READ_LARGE: usize = 16 * 1024;
+/// Small reads in a row after which the large read buffer is let go. Under load a small read
+/// often falls between two full ones, and letting go at the first one made every such pair an
+/// allocation, a zeroing and a free of the large buffer.
+const SHRINK_AFTER: u32 = 8;
 
 /// Whether a user or room name is usable: 1 to 256 bytes, no control characters.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
@@ -621,17 +625,21 @@ async fn run_session(
         // However the reader ends, the answers task ends once its last answer is out.
         let _closing = Closing(&pending);
         let mut decoder = Decoder::new(hub.options.max_frame());
-        // A small buffer while the client is quiet, a large one while it sends a lot.
+        // A small buffer while the client is quiet, a large one while it sends a lot (kept
+        // until SHRINK_AFTER small reads in a row).
         let mut buf = vec![0u8; READ_SMALL];
-        let mut last = 0;
+        let (mut last, mut small) = (0, 0u32);
         // Made once, not at every read: each one registers with the token, and drops out.
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         loop {
             if last == buf.len() && buf.len() < READ_LARGE {
                 buf = vec![0u8; READ_LARGE];
-            } else if last < READ_SMALL / 2 && buf.len() > READ_SMALL {
-                buf = vec![0u8; READ_SMALL];
+            } else if buf.len() > READ_SMALL {
+                small = if last < READ_SMALL / 2 { small + 1 } else { 0 };
+                if small >= SHRINK_AFTER {
+                    (buf, small) = (vec![0u8; READ_SMALL], 0);
+                }
             }
             let n = tokio::select! {
                 _ = &mut stopped => return None,
@@ -970,6 +978,14 @@ async fn deliver(
                 Ok((messages, more)) => {
                     soon = woken && messages.is_empty() && polls;
                     full = more;
+                    // Room for all of them at once, not by doubling as they come.
+                    out.buf.reserve(
+                        messages
+                            .iter()
+                            .map(|m| codec::HEADER_LEN + m.body.len())
+                            .sum::<usize>()
+                            .min(Out::HIGH),
+                    );
                     for m in messages {
                         cursor = cursor.max(m.id);
                         lock(in_flight).insert(m.id);

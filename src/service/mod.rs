@@ -174,10 +174,12 @@ impl Shutdown {
     }
 
     /// A signal for one connection: it drains and is forced with this one, and can also be
-    /// forced alone (idle deadline).
+    /// forced alone (idle deadline). Both are child tokens: a connection that polls its
+    /// signal at every turn takes a lock of its own, not one shared by every connection
+    /// (which the server's worker threads would contend for).
     pub fn for_connection(&self) -> Shutdown {
         Shutdown {
-            draining: self.draining.clone(),
+            draining: self.draining.child_token(),
             forced: self.forced.child_token(),
         }
     }
@@ -254,5 +256,41 @@ impl fmt::Display for End {
             End::Io(e) => write!(f, "network error: {e}"),
             End::Failed(e) => write!(f, "failed: {}", crate::error::chain(e.as_ref())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shutdown;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_connection_drains_with_the_server_and_is_forced_alone() {
+        let server = Shutdown::new();
+        let (one, two) = (server.for_connection(), server.for_connection());
+        one.force();
+        assert!(
+            one.is_forced() && one.is_draining(),
+            "forced implies draining"
+        );
+        assert!(
+            !two.is_draining() && !server.is_draining(),
+            "forcing one is for it alone"
+        );
+        let waiting = tokio::spawn(async move { two.draining().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        server.start_draining();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a connection's wait ends when the server drains")
+            .unwrap();
+        let late = server.for_connection();
+        assert!(
+            late.is_draining(),
+            "a connection made while draining is draining"
+        );
+        server.force();
+        assert!(late.is_forced());
     }
 }
